@@ -1,0 +1,261 @@
+"""CLIP4DM word-level misalignment (Nam et al., arXiv 2412.18404).
+
+For s = cos(image, template+caption) and each of the last ``layers`` text-encoder layers with
+post-softmax attention A (B, heads, T, T): M = mean_heads(∂s/∂A ⊙ A), signed (no ReLU, no rollout);
+R = mean over those layers; a BPE token's score is R[EOT, token]; a word's score is the mean of its
+tokens. Words scoring below ε (< 0) are misaligned. A batch costs one forward and one backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipalign.images import ImageInput, ImageLoadError, describe_source, load_image
+from clipalign.metrics.functional import clip_score, f_clip_score
+from clipalign.models.base import ClipAdapter
+from clipalign.results import ItemError, Span, TokenScore, Word, WordAlignment
+from clipalign.text.alignment import DEFAULT_TEMPLATE, CaptionError, EncodedCaption
+
+Mode = Literal["threshold", "most_negative"]
+DEFAULT_EPSILON = -5e-5
+DEFAULT_LAYERS = 3
+
+
+@dataclass
+class TokenAttribution:
+    """Raw output for a batch: cosines (B,) and per-position scores (B, T) from the EOT row.
+
+    Positions outside the caption (specials, template, padding) are present but meaningless; use
+    ``EncodedCaption.token_word`` to select caption tokens.
+    """
+
+    cosine: torch.Tensor
+    token_scores: torch.Tensor
+
+
+def word_scores(
+    token_scores: torch.Tensor, encoded: Sequence[EncodedCaption]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Mean of token scores per caption word (one scatter for the whole batch) and tokens per word."""
+    n_words = [len(e.words) for e in encoded]
+    offsets = np.concatenate([[0], np.cumsum(n_words)])
+    width = token_scores.shape[1]
+    index = np.full((len(encoded), width), -1, dtype=np.int64)
+    for b, e in enumerate(encoded):
+        tw = e.token_word
+        index[b, : len(tw)] = np.where(tw >= 0, tw + offsets[b], -1)
+    flat_index = torch.from_numpy(index).to(token_scores.device).reshape(-1)
+    keep = flat_index >= 0
+    total = int(offsets[-1])
+    values = token_scores.reshape(-1)[keep].double()
+    sums = torch.zeros(total, dtype=torch.float64, device=values.device).index_add_(
+        0, flat_index[keep], values
+    )
+    counts = torch.zeros(total, dtype=torch.float64, device=values.device).index_add_(
+        0, flat_index[keep], torch.ones_like(values)
+    )
+    means = (sums / counts.clamp(min=1)).cpu().numpy()
+    counts_np = counts.cpu().numpy().astype(np.int64)
+    return (
+        [means[offsets[b] : offsets[b + 1]] for b in range(len(encoded))],
+        [counts_np[offsets[b] : offsets[b + 1]] for b in range(len(encoded))],
+    )
+
+
+def _misaligned_mask(scores: np.ndarray, eligible: np.ndarray, mode: Mode, epsilon: float) -> np.ndarray:
+    if mode == "threshold":
+        return eligible & (scores < epsilon)
+    mask = np.zeros_like(eligible)
+    if eligible.any():
+        mask[np.flatnonzero(eligible)[np.argmin(scores[eligible])]] = True
+    return mask
+
+
+def merge_spans(caption: str, words: Sequence[Word]) -> list[Span]:
+    """Merge misaligned words that are adjacent among the non-punctuation words into spans."""
+    spans: list[Span] = []
+    run: list[int] = []
+    candidates = [i for i, w in enumerate(words) if not w.punctuation and w.num_tokens > 0]
+    for i in [*candidates, None]:
+        if i is not None and words[i].misaligned:
+            run.append(i)
+            continue
+        if run:
+            scores = [words[j].score for j in run]
+            start, end = words[run[0]].start, words[run[-1]].end
+            spans.append(
+                Span(caption[start:end], start, end, list(run), float(np.mean(scores)), float(sum(scores)))
+            )
+            run = []
+    return spans
+
+
+class CLIP4DM:
+    """Word-level misalignment between images and captions from one CLIP-family model.
+
+    Args:
+        model: an adapter from :func:`clipalign.load_model`.
+        layers: how many of the last text layers feed the word scores (the paper's default is 3).
+        template: prefix read before every caption; its words are never reported.
+        epsilon: threshold below which a word is misaligned (also defines F-CLIPScore).
+        batch_size: pairs per forward/backward pass.
+
+    Example:
+        >>> attributor = CLIP4DM(load_model("openai/clip-vit-base-patch32"))  # doctest: +SKIP
+        >>> [result] = attributor.attribute(["photo.jpg"], ["a cup of coke"])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: ClipAdapter,
+        layers: int = DEFAULT_LAYERS,
+        template: str = DEFAULT_TEMPLATE,
+        epsilon: float = DEFAULT_EPSILON,
+        batch_size: int = 32,
+    ) -> None:
+        if not 1 <= layers <= model.num_text_layers:
+            raise ValueError(
+                f"layers must be in 1..{model.num_text_layers} (text encoder depth), got {layers}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        self.model = model
+        self.layers = layers
+        self.template = template
+        self.epsilon = epsilon
+        self.batch_size = batch_size
+
+    def attribute_tokens(
+        self, pixel_values: torch.Tensor, encoded: Sequence[EncodedCaption]
+    ) -> TokenAttribution:
+        """Cosines and EOT-row token scores for a batch: one forward, one backward."""
+        model = self.model
+        with torch.no_grad():
+            image = model.image_embeddings(pixel_values)
+        inputs = model.collate(encoded)
+        with torch.enable_grad():
+            out = model.text_embeddings(inputs, output_attentions=True)
+            assert out.attentions is not None
+            cosine = torch.nn.functional.cosine_similarity(out.embeds, image, dim=-1)
+            maps = out.attentions[-self.layers :]
+            grads = torch.autograd.grad(cosine.sum(), maps)
+        relevance = torch.stack(
+            [(g.float() * a.float()).mean(dim=1) for g, a in zip(grads, maps, strict=True)]
+        ).mean(dim=0)
+        rows = relevance[torch.arange(len(encoded), device=relevance.device), inputs.pool_index]
+        return TokenAttribution(cosine.detach(), rows.detach())
+
+    def attribute(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        captions: str | Sequence[str],
+        *,
+        mode: Mode = "threshold",
+        epsilon: float | None = None,
+        on_error: Literal["record", "raise"] = "record",
+    ) -> list[WordAlignment | ItemError]:
+        """Score every (image, caption) pair; results in input order.
+
+        ``mode="threshold"`` marks words below ε; ``"most_negative"`` marks the single lowest word.
+        F-CLIPScore always uses the threshold rule. With ``on_error="record"`` an unreadable image or an
+        empty caption becomes an :class:`ItemError` for that pair and the rest are still scored.
+        """
+        if mode not in ("threshold", "most_negative"):
+            raise ValueError(f"mode must be 'threshold' or 'most_negative', got {mode!r}")
+        eps = self.epsilon if epsilon is None else epsilon
+        if isinstance(captions, str):
+            captions = [captions]
+        image_list = list(images) if isinstance(images, (list, tuple)) else [images]
+        if len(image_list) != len(captions):
+            raise ValueError(f"got {len(image_list)} images but {len(captions)} captions")
+        results: list[WordAlignment | ItemError] = []
+        for lo in range(0, len(captions), self.batch_size):
+            hi = lo + self.batch_size
+            results.extend(self._attribute_batch(image_list[lo:hi], captions[lo:hi], lo, mode, eps, on_error))
+        return results
+
+    def _attribute_batch(
+        self,
+        images: Sequence[ImageInput],
+        captions: Sequence[str],
+        first_index: int,
+        mode: Mode,
+        epsilon: float,
+        on_error: str,
+    ) -> list[WordAlignment | ItemError]:
+        slots: list[WordAlignment | ItemError | None] = [None] * len(captions)
+        loaded: list[Image.Image] = []
+        encoded: list[EncodedCaption] = []
+        positions: list[int] = []
+        for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
+            try:
+                [enc] = self.model.encode_captions([caption], self.template)
+                pil = load_image(image)
+            except (ImageLoadError, CaptionError) as exc:
+                if on_error == "raise":
+                    raise
+                text = caption if isinstance(caption, str) else None
+                slots[i] = ItemError(first_index + i, describe_source(image), text, str(exc))
+                continue
+            loaded.append(pil)
+            encoded.append(enc)
+            positions.append(i)
+        if encoded:
+            raw = self.attribute_tokens(self.model.preprocess(loaded), encoded)
+            built = self._build(raw, encoded, [images[i] for i in positions], mode, epsilon)
+            for i, result in zip(positions, built, strict=True):
+                slots[i] = result
+        return [s for s in slots if s is not None]
+
+    def _build(
+        self,
+        raw: TokenAttribution,
+        encoded: Sequence[EncodedCaption],
+        sources: Sequence[ImageInput],
+        mode: Mode,
+        epsilon: float,
+    ) -> list[WordAlignment]:
+        means, counts = word_scores(raw.token_scores, encoded)
+        cosine = raw.cosine.double().cpu()
+        token_rows = raw.token_scores.double().cpu().numpy()
+        results = []
+        for b, enc in enumerate(encoded):
+            scores, n_tok = means[b], counts[b]
+            punct = np.array([w.punctuation for w in enc.words], dtype=bool)
+            eligible = ~punct & (n_tok > 0)
+            below = _misaligned_mask(scores, eligible, "threshold", epsilon)
+            marked = below if mode == "threshold" else _misaligned_mask(scores, eligible, mode, epsilon)
+            words = [
+                Word(w.text, w.start, w.end, float(s), bool(m), bool(p), int(n))
+                for w, s, m, p, n in zip(enc.words, scores, marked, punct, n_tok, strict=True)
+            ]
+            cos = cosine[b : b + 1]
+            f_score = f_clip_score(cos, torch.from_numpy(scores)[None], torch.from_numpy(below)[None])
+            tokens = [
+                TokenScore(
+                    enc.tokens[t], *enc.token_spans[t], float(token_rows[b, t]), int(enc.token_word[t])
+                )
+                for t in np.flatnonzero(enc.token_word >= 0)
+            ]
+            results.append(
+                WordAlignment(
+                    caption=enc.caption,
+                    cosine=float(cos[0]),
+                    clipscore=float(clip_score(cos)[0]),
+                    f_clipscore=float(f_score[0]),
+                    words=words,
+                    spans=merge_spans(enc.caption, words),
+                    truncated_words=[w.text for w in enc.truncated_words],
+                    mode=mode,
+                    epsilon=epsilon,
+                    tokens=tokens,
+                    source=describe_source(sources[b]),
+                )
+            )
+        return results

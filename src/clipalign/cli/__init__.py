@@ -1,0 +1,1 @@
+"""The ``clipalign`` command line: one module per command."""

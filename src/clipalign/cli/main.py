@@ -1,0 +1,31 @@
+"""Entry point of the ``clipalign`` console script."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from clipalign import __version__
+from clipalign.cli import score, words
+from clipalign.cli.common import run_guarded
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipalign", description="Where an image and its caption disagree, from a pretrained CLIP model."
+    )
+    parser.add_argument("--version", action="version", version=f"clipalign {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in (words, score):
+        command.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Model adapters: the one place that knows each model family's internals."""
+
+from clipalign.models.base import ClipAdapter, ModelLoadError, TextInputs, TextOutput
+from clipalign.models.hf_clip import HFCLIPAdapter
+from clipalign.models.registry import DEFAULT_MODEL, load_model, register_adapter, supported_model_types
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ClipAdapter",
+    "HFCLIPAdapter",
+    "ModelLoadError",
+    "TextInputs",
+    "TextOutput",
+    "load_model",
+    "register_adapter",
+    "supported_model_types",
+]

@@ -1,0 +1,153 @@
+"""Adapter for Hugging Face ``CLIPModel`` checkpoints (OpenAI CLIP, LAION OpenCLIP exports, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
+
+from clipalign.models.base import TextInputs, TextOutput, model_load_error, resolve_device, resolve_dtype
+from clipalign.text.alignment import EncodedCaption, encode_caption
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision embeddings are upcast so cosines and scores are computed in fp32 (fp64 stays)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class HFCLIPAdapter:
+    """Wraps a HF ``CLIPModel`` with its fast tokenizer and image processor.
+
+    Text embeddings are pooled at the EOT position that the adapter itself placed (not via the config's
+    ``eos_token_id``, which is wrong in some legacy checkpoints). Images are preprocessed with the PIL
+    backend of ``CLIPImageProcessor`` (``CLIPImageProcessorPil``) on every machine, so results do not
+    depend on whether torchvision is installed.
+    """
+
+    def __init__(
+        self,
+        model: CLIPModel,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: CLIPImageProcessorPil,
+        name: str = "clip",
+    ) -> None:
+        impl = model.text_model.config._attn_implementation
+        if impl != "eager":
+            raise ValueError(
+                f"text attention implementation is {impl!r}; attention maps need 'eager': load the model "
+                "with CLIPModel.from_pretrained(..., attn_implementation='eager')"
+            )
+        if not getattr(tokenizer, "is_fast", False):
+            raise TypeError(
+                "HFCLIPAdapter needs a fast tokenizer (offset mapping); load it with AutoTokenizer"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.name = name
+        param = next(model.parameters())
+        self.device = param.device
+        self.dtype = param.dtype
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype = "fp32",
+        local_files_only: bool = False,
+    ) -> HFCLIPAdapter:
+        """Load model, tokenizer and image processor from a Hub name or a local directory.
+
+        ``local_files_only`` uses the Hugging Face cache without asking the Hub. The model is put in
+        eval mode with gradients off for its parameters (attribution differentiates activations only).
+        """
+        name = str(name_or_path)
+        torch_dtype = resolve_dtype(dtype)
+        try:
+            model = CLIPModel.from_pretrained(
+                name, attn_implementation="eager", dtype=torch_dtype, local_files_only=local_files_only
+            )
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+            processor = CLIPImageProcessorPil.from_pretrained(name, local_files_only=local_files_only)
+        except (OSError, ValueError) as exc:
+            raise model_load_error(name, exc) from exc
+        model.to(resolve_device(device)).eval().requires_grad_(False)
+        return cls(model, tokenizer, processor, name=name)
+
+    @property
+    def num_text_layers(self) -> int:
+        return self.model.config.text_config.num_hidden_layers
+
+    @property
+    def max_text_tokens(self) -> int:
+        return self.model.config.text_config.max_position_embeddings
+
+    def encode_captions(self, captions: Sequence[str], template: str) -> list[EncodedCaption]:
+        """Tokenize each caption as ``SOT + template + caption + EOT``, truncating whole words past 77."""
+        tok = self.tokenizer
+        return [
+            encode_caption(
+                tok,
+                c,
+                template=template,
+                prefix_ids=[tok.bos_token_id],
+                suffix_ids=[tok.eos_token_id],
+                max_length=self.max_text_tokens,
+            )
+            for c in captions
+        ]
+
+    def collate(self, encoded: Sequence[EncodedCaption]) -> TextInputs:
+        """Right-pad to the longest caption of the batch (the causal mask keeps padding out of EOT)."""
+        length = max(len(e.input_ids) for e in encoded)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(encoded), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(encoded), length), dtype=torch.long)
+        for i, e in enumerate(encoded):
+            ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            mask[i, : len(e.input_ids)] = 1
+        pool = torch.tensor([e.pool_index for e in encoded], dtype=torch.long)
+        return TextInputs(ids.to(self.device), mask.to(self.device), pool.to(self.device))
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return pixels.to(self.device, self.dtype)
+
+    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.model.vision_model(pixel_values=pixel_values)
+        return _at_least_fp32(self.model.visual_projection(out.pooler_output))
+
+    def text_embeddings(self, inputs: TextInputs, output_attentions: bool = False) -> TextOutput:
+        """Embeddings pooled at ``pool_index``; with ``output_attentions``, differentiable attention maps."""
+        with self._activations_require_grad(output_attentions and torch.is_grad_enabled()):
+            out = self.model.text_model(
+                input_ids=inputs.input_ids,
+                attention_mask=inputs.attention_mask,
+                output_attentions=output_attentions,
+            )
+        hidden = out.last_hidden_state
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), inputs.pool_index]
+        embeds = _at_least_fp32(self.model.text_projection(pooled))
+        return TextOutput(embeds, tuple(out.attentions) if output_attentions else None)
+
+    @contextmanager
+    def _activations_require_grad(self, enabled: bool) -> Iterator[None]:
+        """Make the token embeddings require grad for one call, so that activations are differentiable
+        even when the parameters are frozen; the hook is always removed."""
+        if not enabled:
+            yield
+            return
+
+        def hook(_module: torch.nn.Module, _args: object, output: torch.Tensor) -> torch.Tensor:
+            return output if output.requires_grad else output.detach().requires_grad_(True)
+
+        handle = self.model.text_model.embeddings.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()

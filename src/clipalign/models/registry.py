@@ -1,0 +1,73 @@
+"""Registry of model families: a config's ``model_type`` → the adapter class that knows its internals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from transformers import AutoConfig
+
+from clipalign.models.base import ClipAdapter, ModelLoadError, model_load_error
+from clipalign.models.hf_clip import HFCLIPAdapter
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+
+
+class AdapterFactory(Protocol):
+    def from_pretrained(
+        self,
+        name_or_path: str | Path,
+        device: str | torch.device | None = ...,
+        dtype: str | torch.dtype = ...,
+        local_files_only: bool = ...,
+    ) -> ClipAdapter: ...
+
+
+_ADAPTERS: dict[str, AdapterFactory] = {"clip": HFCLIPAdapter}
+
+
+def register_adapter(model_type: str, factory: AdapterFactory) -> None:
+    """Make :func:`load_model` use ``factory`` for checkpoints whose config has this ``model_type``."""
+    _ADAPTERS[model_type] = factory
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_ADAPTERS)
+
+
+def load_model(
+    name_or_path: str | Path = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "fp32",
+) -> ClipAdapter:
+    """Load a CLIP-family model by Hub name or local directory, choosing the adapter from its config.
+
+    Args:
+        name_or_path: e.g. ``openai/clip-vit-base-patch32`` or a directory written by ``save_pretrained``.
+        device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` picks CUDA when available.
+        dtype: ``fp32``, ``fp16`` or ``bf16``.
+    """
+    name = str(name_or_path)
+    try:
+        # the local cache first: offline, a Hub request would retry for ~20 s before failing
+        return _load(name, device, dtype, local_files_only=True)
+    except ModelLoadError:
+        if Path(name).expanduser().exists():
+            raise
+    return _load(name, device, dtype, local_files_only=False)
+
+
+def _load(
+    name: str, device: str | torch.device | None, dtype: str | torch.dtype, local_files_only: bool
+) -> ClipAdapter:
+    try:
+        model_type = AutoConfig.from_pretrained(name, local_files_only=local_files_only).model_type
+    except (OSError, ValueError) as exc:
+        raise model_load_error(name, exc) from exc
+    factory = _ADAPTERS.get(model_type)
+    if factory is None:
+        raise ModelLoadError(
+            f"model {name!r} has model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
+        )
+    return factory.from_pretrained(name, device=device, dtype=dtype, local_files_only=local_files_only)

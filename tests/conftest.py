@@ -1,0 +1,38 @@
+"""Shared fixtures: the real CLIP tokenizer from ../shared and tiny seeded random CLIP checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TOKENIZER_DIR = SHARED / "clip-tokenizer"
+IMAGES_DIR = SHARED / "images"
+
+
+def require(path: Path) -> Path:
+    """Skip the calling test, saying which shared file is missing, when ``path`` is absent."""
+    if not path.exists():
+        pytest.skip(f"shared data not found: {path} (see ../shared/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    return require(TOKENIZER_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    """A seeded random 4-layer CLIP with the real tokenizer, saved with ``save_pretrained``."""
+    from clipalign.models.random_init import save_random_clip, tiny_clip_config
+
+    return save_random_clip(tmp_path_factory.mktemp("tiny-clip"), tiny_clip_config(), tokenizer_dir, seed=0)
+
+
+@pytest.fixture(scope="session")
+def adapter(tiny_model_dir: Path):
+    from clipalign import load_model
+
+    return load_model(tiny_model_dir, device="cpu")

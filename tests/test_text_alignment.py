@@ -1,0 +1,106 @@
+"""BPE tokens ↔ caption words on the real CLIP vocabulary: offsets, odd captions, truncation."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from clipalign.text import (
+    DEFAULT_TEMPLATE,
+    CaptionError,
+    CaptionTruncatedWarning,
+    encode_caption,
+    is_punctuation,
+    split_words,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def encode(tokenizer, caption, max_length=77):
+    return encode_caption(
+        tokenizer,
+        caption,
+        template=DEFAULT_TEMPLATE,
+        prefix_ids=[tokenizer.bos_token_id],
+        suffix_ids=[tokenizer.eos_token_id],
+        max_length=max_length,
+    )
+
+
+def tokens_of_word(enc, index):
+    return [enc.tokens[t] for t in np.flatnonzero(enc.token_word == index)]
+
+
+def test_multi_bpe_words_and_attached_punctuation(tokenizer):
+    enc = encode(tokenizer, "A snowboarder plays a xylophone in different directions.")
+    words = [w.text for w in enc.words]
+    assert words == ["A", "snowboarder", "plays", "a", "xylophone", "in", "different", "directions."]
+    assert tokens_of_word(enc, 1) == ["snow", "boarder</w>"]
+    assert tokens_of_word(enc, 4) == ["xy", "lo", "phone</w>"]
+    assert tokens_of_word(enc, 7) == ["directions</w>", ".</w>"]
+    assert enc.input_ids[0] == tokenizer.bos_token_id
+    assert enc.input_ids[enc.pool_index] == tokenizer.eos_token_id
+    assert enc.pool_index == len(enc.input_ids) - 1
+    # template tokens and specials belong to no word
+    assert list(enc.token_word[:4]) == [-1, -1, -1, -1]
+
+
+def test_offsets_map_back_to_original_text(tokenizer):
+    caption = "  a   café 🏂 snowboarder,  dog!   naïve résumé —  ok "
+    enc = encode(tokenizer, caption)
+    assert [caption[w.start : w.end] for w in enc.words] == caption.split()
+    for t in np.flatnonzero(enc.token_word >= 0):
+        a, b = enc.token_spans[t]
+        word = enc.words[enc.token_word[t]]
+        assert word.start <= a < b <= word.end
+    # every word got at least one token and every caption token is assigned
+    counts = np.bincount(enc.token_word[enc.token_word >= 0], minlength=len(enc.words))
+    assert (counts > 0).all()
+    assert enc.words[2].text == "🏂" and counts[2] == 2  # byte-level BPE: emoji spans two tokens
+
+
+def test_punctuation_words():
+    assert is_punctuation(".") and is_punctuation("—") and is_punctuation("...")
+    assert not is_punctuation("dog!") and not is_punctuation("🏂") and not is_punctuation("")
+    assert [w.punctuation for w in split_words("a dog , running .")] == [False, False, True, False, True]
+
+
+@pytest.mark.parametrize("caption", ["", "   ", "\n\t"])
+def test_empty_caption_is_a_clear_error(tokenizer, caption):
+    with pytest.raises(CaptionError, match="empty"):
+        encode(tokenizer, caption)
+
+
+def test_non_string_caption_is_a_clear_error(tokenizer):
+    with pytest.raises(CaptionError, match="string"):
+        encode(tokenizer, None)
+
+
+def test_long_caption_truncates_whole_words_and_says_so(tokenizer):
+    caption = " ".join(["snowboarder"] * 30 + ["xylophone"] * 10)
+    with pytest.warns(CaptionTruncatedWarning, match="dropped its last"):
+        enc = encode(tokenizer, caption)
+    assert len(enc.input_ids) <= 77
+    assert enc.input_ids[-1] == tokenizer.eos_token_id and enc.pool_index == len(enc.input_ids) - 1
+    kept, cut = len(enc.words), len(enc.truncated_words)
+    assert kept + cut == 40 and cut > 0
+    # no half word: every kept word has all its tokens
+    full = tokenizer(DEFAULT_TEMPLATE + caption, add_special_tokens=False).input_ids
+    assert enc.input_ids[1:-1] == full[: len(enc.input_ids) - 2]
+    assert sum(len(tokens_of_word(enc, i)) for i in range(kept)) == len(enc.input_ids) - 2 - 3
+    assert enc.truncated_words[0].start == enc.words[-1].end + 1
+
+
+def test_caption_that_fits_exactly_is_not_truncated(tokenizer):
+    caption = " ".join(["dog"] * 72)  # 3 template + 72 + SOT + EOT = 77
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enc = encode(tokenizer, caption)
+    assert len(enc.input_ids) == 77 and not enc.truncated_words

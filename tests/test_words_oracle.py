@@ -1,0 +1,133 @@
+"""CLIP4DM word scores against a plain re-statement of the paper and against finite differences.
+
+The oracle below is written from the paper's description only: one pair at a time, HF's own
+``output_attentions`` and pooling, explicit loops over layers and heads, and words found by tokenizing
+each whitespace word on its own (no offset mapping), as the authors' code does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+from transformers.models.clip import modeling_clip
+
+from clipalign import CLIP4DM
+from clipalign.models import HFCLIPAdapter
+
+TEMPLATE = "A photo depicts "
+CAPTIONS = [
+    "a cup of coke",
+    "A snowboarder jumps over a xylophone.",
+    "a street sign with a detour pointing in different directions.",
+    "the dog! runs , fast",
+]
+
+
+def scene(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def oracle_word_scores(model, tokenizer, processor, image, caption, layers):
+    """CLIP4DM for one pair, as the paper states it, with loops."""
+    text = TEMPLATE + caption
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    pixels = processor(images=[image], return_tensors="pt").pixel_values
+    out = model(input_ids=ids, pixel_values=pixels, output_attentions=True)
+    img = out.image_embeds[0]
+    txt = out.text_embeds[0]
+    cos = (img @ txt) / (img.norm() * txt.norm())
+    attentions = out.text_model_output.attentions[-layers:]
+    grads = torch.autograd.grad(cos, attentions)
+    n = ids.shape[1]
+    relevance = torch.zeros(n, n, dtype=torch.float64)
+    for grad, attn in zip(grads, attentions, strict=True):
+        heads = attn.shape[1]
+        layer_map = torch.zeros(n, n, dtype=torch.float64)
+        for h in range(heads):
+            layer_map += (grad[0, h] * attn[0, h]).double()
+        relevance += layer_map / heads
+    relevance /= layers
+    eot = n - 1
+    token_scores = [float(relevance[eot, j].detach()) for j in range(1, eot)]
+    words, cursor = [], 0
+    for word in text.split():
+        count = len(tokenizer(word, add_special_tokens=False).input_ids)
+        words.append((word, sum(token_scores[cursor : cursor + count]) / count))
+        cursor += count
+    assert cursor == len(token_scores)
+    return words[len(TEMPLATE.split()) :], float(cos.detach())
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_model_dir):
+    model = CLIPModel.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
+    return (
+        model,
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+        CLIPImageProcessorPil.from_pretrained(tiny_model_dir),
+    )
+
+
+@pytest.mark.parametrize("layers", [1, 3, 4])
+def test_library_matches_loop_oracle(parts, layers):
+    model, tokenizer, processor = parts
+    attributor = CLIP4DM(HFCLIPAdapter(model, tokenizer, processor), layers=layers)
+    images = [scene(i) for i in range(len(CAPTIONS))]
+    results = attributor.attribute(images, CAPTIONS)
+    for image, caption, result in zip(images, CAPTIONS, results, strict=True):
+        expected, cos = oracle_word_scores(model, tokenizer, processor, image, caption, layers)
+        assert [w.word for w in result.words] == [w for w, _ in expected]
+        got = np.array([w.score for w in result.words])
+        want = np.array([s for _, s in expected])
+        scale = np.abs(want).max()
+        assert scale > 0
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+        assert result.cosine == pytest.approx(cos, abs=1e-6)
+
+
+def test_token_score_is_finite_difference_of_scaled_attention(parts, monkeypatch):
+    """Scaling layer L's EOT→token j attention by (1+t) in every head changes the cosine by
+    t·Σ_h (∂s/∂A ⊙ A)[h, EOT, j] = t·heads·score_j when only the last layer is used."""
+    model, tokenizer, processor = parts
+    model = CLIPModel.from_pretrained(
+        model.name_or_path, attn_implementation="eager", dtype=torch.float64
+    ).eval()
+    attributor = CLIP4DM(HFCLIPAdapter(model, tokenizer, processor), layers=1)
+    image, caption = scene(7), "a red cube on a blue sphere"
+    [result] = attributor.attribute([image], [caption])
+    ids = tokenizer(TEMPLATE + caption, return_tensors="pt").input_ids
+    pixels = processor(images=[image], return_tensors="pt").pixel_values.double()
+    eot = ids.shape[1] - 1
+    target = model.text_model.encoder.layers[-1].self_attn
+    scale = {"t": 0.0, "j": 0}
+
+    def perturbed(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        # HF's eager attention, but with the softmax in fp64 (HF's is fp32) so differences are exact enough
+        logits = query @ key.transpose(-1, -2) * scaling
+        weights = torch.softmax(logits if attention_mask is None else logits + attention_mask, dim=-1)
+        if module is target:
+            factor = torch.ones_like(weights)
+            factor[:, :, eot, scale["j"]] = 1 + scale["t"]
+            weights = weights * factor
+        return (weights @ value).transpose(1, 2).contiguous(), weights
+
+    monkeypatch.setattr(modeling_clip, "eager_attention_forward", perturbed)
+
+    def cosine(t: float, j: int) -> float:
+        scale.update(t=t, j=j)
+        with torch.no_grad():
+            out = model(input_ids=ids, pixel_values=pixels)
+        return float(torch.nn.functional.cosine_similarity(out.text_embeds, out.image_embeds)[0])
+
+    heads = target.num_heads
+    assert cosine(0.0, 0) == pytest.approx(result.cosine, abs=1e-6)
+    first = 1 + len(tokenizer(TEMPLATE, add_special_tokens=False).input_ids)
+    h = 1e-5
+    for k, token in enumerate(result.tokens):
+        j = first + k
+        derivative = (cosine(h, j) - cosine(-h, j)) / (2 * h)
+        assert derivative == pytest.approx(heads * token.score, rel=1e-5, abs=1e-12)
