@@ -12,10 +12,21 @@ from typing import Any
 
 from rich.console import Console
 
+from clipalign.attribution import CLIP4DM
 from clipalign.models import DEFAULT_MODEL, ClipAdapter, load_model
+from clipalign.results import WordAlignment
 from clipalign.text.alignment import DEFAULT_TEMPLATE
 
 stderr = Console(stderr=True)
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """IMAGE CAPTION, --json, and the model and word-attribution options."""
+    parser.add_argument("image", help="image file")
+    parser.add_argument("caption", help="caption to check")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_model_options(parser)
+    add_word_options(parser)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +60,15 @@ def open_model(args: argparse.Namespace) -> ClipAdapter:
     return load_model(args.model, device=args.device, dtype=args.dtype)
 
 
+def attribute_pair(args: argparse.Namespace) -> tuple[ClipAdapter, WordAlignment]:
+    """Load the model and score the one (image, caption) pair named on the command line."""
+    model = open_model(args)
+    attributor = CLIP4DM(model, layers=args.layers, template=args.template, epsilon=args.epsilon)
+    [result] = attributor.attribute([args.image], [args.caption], mode=args.mode, on_error="raise")
+    assert isinstance(result, WordAlignment)
+    return model, result
+
+
 def print_json(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
@@ -65,13 +85,14 @@ def warnings_to_stderr() -> Iterator[None]:
 
 
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Turn the library's expected failures into one-line messages and exit status 1."""
+    """Run a command with warnings on stderr; expected failures become one line and exit status 1."""
     from clipalign.images import ImageLoadError
     from clipalign.models import ModelLoadError
     from clipalign.text import CaptionError
 
     try:
-        return func(args)
+        with warnings_to_stderr():
+            return func(args)
     except (ModelLoadError, ImageLoadError, CaptionError, ValueError) as exc:
         stderr.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 1

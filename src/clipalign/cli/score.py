@@ -8,23 +8,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from clipalign.attribution import CLIP4DM
-from clipalign.cli.common import (
-    add_model_options,
-    add_word_options,
-    open_model,
-    print_json,
-    warnings_to_stderr,
-)
+from clipalign.cli.common import add_pair_arguments, attribute_pair, print_json
 from clipalign.metrics import ref_clip_score, reference_cosines
-from clipalign.results import ItemError
 from clipalign.viz.terminal import coloured_caption
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("score", help="CLIPScore, RefCLIPScore (with references) and F-CLIPScore")
-    p.add_argument("image", help="image file")
-    p.add_argument("caption", help="candidate caption")
+    add_pair_arguments(p)
     p.add_argument(
         "--reference", action="append", default=[], help="a reference caption (repeat for several)"
     )
@@ -34,22 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["hessel", "clip4dm"],
         help="RefCLIPScore: best reference, unscaled (Hessel; default) or first one ×2.5 (CLIP4DM code)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    add_model_options(p)
-    add_word_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    model = open_model(args)
-    attributor = CLIP4DM(model, layers=args.layers, template=args.template, epsilon=args.epsilon)
-    with warnings_to_stderr():
-        [result] = attributor.attribute([args.image], [args.caption], mode=args.mode, on_error="raise")
-        assert not isinstance(result, ItemError)
-        ref = None
-        if args.reference:
-            ref_cos, mask = reference_cosines(model, [args.caption], [args.reference], args.template)
-            ref = float(ref_clip_score(torch.tensor([result.cosine]), ref_cos, mask, args.convention)[0])
+    model, result = attribute_pair(args)
+    ref = None
+    if args.reference:
+        ref_cos, mask = reference_cosines(model, [args.caption], [args.reference], args.template)
+        ref = float(ref_clip_score(torch.tensor([result.cosine]), ref_cos, mask, args.convention)[0])
     scores = {
         "caption": result.caption,
         "cosine": result.cosine,
