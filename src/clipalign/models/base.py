@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from PIL import Image
 
+from clipalign.images.geometry import ImageGeometry
 from clipalign.text.alignment import EncodedCaption
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -71,6 +72,29 @@ class ClipAdapter(Protocol):
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor: ...
 
     def text_embeddings(self, inputs: TextInputs, output_attentions: bool = False) -> TextOutput: ...
+
+
+@runtime_checkable
+class InteractionAdapter(ClipAdapter, Protocol):
+    """What second-order interactions need in addition: hidden states at a block and the network above it."""
+
+    @property
+    def num_vision_layers(self) -> int: ...
+
+    @property
+    def patch_grid(self) -> tuple[int, int]: ...
+
+    def image_geometry(self, width: int, height: int) -> ImageGeometry: ...
+
+    def text_reference_ids(self, length: int) -> list[int]: ...
+
+    def text_states(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor: ...
+
+    def text_head(self, states: torch.Tensor, layer: int, pool_index: int) -> torch.Tensor: ...
+
+    def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor: ...
+
+    def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor: ...
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

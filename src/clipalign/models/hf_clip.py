@@ -10,7 +10,14 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
 
-from clipalign.models.base import TextInputs, TextOutput, model_load_error, resolve_device, resolve_dtype
+from clipalign.images.geometry import ImageGeometry
+from clipalign.models.base import (
+    TextInputs,
+    TextOutput,
+    model_load_error,
+    resolve_device,
+    resolve_dtype,
+)
 from clipalign.text.alignment import EncodedCaption, encode_caption
 
 
@@ -134,6 +141,76 @@ class HFCLIPAdapter:
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), inputs.pool_index]
         embeds = _at_least_fp32(self.model.text_projection(pooled))
         return TextOutput(embeds, tuple(out.attentions) if output_attentions else None)
+
+    # --- hidden states at a block and the rest of the network, for interaction attributions ---
+
+    @property
+    def num_vision_layers(self) -> int:
+        return self.model.config.vision_config.num_hidden_layers
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, cols) of image patches the vision encoder sees."""
+        cfg = self.model.config.vision_config
+        side = cfg.image_size // cfg.patch_size
+        return side, side
+
+    def image_geometry(self, width: int, height: int) -> ImageGeometry:
+        """Where the model's square input lies in an original ``width``×``height`` image (resize + crop)."""
+        size = self.image_processor.size
+        crop = self.image_processor.crop_size
+        if "shortest_edge" in size:
+            short, long = sorted((width, height))
+            new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
+            resized = (new_short, new_long) if width <= height else (new_long, new_short)
+        else:
+            resized = (size["width"], size["height"])
+        crop_w, crop_h = crop["width"], crop["height"]
+        left, top = (resized[0] - crop_w) // 2, (resized[1] - crop_h) // 2
+        return ImageGeometry((width, height), resized, (left, top, crop_w, crop_h))
+
+    def text_reference_ids(self, length: int) -> list[int]:
+        """The text reference of the interaction paper: SOT, one pad token, EOT, padded to ``length``."""
+        tok = self.tokenizer
+        if length < 3:
+            raise ValueError(f"the text reference needs at least 3 positions, got {length}")
+        return [tok.bos_token_id, tok.pad_token_id, tok.eos_token_id] + [tok.pad_token_id] * (length - 3)
+
+    def _causal_mask(self, length: int, dtype: torch.dtype) -> torch.Tensor:
+        mask = torch.full((length, length), torch.finfo(dtype).min, device=self.device, dtype=dtype)
+        return mask.triu(1)[None, None]
+
+    def text_states(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
+        """Hidden states entering text block ``layer`` (B, T, d), causal mask only (no padding)."""
+        text = self.model.text_model
+        hidden = text.embeddings(input_ids=input_ids)
+        mask = self._causal_mask(input_ids.shape[1], hidden.dtype)
+        for block in text.encoder.layers[:layer]:
+            hidden = block(hidden, mask)
+        return hidden
+
+    def text_head(self, states: torch.Tensor, layer: int, pool_index: int) -> torch.Tensor:
+        """Text embedding (unnormalised) from the states entering block ``layer``, pooled at a position."""
+        text = self.model.text_model
+        mask = self._causal_mask(states.shape[1], states.dtype)
+        for block in text.encoder.layers[layer:]:
+            states = block(states, mask)
+        return _at_least_fp32(self.model.text_projection(text.final_layer_norm(states[:, pool_index])))
+
+    def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
+        """Hidden states entering vision block ``layer`` (B, 1 + patches, d); position 0 is CLS."""
+        vision = self.model.vision_model
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+        for block in vision.encoder.layers[:layer]:
+            hidden = block(hidden, None)
+        return hidden
+
+    def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor:
+        """Image embedding (unnormalised) from the states entering vision block ``layer`` (CLS pooling)."""
+        vision = self.model.vision_model
+        for block in vision.encoder.layers[layer:]:
+            states = block(states, None)
+        return _at_least_fp32(self.model.visual_projection(vision.post_layernorm(states[:, 0])))
 
     @contextmanager
     def _activations_require_grad(self, enabled: bool) -> Iterator[None]:

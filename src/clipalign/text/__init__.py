@@ -11,6 +11,7 @@ from clipalign.text.alignment import (
     split_words,
     validate_caption,
 )
+from clipalign.text.spans import find_span
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -19,6 +20,7 @@ __all__ = [
     "EncodedCaption",
     "WordSpan",
     "encode_caption",
+    "find_span",
     "is_punctuation",
     "split_words",
     "validate_caption",

@@ -1,0 +1,206 @@
+"""Second-order interactions against a per-embedding-dimension backward oracle, completeness, and JVPs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers.models.clip import modeling_clip
+
+from clipalign.attribution.interactions import TokenPatchInteractions, integrated_jacobian
+from clipalign.attribution.quadrature import quadrature
+
+CAPTION = "A white husky and a black dog running."
+
+
+def photo(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def oracle_matrix(adapter, image, caption, layer, nodes, weights, normalize):
+    """The paper's formula with one backward per embedding dimension and loops over nodes (exCLIP's way)."""
+    [enc] = adapter.encode_captions([caption], "")
+    ids = torch.tensor([enc.input_ids])
+    ref_ids = torch.tensor([adapter.text_reference_ids(len(enc.input_ids))])
+    pixels = adapter.preprocess([image])
+    x, r_x = adapter.text_states(ids, layer)[0], adapter.text_states(ref_ids, layer)[0]
+    y, r_y = adapter.image_states(pixels, layer)[0], adapter.image_states(torch.zeros_like(pixels), layer)[0]
+
+    def text(h):
+        return adapter.text_head(h[None], layer, enc.pool_index)[0]
+
+    def image_embed(h):
+        return adapter.image_head(h[None], layer)[0]
+
+    def normalised(fn, at):
+        if normalize == "cosine":
+            return lambda h: fn(h) / fn(h).norm()
+        norm = fn(at).norm().detach()
+        return lambda h: fn(h) / norm
+
+    def integrated(fn, inp, ref):
+        jac = None
+        for alpha, w in zip(nodes, weights, strict=True):
+            point = (ref + float(alpha) * (inp - ref)).detach().requires_grad_(True)
+            out = fn(point)
+            rows = []
+            for d in range(out.shape[0]):
+                (grad,) = torch.autograd.grad(out[d], point, retain_graph=True)
+                rows.append(grad.double())
+            step = float(w) * torch.stack(rows)  # (D, S, d)
+            jac = step if jac is None else jac + step
+        return (jac * (inp - ref).double()[None]).sum(dim=-1)  # (D, S)
+
+    with torch.enable_grad():
+        t = integrated(normalised(text, x), x, r_x)
+        v = integrated(normalised(image_embed, y), y, r_y)
+    return (t.T @ v).numpy()
+
+
+@pytest.mark.parametrize("rule", ["gauss", "riemann"])
+@pytest.mark.parametrize("normalize", ["cosine", "exclip"])
+def test_matches_per_dimension_backward_oracle(adapter, rule, normalize):
+    layer = 2
+    method = TokenPatchInteractions(
+        adapter, text_layer=layer, image_layer=layer, steps=4, rule=rule, normalize=normalize
+    )
+    [result] = method.attribute(photo(), CAPTION)
+    nodes, weights = quadrature(rule, 4)
+    expected = oracle_matrix(adapter, photo(), CAPTION, layer, nodes, weights, normalize)
+    got = np.concatenate([result.cls[:, None], result.matrix], axis=1)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("normalize", ["cosine", "exclip"])
+@pytest.mark.parametrize("layers", [(-1, -1), (0, 2), (1, 0)])
+def test_completeness(adapter, normalize, layers):
+    method = TokenPatchInteractions(adapter, *layers, steps=20, normalize=normalize)
+    [result] = method.attribute(photo(), CAPTION)
+    c = result.completeness
+    assert result.matrix.sum() + result.cls.sum() == pytest.approx(c.sum, rel=1e-9)
+    assert c.target == pytest.approx(c.s_xy - c.s_x_ry - c.s_rx_y + c.s_rx_ry)
+    assert abs(c.residual) <= 1e-5 * abs(c.target)
+
+
+def test_completeness_terms_are_the_cosines(adapter):
+    from clipalign.metrics import image_text_cosine
+
+    [result] = TokenPatchInteractions(adapter).attribute(photo(), CAPTION)
+    assert result.completeness.s_xy == pytest.approx(
+        float(image_text_cosine(adapter, [photo()], [CAPTION], "")[0]), abs=1e-6
+    )
+
+
+def test_exclip_completeness_is_the_bilinear_form_of_embedding_differences(adapter):
+    [result] = TokenPatchInteractions(adapter, steps=20, normalize="exclip").attribute(photo(), CAPTION)
+    [enc] = adapter.encode_captions([CAPTION], "")
+    layer = adapter.num_text_layers - 1
+    with torch.no_grad():
+        ids = torch.tensor([enc.input_ids])
+        ref = torch.tensor([adapter.text_reference_ids(len(enc.input_ids))])
+        pixels = adapter.preprocess([photo()])
+        ex = adapter.text_head(adapter.text_states(ids, layer), layer, enc.pool_index)[0].double()
+        erx = adapter.text_head(adapter.text_states(ref, layer), layer, enc.pool_index)[0].double()
+        ey = adapter.image_head(adapter.image_states(pixels, layer), layer)[0].double()
+        ery = adapter.image_head(adapter.image_states(torch.zeros_like(pixels), layer), layer)[0].double()
+    expected = float((ex - erx) @ (ey - ery) / (ex.norm() * ey.norm()))
+    assert result.completeness.sum == pytest.approx(expected, rel=1e-5)
+
+
+def test_gauss_beats_riemann_and_error_falls_with_steps(adapter):
+    def error(rule, steps):
+        [r] = TokenPatchInteractions(adapter, steps=steps, rule=rule).attribute(photo(seed=3), CAPTION)
+        return abs(r.completeness.residual / r.completeness.target)
+
+    gauss = [error("gauss", n) for n in (1, 2, 4, 10)]
+    riemann = [error("riemann", n) for n in (1, 2, 4, 10, 20)]
+    assert gauss[-1] <= riemann[3] / 10
+    assert (np.diff(gauss) < 0).all()
+    assert (np.diff(riemann) < 0).all()
+
+
+def fp64_eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """HF's eager attention with the softmax kept in the input dtype (HF's runs in fp32), for fp64 checks."""
+    logits = query @ key.transpose(-1, -2) * scaling
+    weights = torch.softmax(logits if attention_mask is None else logits + attention_mask, dim=-1)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+def test_one_jvp_column_equals_finite_differences(adapter, monkeypatch):
+    monkeypatch.setattr(modeling_clip, "eager_attention_forward", fp64_eager_attention)
+    layer = adapter.num_text_layers - 1
+    [enc] = adapter.encode_captions(["a black dog"], "")
+    x = adapter.text_states(torch.tensor([enc.input_ids]), layer)[0].double()
+    r = adapter.text_states(torch.tensor([adapter.text_reference_ids(len(enc.input_ids))]), layer)[0].double()
+    adapter.model.double()
+    try:
+
+        def head(h):
+            return torch.nn.functional.normalize(adapter.text_head(h, layer, enc.pool_index), dim=-1)
+
+        alpha = np.array([0.37])
+        with torch.no_grad():
+            cols = integrated_jacobian(head, x, r, alpha, np.array([1.0]))
+            for i in range(x.shape[0]):
+                step = torch.zeros_like(x)
+                step[i] = (x - r)[i]
+                point = r + 0.37 * (x - r)
+                eps = 1e-6
+                fd = (head((point + eps * step)[None]) - head((point - eps * step)[None]))[0] / (2 * eps)
+                torch.testing.assert_close(cols[:, i], fd, rtol=1e-6, atol=1e-9)
+    finally:
+        adapter.model.float()
+
+
+def test_chunk_size_does_not_change_the_result(adapter):
+    a = TokenPatchInteractions(adapter, chunk=7).attribute(photo(), CAPTION)[0]
+    b = TokenPatchInteractions(adapter, chunk=1000).attribute(photo(), CAPTION)[0]
+    np.testing.assert_allclose(a.matrix, b.matrix, rtol=0, atol=1e-6 * np.abs(b.matrix).max())
+
+
+def test_several_pairs_and_no_hooks_left(adapter):
+    def hooks():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in adapter.model.modules())
+
+    before = hooks()
+    results = TokenPatchInteractions(adapter).attribute([photo(seed=1), photo(80, 40, 2)], ["a dog", CAPTION])
+    assert [r.caption for r in results] == ["a dog", CAPTION]
+    assert results[0].matrix.shape == (4, 16) and results[1].matrix.shape == (len(results[1].tokens), 16)
+    assert hooks() == before
+    with torch.no_grad():
+        [enc] = adapter.encode_captions(["a dog"], "")
+        plain = adapter.model.get_text_features(input_ids=torch.tensor([enc.input_ids])).pooler_output
+        ours = adapter.text_embeddings(adapter.collate([enc])).embeds
+    torch.testing.assert_close(plain, ours)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "steps must be ≥ 1"),
+        ({"text_layer": 4}, "text layer must be in -4..3"),
+        ({"image_layer": -5}, "image layer must be in -4..3"),
+        ({"rule": "simpson"}, "rule must be"),
+        ({"normalize": "l1"}, "normalize must be"),
+    ],
+)
+def test_invalid_settings(adapter, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TokenPatchInteractions(adapter, **kwargs)
+
+
+def test_result_json_schema(adapter):
+    import json
+
+    [result] = TokenPatchInteractions(adapter).attribute(photo(), "a black dog")
+    data = json.loads(result.to_json())
+    assert data["tokens"][0] == "<|startoftext|>" and data["tokens"][-1] == "<|endoftext|>"
+    assert (
+        data["grid"] == [4, 4] and len(data["matrix"]) == len(data["tokens"]) and len(data["matrix"][0]) == 16
+    )
+    assert [w["word"] for w in data["words"]] == ["a", "black", "dog"] and data["words"][1]["tokens"] == [2]
+    assert set(data["completeness"]) >= {"sum", "target", "residual", "s_xy", "s_x_ry", "s_rx_y", "s_rx_ry"}
+    assert len(data["cls"]) == len(data["tokens"])
