@@ -29,7 +29,7 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     add_word_options(parser)
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, template_default: str = DEFAULT_TEMPLATE) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
@@ -38,7 +38,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     group.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="compute dtype")
-    group.add_argument("--template", default=DEFAULT_TEMPLATE, help="prefix read before the caption")
+    group.add_argument("--template", default=template_default, help="prefix read before the caption")
 
 
 def add_word_options(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,21 @@ def _style(score: float, misaligned: bool, scale: float) -> str:
     return ("green" if score > 0 else "yellow") + (" bold" if strength > 0.6 else "")
 
 
+def scored_words(pairs: list[tuple[str, float]]) -> Text:
+    """Words coloured by their score's sign and size (green supports, magenta contradicts)."""
+    scale = max((abs(s) for _, s in pairs), default=0.0)
+    text = Text()
+    for i, (word, score) in enumerate(pairs):
+        strength = min(abs(score) / scale, 1.0) if scale > 0 else 0.0
+        style = (
+            "default"
+            if strength < 0.15
+            else ("green" if score > 0 else "magenta") + (" bold" if strength > 0.6 else "")
+        )
+        text.append(("" if i == 0 else " ") + word, style=style)
+    return text
+
+
 def coloured_caption(result: WordAlignment) -> Text:
     """The caption as written, misaligned words on red, others green (supports) / yellow (leans against)."""
     scale = max((abs(w.score) for w in result.words), default=0.0)

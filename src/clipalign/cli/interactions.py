@@ -1,0 +1,136 @@
+"""``clipalign interactions IMAGE CAPTION``: which image regions each caption word matches or contradicts."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from clipalign.attribution.interactions import TokenPatchInteractions
+from clipalign.cli.common import add_model_options, open_model, print_json
+from clipalign.images import load_image
+from clipalign.results import Interactions
+from clipalign.viz.terminal import scored_words
+
+
+def _box(value: str) -> tuple[float, float, float, float]:
+    try:
+        x, y, w, h = (float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected x,y,w,h (four numbers), got {value!r}") from None
+    return x, y, w, h
+
+
+def _indices(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected word indices like 5,6, got {value!r}") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("interactions", help="token×patch interactions (second order), heatmaps")
+    p.add_argument("image", help="image file")
+    p.add_argument("caption", help="caption")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--span", help="caption phrase to map onto the image, e.g. 'black dog'")
+    where.add_argument("--words", type=_indices, help="word indices (0-based) to map, e.g. 5,6")
+    p.add_argument("--occurrence", type=int, help="with --span: use only its k-th occurrence (1-based)")
+    p.add_argument("--box", type=_box, help="x,y,w,h in original pixels: which words this region supports")
+    p.add_argument("--grid", action="store_true", help="one heatmap per word (with --out)")
+    p.add_argument("--out", help="write the heatmap (or --grid) as PNG here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    group = p.add_argument_group("interactions")
+    group.add_argument("--steps", type=int, default=10, help="quadrature nodes N (default 10)")
+    group.add_argument(
+        "--layer", type=int, default=-1, help="block attributed in both encoders (default -1, last)"
+    )
+    group.add_argument("--text-layer", type=int, help="text block, overrides --layer")
+    group.add_argument("--image-layer", type=int, help="vision block, overrides --layer")
+    group.add_argument("--rule", default="gauss", choices=["gauss", "riemann"], help="quadrature rule")
+    group.add_argument(
+        "--normalize", default="cosine", choices=["cosine", "exclip"], help="quantity attributed"
+    )
+    group.add_argument("--chunk", type=int, default=256, help="JVPs evaluated at once (lower = less memory)")
+    add_model_options(p, template_default="")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.occurrence is not None and args.span is None:
+        raise ValueError("--occurrence needs --span")
+    if args.grid and not args.out:
+        raise ValueError("--grid draws one heatmap per word: give --out FILE.png")
+    if args.out and not (args.span or args.words or args.grid):
+        raise ValueError("--out needs --span, --words or --grid to know what to draw")
+    model = open_model(args)
+    method = TokenPatchInteractions(
+        model,
+        text_layer=args.layer if args.text_layer is None else args.text_layer,
+        image_layer=args.layer if args.image_layer is None else args.image_layer,
+        steps=args.steps,
+        rule=args.rule,
+        normalize=args.normalize,
+        chunk=args.chunk,
+        template=args.template,
+    )
+    image = load_image(args.image)
+    [result] = method.attribute([image], [args.caption])
+    span = args.span if args.span is not None else args.words
+    report: dict = {"model": model.name, **result.to_dict()}
+    if span is not None:
+        rows = result.span_rows(span, args.occurrence)
+        report["span"] = {
+            "span": span,
+            "rows": rows,
+            "grid_values": result.span_grid(span, args.occurrence).tolist(),
+        }
+    if args.box is not None:
+        words = result.box_word_scores(args.box)
+        report["box"] = {
+            "box": list(args.box),
+            "words": [{"word": w, "score": s} for w, s in words],
+            "tokens": result.box_token_scores(args.box).tolist(),
+        }
+    if args.out:
+        from clipalign.viz.heatmap import save, span_figure, word_grid_figure
+
+        fig = (
+            word_grid_figure(image, result)
+            if args.grid
+            else span_figure(image, result, span, args.occurrence)
+        )
+        report["out"] = str(save(fig, args.out))
+    if args.json:
+        print_json(report)
+    else:
+        _print_summary(result, report)
+    return 0
+
+
+def _print_summary(result: Interactions, report: dict) -> None:
+    console = Console()
+    c = result.completeness
+    console.print(Text(str(result)))
+    console.print(
+        f"completeness: Σ = {c.sum:.6f}, target s(x,y) − s(x,r_y) − s(r_x,y) + s(r_x,r_y) = {c.target:.6f} "
+        f"({c.s_xy:.4f} − {c.s_x_ry:.4f} − {c.s_rx_y:.4f} + {c.s_rx_ry:.4f}), residual {c.residual:.2e}",
+        highlight=False,
+    )
+    word_totals = [(w.word, float(result.matrix[w.tokens].sum())) for w in result.words]
+    console.print(Text("whole image: ").append(scored_words(word_totals)))
+    if "span" in report:
+        grid = Table(
+            title=f"span {report['span']['span']!r} on the {result.grid[0]}×{result.grid[1]} patch grid",
+            show_header=False,
+        )
+        for row in report["span"]["grid_values"]:
+            grid.add_row(*(f"{v:+.2e}" for v in row))
+        console.print(grid)
+    if "box" in report:
+        pairs = [(w["word"], w["score"]) for w in report["box"]["words"]]
+        console.print(Text(f"box {tuple(report['box']['box'])}: ").append(scored_words(pairs)))
+    if "out" in report:
+        console.print(f"wrote {report['out']}")
