@@ -1,0 +1,1 @@
+"""Benchmarks of the papers: metrics, a cached resumable runner, NLI scoring and reports."""

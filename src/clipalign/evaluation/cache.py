@@ -1,0 +1,57 @@
+"""Per-item results on disk, keyed by item id and a hash of the settings, so runs resume.
+
+Records are appended as JSON lines and flushed batch by batch; a line cut by an interrupted run is
+ignored (its item is recomputed). Changing any setting that affects results changes the file name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short stable hash of the settings that determine per-item results."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class ResultCache:
+    """An append-only JSONL file of ``{"id": ..., ...}`` records for one benchmark and one setting."""
+
+    def __init__(self, directory: str | Path, settings: dict[str, Any]) -> None:
+        self.directory = Path(directory)
+        self.settings = settings
+        self.path = self.directory / f"{settings_key(settings)}.jsonl"
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Every complete record written so far, by id (the last one wins)."""
+        records: dict[str, dict[str, Any]] = {}
+        if not self.path.exists():
+            return records
+        with self.path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and "id" in record:
+                    records[str(record["id"])] = record
+        return records
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Write records durably (flush + fsync) so a killed run loses at most the batch in flight."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        settings_file = self.path.with_suffix(".settings.json")
+        if not settings_file.exists():
+            settings_file.write_text(json.dumps(self.settings, indent=2, sort_keys=True, default=str))
+        with self.path.open("a", encoding="utf-8") as f:
+            if f.tell() > 0:
+                f.write("\n")  # a previous run may have died mid-line: start clean
+            f.write("\n".join(json.dumps(r, ensure_ascii=False) for r in records))
+            f.flush()
+            os.fsync(f.fileno())

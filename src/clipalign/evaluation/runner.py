@@ -1,0 +1,268 @@
+"""Score benchmark items in batches with a cache on disk, then compute the benchmark's metrics.
+
+A missing or corrupt image becomes a failed record with its reason and the run goes on; an
+interrupted run resumes from the cache; ``limit`` takes the first N items for a quick look.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clipalign.attribution.interactions import TokenPatchInteractions
+from clipalign.attribution.words import CLIP4DM
+from clipalign.datasets.base import MisalignmentItem, PointingItem
+from clipalign.evaluation.cache import ResultCache
+from clipalign.evaluation.metrics import (
+    average_precision,
+    correlations,
+    lenient_hat_hit,
+    localisation_hit,
+    micro_prf,
+    pointing_game,
+    strict_hat_hit,
+)
+from clipalign.metrics.functional import ref_clip_score
+from clipalign.metrics.scores import reference_cosines
+from clipalign.results import ItemError, WordAlignment
+
+Record = dict[str, Any]
+
+
+def _word_record(item: MisalignmentItem, result: WordAlignment | ItemError, refclip: float | None) -> Record:
+    if isinstance(result, ItemError):
+        return {"id": item.id, "error": result.error}
+    eligible = [i for i, w in enumerate(result.words) if not w.punctuation and w.num_tokens > 0]
+    lowest = min(eligible, key=lambda i: result.words[i].score) if eligible else None
+    return {
+        "id": item.id,
+        "error": None,
+        "cosine": result.cosine,
+        "clipscore": result.clipscore,
+        "f_clipscore": result.f_clipscore,
+        # the authors' F-CLIPScore in most_negative mode (FOIL, nocaps-FOIL): lowest word × (1 − cos⁺)
+        "f_clipscore_min": (1 - max(result.cosine, 0.0)) * result.words[lowest].score
+        if lowest is not None
+        else 0.0,
+        "refclipscore": refclip,
+        "words": [w.word for w in result.words],
+        "scores": [w.score for w in result.words],
+        "misaligned": [w.misaligned for w in result.words],
+        "lowest_word": lowest,
+        "spans": [s.to_dict() for s in result.spans],
+        "truncated_words": result.truncated_words,
+    }
+
+
+def score_misalignment(
+    items: Sequence[MisalignmentItem],
+    attributor: CLIP4DM,
+    cache: ResultCache,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[Record]:
+    """Per-item records (cached): word scores, spans, cosine, CLIPScore, F-CLIPScore, RefCLIPScore."""
+    done = cache.load()
+    todo = [it for it in items if it.id not in done]
+    bar = tqdm(
+        total=len(items), initial=len(items) - len(todo), desc="scoring", unit="pair", disable=not progress
+    )
+    for lo in range(0, len(todo), batch_size):
+        batch = todo[lo : lo + batch_size]
+        results = attributor.attribute([it.image for it in batch], [it.caption for it in batch])
+        refclip = _refclipscores(attributor, batch, results)
+        records = [_word_record(it, r, rc) for it, r, rc in zip(batch, results, refclip, strict=True)]
+        cache.append(records)
+        done.update((r["id"], r) for r in records)
+        bar.update(len(batch))
+    bar.close()
+    return [done[it.id] for it in items]
+
+
+def _refclipscores(
+    attributor: CLIP4DM, batch: Sequence[MisalignmentItem], results: Sequence[WordAlignment | ItemError]
+) -> list[float | None]:
+    """RefCLIPScore (Hessel) for the scored items that have references; None elsewhere."""
+    rows = [
+        i
+        for i, (it, r) in enumerate(zip(batch, results, strict=True))
+        if it.references and isinstance(r, WordAlignment)
+    ]
+    out: list[float | None] = [None] * len(batch)
+    if not rows:
+        return out
+    captions = [batch[i].caption for i in rows]
+    ref_cos, mask = reference_cosines(
+        attributor.model, captions, [list(batch[i].references) for i in rows], attributor.template
+    )
+    cos = torch.tensor([results[i].cosine for i in rows])  # type: ignore[union-attr]
+    for i, value in zip(rows, ref_clip_score(cos, ref_cos, mask).tolist(), strict=True):
+        out[i] = value
+    return out
+
+
+def misalignment_metrics(
+    items: Sequence[MisalignmentItem],
+    records: Sequence[Record],
+    nli: Callable[[list[str], list[str]], list[float]] | None = None,
+) -> dict[str, Any]:
+    """Every metric the item annotations allow; failed items are counted and left out."""
+    pairs = [(it, r) for it, r in zip(items, records, strict=True) if r.get("error") is None]
+    out: dict[str, Any] = {"items": len(items), "failed": len(items) - len(pairs)}
+    if not pairs:
+        return out
+    aligned = [it.aligned for it, _ in pairs]
+    foils = [(it, r) for it, r in pairs if not it.aligned]
+    if foils:
+        out["LA"] = float(
+            np.mean(
+                [
+                    localisation_hit(
+                        [r["lowest_word"]] if r["lowest_word"] is not None else [],
+                        it.caption,
+                        it.misaligned_phrases,
+                    )
+                    for it, r in foils
+                ]
+            )
+        )
+        lowest_spans = [
+            min(r["spans"], key=lambda s: s["mean_score"]) if r["spans"] else None for _, r in foils
+        ]
+        out["LA_span_strict"] = float(
+            np.mean(
+                [
+                    s is not None and strict_hat_hit(s["words"], it.caption, it.misaligned_phrases)
+                    for (it, _), s in zip(foils, lowest_spans, strict=True)
+                ]
+            )
+        )
+        out["LA_span_lenient"] = float(
+            np.mean(
+                [
+                    s is not None and lenient_hat_hit(s["text"], it.misaligned_phrases)
+                    for (it, _), s in zip(foils, lowest_spans, strict=True)
+                ]
+            )
+        )
+    if 0 < sum(aligned) < len(aligned):
+        ap: dict[str, Any] = {}
+        for positive in ("aligned", "misaligned"):
+            scores = {
+                "F-CLIPScore": [r["f_clipscore"] for _, r in pairs],
+                "F-CLIPScore (lowest word)": [r["f_clipscore_min"] for _, r in pairs],
+                "CLIPScore": [r["clipscore"] for _, r in pairs],
+            }
+            if all(r.get("refclipscore") is not None for _, r in pairs):
+                scores["RefCLIPScore"] = [r["refclipscore"] for _, r in pairs]
+            ap[f"{positive}-positive"] = {
+                name: average_precision(aligned, s, positive) for name, s in scores.items()
+            }
+        out["AP"] = ap
+    labelled = [(it, r) for it, r in pairs if it.word_labels is not None]
+    if labelled:
+        prf = micro_prf([it.word_labels for it, _ in labelled], [r["misaligned"] for _, r in labelled])
+        out["word_PRF"] = {
+            "precision": prf.precision,
+            "recall": prf.recall,
+            "f1": prf.f1,
+            "tp": prf.tp,
+            "fp": prf.fp,
+            "fn": prf.fn,
+        }
+    rated = [(it, r) for it, r in pairs if it.misalignment_score is not None]
+    if len(rated) > 2:
+        truth = [it.misalignment_score for it, _ in rated]
+        out["correlation"] = {
+            "F-CLIPScore": correlations([r["f_clipscore"] for _, r in rated], truth),
+            "CLIPScore": correlations([r["clipscore"] for _, r in rated], truth),
+        }
+    with_feedback = [(it, r) for it, r in pairs if it.feedback is not None]
+    if with_feedback and nli is not None:
+        hypotheses = [", ".join(s["text"] for s in r["spans"]) for _, r in with_feedback]
+        out["NLI"] = float(np.mean(nli([it.feedback for it, _ in with_feedback], hypotheses)))
+    return out
+
+
+def score_pointing(
+    items: Sequence[PointingItem],
+    method: TokenPatchInteractions,
+    cache: ResultCache,
+    progress: bool = True,
+    seed: int = 0,
+) -> list[Record]:
+    """Pointing-game records (cached) for each phrase: ours, a random point and the image centre."""
+    done = cache.load()
+    rng = np.random.default_rng(seed)
+    todo = [it for it in items if it.id not in done]
+    for item in tqdm(todo, desc="pointing", unit="phrase", disable=not progress):
+        try:
+            [result] = method.attribute([item.image], [item.caption])
+        except (ValueError, OSError) as exc:
+            record: Record = {"id": item.id, "error": str(exc)}
+        else:
+            words = [
+                i
+                for i, w in enumerate(result.words)
+                if w.start < item.phrase_end and w.end > item.phrase_start
+            ]
+            heat = result.span_heatmap(words)
+            hit, energy = pointing_game(heat, item.boxes)
+            width, height = result.geometry.original
+            cx, cy, cw, ch = result.geometry.crop_in_original()
+            random_point = np.full((height, width), np.nan)
+            random_point[int(rng.uniform(cy, cy + ch - 1e-6)), int(rng.uniform(cx, cx + cw - 1e-6))] = 1.0
+            centre = np.full((height, width), np.nan)
+            centre[int(cy + ch / 2), int(cx + cw / 2)] = 1.0
+            record = {
+                "id": item.id,
+                "error": None,
+                "hit": hit,
+                "energy": energy,
+                "random_hit": pointing_game(random_point, item.boxes)[0],
+                "centre_hit": pointing_game(centre, item.boxes)[0],
+                "box_fraction": _box_fraction(item.boxes, (width, height)),
+            }
+        cache.append([record])
+        done[item.id] = record
+    return [done[it.id] for it in items]
+
+
+def _box_fraction(boxes: Sequence[tuple[float, float, float, float]], size: tuple[int, int]) -> float:
+    """Share of the image covered by the boxes: the energy of a uniform heatmap."""
+    return pointing_game(np.ones((size[1], size[0])), boxes)[1]
+
+
+def pointing_metrics(records: Sequence[Record]) -> dict[str, Any]:
+    ok = [r for r in records if r.get("error") is None]
+    out: dict[str, Any] = {"items": len(records), "failed": len(records) - len(ok)}
+    if ok:
+        out.update(
+            accuracy=float(np.mean([r["hit"] for r in ok])),
+            energy=float(np.mean([r["energy"] for r in ok])),
+            random_accuracy=float(np.mean([r["random_hit"] for r in ok])),
+            centre_accuracy=float(np.mean([r["centre_hit"] for r in ok])),
+            uniform_energy=float(np.mean([r["box_fraction"] for r in ok])),
+        )
+    return out
+
+
+def timed(fn: Callable[[], list[Record]]) -> tuple[list[Record], float]:
+    """Run ``fn`` and return its records with the wall time in seconds."""
+    start = time.perf_counter()
+    records = fn()
+    return records, time.perf_counter() - start
+
+
+def resolve_images(path: str | Path) -> Path:
+    """The images directory, or a clear error before any item is scored."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"images directory not found: {directory}")
+    return directory

@@ -1,0 +1,183 @@
+"""Benchmark metrics against scikit-learn / scipy / hand-computed cases; the cached, resumable runner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
+
+from clipalign import CLIP4DM
+from clipalign.datasets.base import MisalignmentItem
+from clipalign.evaluation.cache import ResultCache, settings_key
+from clipalign.evaluation.metrics import (
+    average_precision,
+    correlations,
+    lenient_hat_hit,
+    localisation_hit,
+    micro_prf,
+    pointing_game,
+    strict_hat_hit,
+)
+from clipalign.evaluation.report import backbone_of, headline, write_report
+from clipalign.evaluation.runner import misalignment_metrics, score_misalignment
+
+
+def test_localisation_matches_multi_word_foils():
+    caption = "a man hits a golf ball on the green."
+    assert localisation_hit([4], caption, ["golf ball"])
+    assert localisation_hit([5], caption, ["golf ball"])
+    assert localisation_hit([4, 5], caption, ["golf ball"])
+    assert not localisation_hit([3, 4], caption, ["golf ball"])
+    assert not localisation_hit([1], caption, ["golf ball"])
+    assert localisation_hit([8], caption, ["green"])  # "green." matches the phrase "green"
+    assert not localisation_hit([], caption, ["green"])
+
+
+def test_hat_strict_and_lenient():
+    caption = "A street sign with a detour pointing in different directions."
+    truth = ["pointing in different directions."]
+    assert strict_hat_hit([6, 7, 8, 9], caption, truth)
+    assert not strict_hat_hit([7, 8], caption, truth)
+    assert lenient_hat_hit("in different", truth)  # the authors' substring rule
+    assert lenient_hat_hit("a", ["a detour"])  # ... which is lenient indeed
+    assert not lenient_hat_hit("sign", truth)
+    assert not lenient_hat_hit("", truth)
+
+
+def test_average_precision_both_conventions_against_sklearn():
+    rng = np.random.default_rng(0)
+    aligned = rng.random(200) < 0.5
+    scores = rng.normal(size=200) + aligned
+    assert average_precision(aligned, scores, "aligned") == pytest.approx(
+        average_precision_score(aligned, scores)
+    )
+    assert average_precision(aligned, scores, "misaligned") == pytest.approx(
+        average_precision_score(~aligned, -scores)
+    )
+    with pytest.raises(ValueError, match="positive"):
+        average_precision(aligned, scores, "foil")
+
+
+def test_micro_prf_against_sklearn():
+    rng = np.random.default_rng(1)
+    truth = [list(rng.random(n) < 0.3) for n in rng.integers(3, 12, size=40)]
+    pred = [list(rng.random(len(t)) < 0.3) for t in truth]
+    flat_t, flat_p = np.concatenate(truth), np.concatenate(pred)
+    got = micro_prf(truth, pred)
+    assert got.precision == pytest.approx(precision_score(flat_t, flat_p))
+    assert got.recall == pytest.approx(recall_score(flat_t, flat_p))
+    assert got.f1 == pytest.approx(f1_score(flat_t, flat_p))
+    assert micro_prf([[False]], [[False]]).f1 == 0.0
+    with pytest.raises(ValueError, match="word labels"):
+        micro_prf([[True, False]], [[True]])
+
+
+def test_correlations_against_scipy():
+    x, y = [1.0, 2.0, 3.5, 4.0, 2.2], [0.1, 0.5, 0.4, 0.9, 0.3]
+    got = correlations(x, y)
+    assert got["pearson"] == pytest.approx(pearsonr(x, y).statistic)
+    assert got["spearman"] == pytest.approx(spearmanr(x, y).statistic)
+
+
+def test_pointing_game_by_hand():
+    heat = np.zeros((10, 20))
+    heat[2:4, 5:7] = 3.0  # the maximum, inside the box
+    heat[8, 18] = 1.0  # positive mass outside
+    heat[0, 0] = np.nan
+    hit, energy = pointing_game(heat, [(4, 1, 4, 4)])
+    assert hit and energy == pytest.approx(12 / 13)
+    hit, energy = pointing_game(heat, [(15, 7, 5, 3)])
+    assert not hit and energy == pytest.approx(1 / 13)
+    assert pointing_game(-np.ones((4, 4)), [(0, 0, 2, 2)])[1] == 0.0
+
+
+def test_report_headline_and_published(tmp_path):
+    metrics = {
+        "items": 4,
+        "failed": 1,
+        "LA": 0.5,
+        "AP": {"aligned-positive": {"F-CLIPScore (lowest word)": 0.6}},
+    }
+    assert backbone_of("openai/clip-vit-base-patch32") == "B/32"
+    assert backbone_of("laion/CLIP-ViT-H-14-laion2B-s32B-b79K") == "H/14"
+    assert backbone_of("/tmp/tiny") is None
+    assert headline("foil", metrics) == {"LA": 0.5, "AP": 0.6}
+    json_path, md_path = write_report(
+        tmp_path, "foil", metrics, {"model": "openai/clip-vit-base-patch32"}, 2.0, 3
+    )
+    report = json.loads(json_path.read_text())
+    assert report["published"] == {"LA": 0.73, "AP": 0.71} and report["pairs_per_second"] == 1.5
+    assert "| LA | 0.500 | 0.730 |" in md_path.read_text()
+
+
+@pytest.fixture
+def items(tmp_path) -> list[MisalignmentItem]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    (tmp_path / "3.png").write_bytes(b"corrupt")
+    return [
+        MisalignmentItem("a", paths[0], "a red ball on grass", True, references=("a red ball",)),
+        MisalignmentItem("b", paths[1], "a blue ball on grass", False, ("blue",), references=("a red ball",)),
+        MisalignmentItem("c", paths[2], "a dog hits a golf ball", False, ("golf ball",)),
+        MisalignmentItem("d", paths[3], "a cat", True),
+        MisalignmentItem("e", tmp_path / "missing.png", "a cow", False, ("cow",)),
+        MisalignmentItem(
+            "f", paths[5], "two men ride horses", False, ("horses",), word_labels=(False,) * 3 + (True,)
+        ),
+    ]
+
+
+def test_runner_records_failures_and_resumes_without_recomputing(adapter, items, tmp_path, monkeypatch):
+    attributor = CLIP4DM(adapter)
+    settings = {"model": "tiny", "layers": 3}
+    cache = ResultCache(tmp_path / "cache", settings)
+    records = score_misalignment(items[:3], attributor, cache, batch_size=2, progress=False)
+    assert [r["id"] for r in records] == ["a", "b", "c"]
+    # an interrupted write leaves half a line: it is ignored and that item recomputed
+    with cache.path.open("a") as f:
+        f.write('\n{"id": "d", "err')
+    calls = []
+    original = attributor.attribute
+
+    def counting(images, captions, **kwargs):
+        calls.append(list(captions))
+        return original(images, captions, **kwargs)
+
+    monkeypatch.setattr(attributor, "attribute", counting)
+    records = score_misalignment(items, attributor, cache, batch_size=8, progress=False)
+    assert calls == [["a cat", "a cow", "two men ride horses"]]
+    by_id = {r["id"]: r for r in records}
+    assert "corrupt" in by_id["d"]["error"] or "cannot read" in by_id["d"]["error"]
+    assert "missing.png" in by_id["e"]["error"]
+    assert by_id["a"]["refclipscore"] is not None and by_id["c"]["refclipscore"] is None
+    calls.clear()
+    score_misalignment(items, attributor, cache, progress=False)
+    assert calls == []
+    changed = ResultCache(tmp_path / "cache", {**settings, "layers": 2})
+    assert changed.path != cache.path and changed.load() == {}
+    assert settings_key(settings) == settings_key(dict(reversed(list(settings.items()))))
+
+    metrics = misalignment_metrics(items, records)
+    assert metrics["items"] == 6 and metrics["failed"] == 2
+    foils = [r for r in records if r["id"] in ("b", "c", "f")]
+    expected_la = np.mean(
+        [
+            localisation_hit([r["lowest_word"]], it.caption, it.misaligned_phrases)
+            for it, r in zip([items[1], items[2], items[5]], foils, strict=True)
+        ]
+    )
+    assert metrics["LA"] == pytest.approx(expected_la)
+    ok = [(it, by_id[it.id]) for it in items if by_id[it.id]["error"] is None]
+    aligned = [it.aligned for it, _ in ok]
+    assert metrics["AP"]["aligned-positive"]["F-CLIPScore"] == pytest.approx(
+        average_precision_score(aligned, [r["f_clipscore"] for _, r in ok])
+    )
+    assert metrics["word_PRF"]["tp"] + metrics["word_PRF"]["fn"] == 1
