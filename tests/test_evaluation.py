@@ -181,3 +181,71 @@ def test_runner_records_failures_and_resumes_without_recomputing(adapter, items,
         average_precision_score(aligned, [r["f_clipscore"] for _, r in ok])
     )
     assert metrics["word_PRF"]["tp"] + metrics["word_PRF"]["fn"] == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_nli_dir(tmp_path_factory, tokenizer_dir):
+    """A tiny random BART classifier with MNLI-style labels (the real tokenizer stands in for BART's)."""
+    import torch
+    from transformers import AutoTokenizer, BartConfig, BartForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})  # BART pools at EOS: padding must not be EOS
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        id2label={0: "contradiction", 1: "neutral", 2: "entailment"},
+        label2id={"contradiction": 0, "neutral": 1, "entailment": 2},
+    )
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("nli")
+    BartForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_nli_scorer_is_entailment_over_contradiction(tiny_nli_dir):
+    import torch
+
+    from clipalign.evaluation.nli import NLIScorer
+
+    scorer = NLIScorer(str(tiny_nli_dir), device="cpu")
+    premises = ["the dog is brown, not black", "two cats", "a red bus"]
+    hypotheses = ["black dog", "", "red"]
+    got = scorer(premises, hypotheses)
+    assert got[1] == 0.0
+    for i in (0, 2):
+        enc = scorer.tokenizer(premises[i], hypotheses[i], return_tensors="pt")
+        with torch.no_grad():
+            logits = scorer.model(**enc).logits[0]
+        expected = torch.softmax(logits[[0, 2]], dim=-1)[1].item()
+        assert got[i] == pytest.approx(expected, abs=1e-5)
+        assert 0.0 < got[i] < 1.0
+
+
+def test_nli_metric_uses_spans_as_hypotheses(tiny_nli_dir, items, adapter):
+    from clipalign.evaluation.nli import NLIScorer
+
+    item = MisalignmentItem("s", items[0].image, "a blue ball on grass", False, feedback="the ball is red")
+    [record] = score_misalignment(
+        [item], CLIP4DM(adapter, epsilon=1.0), ResultCache(items[0].image.parent / "c", {}), progress=False
+    )
+    seen = {}
+
+    def nli(premises, hypotheses):
+        seen["args"] = (premises, hypotheses)
+        return NLIScorer(str(tiny_nli_dir), device="cpu")(premises, hypotheses)
+
+    metrics = misalignment_metrics([item], [record], nli)
+    assert seen["args"] == (["the ball is red"], [", ".join(s["text"] for s in record["spans"])])
+    assert 0.0 <= metrics["NLI"] <= 1.0
