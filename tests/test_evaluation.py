@@ -249,3 +249,47 @@ def test_nli_metric_uses_spans_as_hypotheses(tiny_nli_dir, items, adapter):
     metrics = misalignment_metrics([item], [record], nli)
     assert seen["args"] == (["the ball is red"], [", ".join(s["text"] for s in record["spans"])])
     assert 0.0 <= metrics["NLI"] <= 1.0
+
+
+def test_cli_eval_on_real_hat_annotations(tiny_model_dir, tmp_path, capsys):
+    """The real HAT file with generated stand-in images: report, failures counted, resume from cache."""
+    from conftest import SHARED, require
+
+    from clipalign.cli.main import main
+    from clipalign.datasets import load_hat
+
+    hat = require(SHARED / "annotations" / "hat-trainval.json")
+    images = tmp_path / "images"
+    images.mkdir()
+    items = load_hat(hat, images, limit=6)
+    rng = np.random.default_rng(0)
+    for item in items[1:]:
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(item.image, format="JPEG")
+    argv = ["eval", "hat", "--annotations", str(hat), "--images", str(images), "--model", str(tiny_model_dir)]
+    argv += ["--limit", "6", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "out" / "hat" / "report.json").read_text())
+    assert report["metrics"]["items"] == 6 and report["metrics"]["failed"] == 1
+    assert set(report["headline"]) == {"LA", "AP"} and report["newly_scored"] == 6
+    assert report["settings"]["epsilon"] == -5e-5 and report["pairs_per_second"] > 0
+    assert (tmp_path / "out" / "hat" / "report.md").read_text().startswith("# hat")
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "out" / "hat" / "report.json").read_text())["newly_scored"] == 0
+    assert (
+        main([*argv[:-5], "--layers", "2", "--limit", "6", "--out", str(tmp_path / "out"), "--no-progress"])
+        == 0
+    )
+    assert json.loads((tmp_path / "out" / "hat" / "report.json").read_text())["newly_scored"] == 6
+
+
+def test_cli_eval_errors(tiny_model_dir, tmp_path, capsys):
+    from clipalign.cli.main import main
+
+    annotations = tmp_path / "hat.json"
+    annotations.write_text("[]")
+    base = ["eval", "hat", "--annotations", str(annotations), "--model", str(tiny_model_dir)]
+    assert main([*base, "--images", str(tmp_path / "nowhere")]) == 1
+    assert "images directory not found" in capsys.readouterr().err
+    assert main([*base, "--images", str(tmp_path), "--prompts", "p.json"]) == 1
+    assert "--prompts does not apply to hat" in capsys.readouterr().err
