@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import struct
 import sys
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from conftest import SHARED, require
+from tfrecord.writer import TFRecordWriter
 
 from clipalign.datasets import (
     BENCHMARKS,
@@ -26,8 +27,12 @@ from clipalign.datasets import (
     load_seetrue_feedback,
 )
 from clipalign.datasets.pointing_flickr30k import parse_sentence
-from clipalign.datasets.richhf import richhf_token_spans, token_labels_to_word_labels, token_phrases
-from clipalign.datasets.tfrecord import crc32c, crc32c_python, masked_crc32c, parse_example, read_records
+from clipalign.datasets.richhf import (
+    _read_examples,
+    richhf_token_spans,
+    token_labels_to_word_labels,
+    token_phrases,
+)
 
 HAT = SHARED / "annotations" / "hat-trainval.json"
 NOCAPS = SHARED / "annotations" / "nocaps-val-foil.json"
@@ -462,70 +467,33 @@ def test_seetrue_malformed(tmp_path: Path, mutate, message: str) -> None:
 # -------------------- Rich-HF
 
 
-def _crc32c_bitwise(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 * (crc & 1))
-    return crc ^ 0xFFFFFFFF
+def _write_tfrecord(path: Path, *records: dict | bytes) -> Path:
+    """Write records with ``tfrecord``: feature dicts ``{name: (value, "byte"|"float"|"int")}``, or
+    raw bytes framed as they are (for payloads that are not a ``tf.train.Example``)."""
+    writer = TFRecordWriter(str(path))
+    try:
+        for record in records:
+            if isinstance(record, bytes):
+                with mock.patch.object(TFRecordWriter, "serialize_tf_example", return_value=record):
+                    writer.write({})
+            else:
+                writer.write(record)
+    finally:
+        writer.close()
+    return path
 
 
-def _masked(data: bytes) -> int:
-    crc = _crc32c_bitwise(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _ld(field_number: int, payload: bytes) -> bytes:
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _bytes_feature(*values: bytes) -> bytes:
-    return _ld(1, b"".join(_ld(1, v) for v in values))
-
-
-def _float_feature(*values: float, packed: bool = True) -> bytes:
-    if packed:
-        return _ld(2, _ld(1, struct.pack(f"<{len(values)}f", *values)))
-    return _ld(2, b"".join(_varint(1 << 3 | 5) + struct.pack("<f", v) for v in values))
-
-
-def _int_feature(*values: int) -> bytes:
-    return _ld(3, _ld(1, b"".join(_varint(v & (2**64 - 1)) for v in values)))
-
-
-def _example(features: dict[str, bytes]) -> bytes:
-    entries = b"".join(_ld(1, _ld(1, k.encode()) + _ld(2, v)) for k, v in features.items())
-    return _ld(1, entries)
-
-
-def _frame(data: bytes) -> bytes:
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", _masked(length)) + data + struct.pack("<I", _masked(data))
-
-
-def _richhf_record(filename: str, labels: str, score: float, packed: bool = True) -> bytes:
-    return _example(
-        {
-            "filename": _bytes_feature(filename.encode()),
-            "aesthetics_score": _float_feature(0.25, packed=packed),
-            "artifact_score": _float_feature(0.5, packed=packed),
-            "misalignment_score": _float_feature(score, packed=packed),
-            "overall_score": _float_feature(0.75, packed=packed),
-            "artifact_map": _bytes_feature(PNG),
-            "misalignment_map": _bytes_feature(PNG + b"m"),
-            "prompt_misalignment_label": _bytes_feature(labels.encode()),
-        }
-    )
+def _richhf_record(filename: str, labels: str, score: float) -> dict:
+    return {
+        "filename": (filename.encode(), "byte"),
+        "aesthetics_score": (0.25, "float"),
+        "artifact_score": (0.5, "float"),
+        "misalignment_score": (score, "float"),
+        "overall_score": (0.75, "float"),
+        "artifact_map": (PNG, "byte"),
+        "misalignment_map": (PNG + b"m", "byte"),
+        "prompt_misalignment_label": (labels.encode(), "byte"),
+    }
 
 
 PROMPTS = {
@@ -535,30 +503,27 @@ PROMPTS = {
 
 
 def _richhf_file(tmp_path: Path) -> Path:
-    path = tmp_path / "test.tfrecord"
-    path.write_bytes(
-        _frame(_richhf_record("images/u1.png", "1 0 1 0 0 1 1 1", 0.5))
-        + _frame(_richhf_record("images/u2.png", "1 1 1 1 1 1 1 1", 1.0, packed=False))
+    return _write_tfrecord(
+        tmp_path / "test.tfrecord",
+        _richhf_record("images/u1.png", "1 0 1 0 0 1 1 1", 0.5),
+        _richhf_record("images/u2.png", "1 1 1 1 1 1 1 1", 1.0),
     )
-    return path
 
 
-def test_crc32c_and_example_parsing() -> None:
-    assert crc32c(b"123456789") == 0xE3069283 == _crc32c_bitwise(b"123456789")
-    data = bytes(range(256)) * 5
-    assert crc32c(data) == crc32c_python(data) == _crc32c_bitwise(data)  # C (if installed) == Python
-    assert masked_crc32c(b"") == _masked(b"")
-    parsed = parse_example(
-        _example(
-            {
-                "b": _bytes_feature(b"x", b""),
-                "f": _float_feature(1.5, -2.0),
-                "g": _float_feature(0.5, packed=False),
-                "i": _int_feature(3, -4, 2**40),
-            }
-        )
-    )
-    assert parsed == {"b": [b"x", b""], "f": [1.5, -2.0], "g": [0.5], "i": [3, -4, 2**40]}
+def test_richhf_feature_values(tmp_path: Path) -> None:
+    record = {
+        "b": ([b"x", b""], "byte"),
+        "one": (PNG, "byte"),  # a lone bytes value keeps its trailing NULs
+        "none": ([], "byte"),
+        "f": ([1.5, -2.0], "float"),
+        "i": ([3, -4, 2**40], "int"),
+    }
+    path = _write_tfrecord(tmp_path / "x.tfrecord", record, {"f": (0.1, "float")})
+    assert list(_read_examples(path)) == [
+        {"b": [b"x", b""], "one": [PNG], "none": [], "f": [1.5, -2.0], "i": [3, -4, 2**40]},
+        {"f": [pytest.approx(0.1)]},
+    ]
+    assert list(_read_examples(_write_tfrecord(tmp_path / "empty.tfrecord"))) == []
 
 
 def test_richhf_token_spans_match_reference_split() -> None:
@@ -603,7 +568,7 @@ def test_richhf_items(tmp_path: Path) -> None:
     assert first.misaligned_phrases == ("dog", "red", "cat")  # runs split at punctuation
     assert first.misalignment_score == 0.5
     assert first.meta["aesthetics_score"] == 0.25 and first.meta["overall_score"] == 0.75
-    assert first.meta["misalignment_map"] == PNG + b"m"
+    assert first.meta["artifact_map"] == PNG and first.meta["misalignment_map"] == PNG + b"m"
     assert second.misaligned_phrases == () and second.word_labels == (False,) * 8
     assert second.misalignment_score == 1.0
     assert [i.id for i in load_richhf(path, tmp_path, prompts=PROMPTS, limit=1)] == ["u1"]
@@ -666,23 +631,31 @@ def test_richhf_unmatched_prompts(tmp_path: Path) -> None:
 
 def test_richhf_corrupt_files(tmp_path: Path) -> None:
     good = _richhf_file(tmp_path).read_bytes()
+    one = _write_tfrecord(tmp_path / "one.tfrecord", _richhf_record("u1.png", "1", 0.1)).read_bytes()
     cases = {
-        "crc.tfrecord": (good[:-1] + bytes([good[-1] ^ 1]), "record 1: data CRC mismatch"),
         "trunc.tfrecord": (good[:-10], "record 1: truncated"),
-        "header.tfrecord": (good + b"\x01\x02", "truncated header"),
-        "json.tfrecord": (b'{"not": "a tfrecord"}', "length CRC mismatch"),
-        "labels.tfrecord": (_frame(_richhf_record("u1.png", "1 x 1", 0.1)), "is not 0/1s"),
-        "nofile.tfrecord": (_frame(_example({"x": _bytes_feature(b"1")})), "has no 'filename'"),
-        "proto.tfrecord": (_frame(b"\x0a\x05\x0a"), "is not a tf.train.Example"),
+        "header.tfrecord": (good + b"\x01\x02", "record 2: truncated"),
+        "length.tfrecord": (good + b"\xff" * 16, "record 2: corrupt record length"),
+        "json.tfrecord": (b'{"not": "a tfrecord"}', "record 0: length CRC mismatch"),
+        "proto.tfrecord": (one[:12] + b"\x07" + one[13:], "record 0 is not a tf.train.Example"),
     }
+    records = {
+        "labels.tfrecord": (_richhf_record("u1.png", "1 x 1", 0.1), "is not 0/1s"),
+        "nofile.tfrecord": ({"x": (b"1", "byte")}, "record 0 has no 'filename'"),
+        "emptyname.tfrecord": ({"filename": ([], "byte")}, "has no 'filename'"),
+        "intname.tfrecord": ({"filename": (7, "int")}, "'filename' is not a bytes feature"),
+        "rawproto.tfrecord": (b"\x0a\x05\x0a", "record 0 is not a tf.train.Example"),
+        "nokind.tfrecord": (b"\x0a\x07\x0a\x05\x0a\x01x\x12\x00", "record 0: a feature holds no value"),
+    }
+    for name, (record, message) in records.items():
+        cases[name] = (_write_tfrecord(tmp_path / name, record).read_bytes(), message)
     for name, (data, message) in cases.items():
         path = tmp_path / name
         path.write_bytes(data)
         with pytest.raises(ValueError, match=message) as info:
             load_richhf(path, tmp_path, prompts=PROMPTS)
+        assert isinstance(info.value, AnnotationFormatError)
         assert str(path) in str(info.value)
-    bad_crc = tmp_path / "crc.tfrecord"
-    assert len(list(read_records(bad_crc, check_crc=False))) == 2
 
 
 # -------------------- COCO pointing

@@ -1,4 +1,4 @@
-"""Rich-HF (RichHF-18K, Liang et al., CVPR 2024): ``test.tfrecord``, read without TensorFlow.
+"""Rich-HF (RichHF-18K, Liang et al., CVPR 2024): ``test.tfrecord``, read with the ``tfrecord`` package.
 
 Each record holds ``filename`` (the Pick-a-Pic v1 image, ``.../<uid>.<ext>``), four float scores
 ``aesthetics_score``, ``artifact_score``, ``misalignment_score``, ``overall_score`` (all "higher is
@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import pyarrow.parquet as pq
+from google.protobuf.message import DecodeError
+from tfrecord.reader import tfrecord_loader
+from tfrecord.writer import TFRecordWriter
 
 from clipalign.datasets._common import (
     AnnotationFormatError,
@@ -26,7 +31,6 @@ from clipalign.datasets._common import (
     word_spans,
 )
 from clipalign.datasets.base import MisalignmentItem
-from clipalign.datasets.tfrecord import FeatureValue, read_examples
 
 _TOKEN = re.compile(r'[^,.?!":; ]+')
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -66,10 +70,6 @@ def token_phrases(prompt: str, token_spans: list[tuple[int, int]], misaligned: l
 
 
 def _parquet_prompts(files: list[Path]) -> dict[str, str]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("reading Parquet needs pyarrow: pip install 'clipalign[datasets]'") from e
     out: dict[str, str] = {}
     for file in files:
         names = pq.read_schema(file).names
@@ -145,7 +145,35 @@ def _resolve_image(images: Path, name: str) -> Path:
     return direct
 
 
-def _one(features: dict[str, FeatureValue], key: str, kind: type, path: Path, where: str) -> Any:
+def _read_examples(path: Path) -> Iterator[dict[str, list[Any]]]:
+    """Yield each record's ``{feature: list of bytes | float | int}``; a bad file → AnnotationFormatError.
+
+    ``tfrecord`` checks no CRCs, so the first length CRC is checked here to turn away other files (whose
+    first 8 bytes would be read as a huge record length); data CRCs are not checked.
+    """
+    with path.open("rb") as f:
+        head = f.read(12)
+    if len(head) == 12 and TFRecordWriter.masked_crc(head[:8]) != head[8:]:
+        raise AnnotationFormatError(path, "record 0: length CRC mismatch (not a TFRecord file?)")
+    index, problem = 0, ""
+    try:
+        for features in tfrecord_loader(str(path), None):
+            # tfrecord gives a lone bytes value as bytes and anything else as a numpy array
+            yield {k: [v] if isinstance(v, bytes) else v.tolist() for k, v in features.items()}
+            index += 1
+    except RuntimeError as e:  # tfrecord's "Failed to read the record size." and the like
+        problem = f"record {index}: truncated file ({e})"
+    except (MemoryError, OverflowError):  # a corrupt length field read as a huge size
+        problem = f"record {index}: corrupt record length"
+    except DecodeError as e:
+        problem = f"record {index} is not a tf.train.Example ({e})"
+    except IndexError:  # tfrecord takes the first set field of each Feature; an empty one has none
+        problem = f"record {index}: a feature holds no value list"
+    if problem:  # raised out here so that tfrecord's frames, and the file it leaves open, go at once
+        raise AnnotationFormatError(path, problem)
+
+
+def _one(features: dict[str, list[Any]], key: str, kind: type, path: Path, where: str) -> Any:
     values = features.get(key)
     if not values:
         raise AnnotationFormatError(path, f"{where} has no {key!r}")
@@ -162,7 +190,6 @@ def load_richhf(
     *,
     prompts: Mapping[str, str] | str | Path | None = None,
     skip_unmatched: bool = False,
-    check_crc: bool = True,
 ) -> list[MisalignmentItem]:
     """Load Rich-HF: one item per record in file order; id = uid (the file name's stem).
 
@@ -179,14 +206,16 @@ def load_richhf(
     ``misalignment_score`` is the record's (higher = better aligned). ``meta`` keeps ``tokens``,
     ``token_labels`` (the original ints, 0 = misaligned), the other scores and both heatmaps (PNG bytes).
     A record without a prompt, or whose label count differs from the prompt's token count, raises
-    ``ValueError``, or with ``skip_unmatched=True`` is skipped with one warning.
+    ``ValueError``, or with ``skip_unmatched=True`` is skipped with one warning. A file that is
+    truncated, not a TFRecord file, or holds a record that is not a ``tf.train.Example`` raises
+    ``ValueError`` naming it; record data CRCs are not verified.
     """
     check_limit(limit)
     path, images = Path(annotations), Path(images)
     table = load_prompts(prompts) if prompts is not None else None
     items: list[MisalignmentItem] = []
     skipped: list[str] = []
-    for index, features in enumerate(read_examples(path, check_crc=check_crc)):
+    for index, features in enumerate(_read_examples(path)):
         if limit is not None and len(items) >= limit:
             break
         where = f"record {index}"
@@ -233,7 +262,7 @@ def load_richhf(
         }
         for key in _SCORES:
             if features.get(key):
-                meta[key] = float(features[key][0])  # type: ignore[arg-type]
+                meta[key] = float(features[key][0])
         for key in ("artifact_map", "misalignment_map"):
             if features.get(key):
                 meta[key] = features[key][0]
@@ -246,7 +275,7 @@ def load_richhf(
                 aligned=not any(misaligned),
                 misaligned_phrases=token_phrases(prompt, spans, misaligned),
                 word_labels=tuple(token_labels_to_word_labels(prompt, spans, misaligned)),
-                misalignment_score=float(score[0]) if score else None,  # type: ignore[arg-type]
+                misalignment_score=float(score[0]) if score else None,
                 meta=meta,
             )
         )

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from clipalign.datasets._common import (
     AnnotationFormatError,
     check_limit,
@@ -110,10 +112,6 @@ def _feedbacks(value: Any, path: Path, where: str) -> tuple[str, ...]:
 def _rows_from_file(path: Path) -> list[Any]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("reading Parquet needs pyarrow: pip install 'clipalign[datasets]'") from e
         try:
             return pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow raises ArrowInvalid (a ValueError) and others

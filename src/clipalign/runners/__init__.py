@@ -1,0 +1,1 @@
+"""Dataset-scale scans: streaming sources, the local engine, Ray Data, summaries."""

@@ -1,0 +1,238 @@
+"""The local scan engine: stream samples, decode images in threads, score batches, write Parquet parts.
+
+Output is a directory of ``part-NNNNN.parquet`` files, each covering a contiguous range of input
+indices and written atomically (temporary file, then rename), so a killed run resumes after the last
+complete part with no duplicate and no missing item. A ``.parquet`` output path gets its parts in a
+``<name>.parts/`` directory that is merged into the single file at the end.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import shutil
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from clipalign.attribution.words import CLIP4DM
+from clipalign.images import ImageLoadError, load_image
+from clipalign.results import ItemError, WordAlignment
+from clipalign.runners.sources import Sample
+
+METADATA_KEY = b"clipalign"
+
+SCHEMA = pa.schema(
+    [
+        ("index", pa.int64()),
+        ("key", pa.string()),
+        ("caption", pa.string()),
+        ("cosine", pa.float64()),
+        ("clipscore", pa.float64()),
+        ("f_clipscore", pa.float64()),
+        ("misaligned_words", pa.list_(pa.string())),
+        (
+            "spans",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("text", pa.string()),
+                        ("start", pa.int32()),
+                        ("end", pa.int32()),
+                        ("mean_score", pa.float64()),
+                        ("sum_score", pa.float64()),
+                    ]
+                )
+            ),
+        ),
+        ("words", pa.list_(pa.string())),
+        ("word_scores", pa.list_(pa.float64())),
+        ("truncated_words", pa.list_(pa.string())),
+        ("error", pa.string()),
+    ]
+)
+"""One row per input sample; scores are null and ``error`` says why when it could not be scored."""
+
+Row = dict[str, Any]
+
+
+def error_row(sample: Sample, error: str) -> Row:
+    return {"index": sample.index, "key": sample.key, "caption": sample.caption, "error": error}
+
+
+def result_row(sample: Sample, result: WordAlignment) -> Row:
+    return {
+        "index": sample.index,
+        "key": sample.key,
+        "caption": sample.caption,
+        "cosine": result.cosine,
+        "clipscore": result.clipscore,
+        "f_clipscore": result.f_clipscore,
+        "misaligned_words": [w.word for w in result.words if w.misaligned],
+        "spans": [{k: v for k, v in s.to_dict().items() if k != "words"} for s in result.spans],
+        "words": [w.word for w in result.words],
+        "word_scores": [w.score for w in result.words],
+        "truncated_words": result.truncated_words,
+        "error": None,
+    }
+
+
+def decode(sample: Sample) -> Image.Image | str:
+    """The sample's RGB image, or the reason it cannot be used (runs in worker threads)."""
+    if sample.error is not None:
+        return sample.error
+    if sample.image is None:
+        return "no image"
+    try:
+        return load_image(
+            Image.open(io.BytesIO(sample.image)) if isinstance(sample.image, bytes) else sample.image
+        )
+    except (ImageLoadError, OSError, ValueError) as exc:
+        return str(exc)
+
+
+def score_batch(attributor: CLIP4DM, samples: list[Sample], images: list[Image.Image | str]) -> list[Row]:
+    """Rows for one batch: one forward and one backward for every sample that decoded."""
+    rows: list[Row | None] = [None] * len(samples)
+    todo = []
+    for i, (sample, image) in enumerate(zip(samples, images, strict=True)):
+        if isinstance(image, str):
+            rows[i] = error_row(sample, image)
+        elif sample.caption is None:
+            rows[i] = error_row(sample, "no caption")
+        else:
+            todo.append(i)
+    if todo:
+        results = attributor.attribute([images[i] for i in todo], [samples[i].caption for i in todo])
+        for i, result in zip(todo, results, strict=True):
+            rows[i] = (
+                error_row(samples[i], result.error)
+                if isinstance(result, ItemError)
+                else result_row(samples[i], result)
+            )
+    return [r for r in rows if r is not None]
+
+
+class PartWriter:
+    """Parquet parts covering contiguous input ranges, with the run's settings in each file's metadata."""
+
+    def __init__(self, directory: Path, settings: dict[str, Any]) -> None:
+        self.directory = directory
+        self.settings = settings
+        self.schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(settings, sort_keys=True).encode()})
+
+    def parts(self) -> list[Path]:
+        return sorted(self.directory.glob("part-*.parquet"))
+
+    def completed(self) -> int:
+        """How many input samples the complete parts cover (they are contiguous from 0)."""
+        total = 0
+        for part in self.parts():
+            meta = pq.read_schema(part).metadata or {}
+            if json.loads(meta.get(METADATA_KEY, b"{}")) != self.settings:
+                raise ValueError(
+                    f"{part} was written with other settings; use --overwrite to start again or another --out"
+                )
+            total = max(total, pq.ParquetFile(part).metadata.num_rows + int(part.stem.split("-")[1]))
+        return total
+
+    def write(self, rows: list[Row]) -> Path:
+        """Write one part named after its first input index (temporary file, then atomic rename)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        first = rows[0]["index"]
+        path = self.directory / f"part-{first:012d}.parquet"
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(pa.Table.from_pylist(rows, schema=self.schema), tmp)
+        tmp.replace(path)
+        return path
+
+
+@dataclass
+class ScanResult:
+    """Where the output is and how many samples this run scored (the rest came from earlier runs)."""
+
+    output: Path
+    scored_now: int
+    resumed_from: int
+
+
+def _prefetch(
+    samples: Iterator[Sample], batch_size: int, pool: ThreadPoolExecutor, depth: int
+) -> Iterator[tuple[list[Sample], list[Future]]]:
+    """Batches with their images decoding ahead in the pool, ``depth`` batches in flight at most."""
+    queue: deque[tuple[list[Sample], list[Future]]] = deque()
+    while True:
+        while len(queue) < depth:
+            batch = list(itertools.islice(samples, batch_size))
+            if not batch:
+                break
+            queue.append((batch, [pool.submit(decode, s) for s in batch]))
+        if not queue:
+            return
+        yield queue.popleft()
+
+
+def scan(
+    samples: Iterable[Sample],
+    attributor: CLIP4DM,
+    out: str | Path,
+    settings: dict[str, Any],
+    batch_size: int = 32,
+    part_size: int = 4096,
+    workers: int = 4,
+    overwrite: bool = False,
+    progress: bool = True,
+    total: int | None = None,
+    on_part: Callable[[Path], None] | None = None,
+) -> ScanResult:
+    """Score every sample into Parquet, resuming after the parts already written."""
+    out = Path(out)
+    single_file = out.suffix == ".parquet"
+    parts_dir = out.with_name(out.name + ".parts") if single_file else out
+    if overwrite:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        if single_file:
+            out.unlink(missing_ok=True)
+    elif single_file and out.exists() and not parts_dir.exists():
+        raise ValueError(f"{out} already exists and is complete: use --overwrite to score again")
+    writer = PartWriter(parts_dir, settings)
+    done = writer.completed()
+    stream = itertools.islice(iter(samples), done, None)
+    bar = tqdm(total=total, initial=done, unit="pair", desc="scan", disable=not progress)
+    pending: list[Row] = []
+    scored = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for batch, futures in _prefetch(stream, batch_size, pool, depth=max(2, workers // 2 + 1)):
+            pending.extend(score_batch(attributor, batch, [f.result() for f in futures]))
+            scored += len(batch)
+            bar.update(len(batch))
+            if len(pending) >= part_size:
+                path = writer.write(pending)
+                pending = []
+                if on_part:
+                    on_part(path)
+    if pending:
+        writer.write(pending)
+    bar.close()
+    if single_file:
+        merge_parts(writer.parts(), out, writer.schema)
+        shutil.rmtree(parts_dir)
+    return ScanResult(out, scored, done)
+
+
+def merge_parts(parts: list[Path], out: Path, schema: pa.Schema) -> None:
+    """Concatenate parts into one Parquet file, one part in memory at a time."""
+    tmp = out.with_suffix(".tmp")
+    with pq.ParquetWriter(tmp, schema) as merged:
+        for part in parts:
+            merged.write_table(pq.read_table(part, schema=schema))
+    tmp.replace(out)

@@ -1,0 +1,232 @@
+"""Streaming sources of (key, image, caption) samples for dataset-scale scans.
+
+Every source yields samples lazily in a deterministic order, so memory stays bounded and a resumed
+run can skip exactly the samples already written. A sample that cannot be read (undecodable text, no
+image member, duplicate key) is yielded with ``error`` set instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from braceexpand import braceexpand
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One pair to score: ``image`` is a path or the encoded bytes (tar shards)."""
+
+    index: int
+    key: str
+    image: Path | bytes | None
+    caption: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Column names of table inputs (JSONL, CSV, Parquet) and of caption JSON in tar shards."""
+
+    image: str = "image"
+    caption: str = "caption"
+    key: str | None = None
+    """Unique id column; without one, the image path is the key and repeated (image, caption) pairs
+    are the duplicates."""
+
+
+class _SeenKeys:
+    """Remembers keys as 8-byte digests (not strings) to flag duplicates at scale."""
+
+    def __init__(self) -> None:
+        self._digests: set[int] = set()
+
+    def add(self, key: str) -> bool:
+        """Record ``key``; False when it was seen before."""
+        digest = int.from_bytes(
+            hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big"
+        )
+        if digest in self._digests:
+            return False
+        self._digests.add(digest)
+        return True
+
+
+def _decode(raw: bytes) -> tuple[str | None, str | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        return None, f"caption is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+
+
+def _rows_jsonl(path: Path) -> Iterator[dict | str]:
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            text, error = _decode(raw)
+            if error:
+                yield f"line {number}: {error}"
+                continue
+            try:
+                row = json.loads(text)  # type: ignore[arg-type]
+            except json.JSONDecodeError as exc:
+                yield f"line {number}: invalid JSON ({exc.msg})"
+                continue
+            yield row if isinstance(row, dict) else f"line {number}: not a JSON object"
+
+
+def _rows_csv(path: Path) -> Iterator[dict | str]:
+    with path.open("rb") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        for row in csv.DictReader(text):
+            bad = [
+                k for k, v in row.items() if isinstance(v, str) and any("\udc80" <= c <= "\udcff" for c in v)
+            ]
+            yield f"column {bad[0]!r} is not valid UTF-8" if bad else row
+
+
+def _rows_parquet(path: Path) -> Iterator[dict | str]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        yield from batch.to_pylist()
+
+
+def table_samples(path: str | Path, columns: Columns, base_dir: str | Path | None = None) -> Iterator[Sample]:
+    """Samples from a JSONL, CSV or Parquet table; relative image paths resolve against ``base_dir``
+    (default: the table's directory)."""
+    path = Path(path)
+    base = Path(base_dir) if base_dir is not None else path.parent
+    readers = {".jsonl": _rows_jsonl, ".json": _rows_jsonl, ".csv": _rows_csv, ".parquet": _rows_parquet}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise ValueError(f"{path}: unsupported table format (use .jsonl, .csv or .parquet)")
+    seen = _SeenKeys()
+    for index, row in enumerate(reader(path)):
+        if isinstance(row, str):
+            yield Sample(index, f"#{index}", None, None, row)
+            continue
+        image, caption = row.get(columns.image), row.get(columns.caption)
+        has_key = columns.key is not None and row.get(columns.key) is not None
+        key = str(row.get(columns.key)) if has_key else str(image)
+        # without a key column an image may carry several captions: only a repeated pair is a duplicate
+        identity = key if has_key else f"{image}\x00{caption}"
+        error = None
+        if image is None:
+            error = f"no {columns.image!r} column"
+        elif not seen.add(identity):
+            error = f"duplicate key {key!r}" if has_key else f"duplicate pair (image {key!r}, same caption)"
+        image_path = base / str(image) if image is not None else None
+        yield Sample(index, key, image_path, None if caption is None else str(caption), error)
+
+
+def _caption_from_json(raw: bytes, field: str) -> tuple[str | None, str | None]:
+    text, error = _decode(raw)
+    if error:
+        return None, error
+    try:
+        value = json.loads(text)  # type: ignore[arg-type]
+    except json.JSONDecodeError as exc:
+        return None, f"caption JSON is invalid ({exc.msg})"
+    caption = value.get(field) if isinstance(value, dict) else None
+    return (str(caption), None) if caption is not None else (None, f"caption JSON has no {field!r} field")
+
+
+def tar_samples(pattern: str, columns: Columns) -> Iterator[Sample]:
+    """Samples from webdataset / img2dataset tar shards ("shards/{00000..00099}.tar").
+
+    Members are grouped by key (the name up to the first dot); the image is the member with an image
+    extension, the caption the ``.txt`` member or the ``columns.caption`` field of the ``.json`` one.
+    """
+    index = 0
+    seen = _SeenKeys()
+    for shard in braceexpand(pattern):
+        if not Path(shard).exists():
+            raise ValueError(f"tar shard not found: {shard}")
+        group: dict[str, bytes] = {}
+        current: str | None = None
+        with tarfile.open(shard, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = Path(member.name)
+                key = str(base.parent / base.name.split(".", 1)[0])
+                if current is not None and key != current:
+                    yield _tar_sample(index, current, group, columns, seen)
+                    index += 1
+                    group = {}
+                current = key
+                extracted = tar.extractfile(member)
+                group[base.name.split(".", 1)[1].lower() if "." in base.name else ""] = (
+                    extracted.read() if extracted else b""
+                )
+        if current is not None:
+            yield _tar_sample(index, current, group, columns, seen)
+            index += 1
+
+
+def _tar_sample(index: int, key: str, group: dict[str, bytes], columns: Columns, seen: _SeenKeys) -> Sample:
+    image = next((group[e] for e in group if f".{e}" in IMAGE_EXTENSIONS), None)
+    caption, error = None, None
+    if "txt" in group:
+        caption, error = _decode(group["txt"])
+    elif "json" in group:
+        caption, error = _caption_from_json(group["json"], columns.caption)
+    else:
+        error = "no .txt or .json caption member"
+    if image is None:
+        error = error or "no image member"
+    if not seen.add(key):
+        error = f"duplicate key {key!r}"
+    return Sample(index, key, image, caption, error)
+
+
+def directory_samples(images_dir: str | Path, captions: str | Path) -> Iterator[Sample]:
+    """Samples from an image directory and a captions JSON: {file name: caption} or a list of
+    {"file_name"/"image": ..., "caption": ...}; images without a caption are reported."""
+    directory = Path(images_dir)
+    data = json.loads(Path(captions).read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        pairs: Sequence[tuple[str, object]] = list(data.items())
+    elif isinstance(data, list):
+        pairs = [
+            (str(d.get("file_name", d.get("image"))), d.get("caption")) for d in data if isinstance(d, dict)
+        ]
+    else:
+        raise ValueError(f"{captions}: expected an object {{file: caption}} or a list of records")
+    captioned = {name for name, _ in pairs}
+    index = 0
+    seen = _SeenKeys()
+    for name, caption in pairs:
+        error = None if seen.add(name) else f"duplicate key {name!r}"
+        yield Sample(index, name, directory / name, None if caption is None else str(caption), error)
+        index += 1
+    for path in sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
+        name = str(path.relative_to(directory))
+        if name not in captioned:
+            yield Sample(index, name, path, None, "no caption for this image")
+            index += 1
+
+
+def open_source(
+    source: str, columns: Columns, captions: str | None = None, base_dir: str | None = None
+) -> Iterator[Sample]:
+    """Pick the reader for a path: a table file, tar shards (braces allowed), or an image directory."""
+    if captions is not None:
+        return directory_samples(source, captions)
+    if source.endswith(".tar") or ("{" in source and ".tar" in source):
+        return tar_samples(source, columns)
+    path = Path(source)
+    if path.is_dir():
+        raise ValueError(f"{source} is a directory: give --captions FILE to pair its images with captions")
+    if not path.exists():
+        raise ValueError(f"input not found: {source}")
+    return table_samples(path, columns, base_dir)

@@ -1,0 +1,129 @@
+"""Summaries of scan outputs: counts, failures by reason, score quantiles, frequent misaligned words."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from matplotlib.figure import Figure
+from rich.table import Table
+
+from clipalign.runners.local import METADATA_KEY
+
+FAILURE_KINDS = (
+    ("duplicate", "duplicate"),
+    ("not valid UTF-8", "non-UTF-8 text"),
+    ("no such file", "missing file"),
+    ("caption is empty", "empty caption"),
+    ("no caption", "missing caption"),
+    ("cannot read image", "corrupt image"),
+    ("truncated", "corrupt image"),
+)
+
+
+def failure_kind(error: str) -> str:
+    """A coarse reason for the summary line (the full message stays in the output)."""
+    return next((kind for needle, kind in FAILURE_KINDS if needle in error), "other")
+
+
+@dataclass
+class ScanSummary:
+    """What a scan produced: counts, failures by kind, score statistics and frequent misaligned words."""
+
+    items: int
+    failed: int
+    failures: dict[str, int]
+    clipscore: dict[str, float]
+    f_clipscore: dict[str, float]
+    top_misaligned: list[tuple[str, int]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    f_values: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    def table(self) -> Table:
+        table = Table(title=f"{self.items} items, {self.failed} failed", show_edge=False)
+        table.add_column("")
+        for name in ("mean", "p5", "p25", "p50", "p75", "p95"):
+            table.add_column(name, justify="right")
+        for name, stats in (("CLIPScore", self.clipscore), ("F-CLIPScore", self.f_clipscore)):
+            table.add_row(
+                name,
+                *(f"{stats.get(k, float('nan')):.4g}" for k in ("mean", "p5", "p25", "p50", "p75", "p95")),
+            )
+        return table
+
+    def failure_line(self) -> str:
+        reasons = ", ".join(f"{n} {kind}" for kind, n in sorted(self.failures.items(), key=lambda kv: -kv[1]))
+        return f"failed: {self.failed}" + (f" ({reasons})" if reasons else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "items": self.items,
+            "failed": self.failed,
+            "failures": self.failures,
+            "clipscore": self.clipscore,
+            "f_clipscore": self.f_clipscore,
+            "top_misaligned": self.top_misaligned,
+            "settings": self.settings,
+        }
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {}
+    p5, p25, p50, p75, p95 = np.percentile(values, [5, 25, 50, 75, 95])
+    return {"mean": float(values.mean()), "p5": p5, "p25": p25, "p50": p50, "p75": p75, "p95": p95}
+
+
+def summarize(path: str | Path, top: int = 15) -> ScanSummary:
+    """Read a scan output (one Parquet file or a directory of parts) column by column, batch by batch."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"no scan output at {path}")
+    files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"no Parquet output found at {path}")
+    clip, fclip, words, kinds = [], [], Counter(), Counter()
+    items = 0
+    settings: dict[str, Any] = {}
+    for file in files:
+        parquet = pq.ParquetFile(file)
+        settings = json.loads((parquet.schema_arrow.metadata or {}).get(METADATA_KEY, b"{}"))
+        for batch in parquet.iter_batches(columns=["clipscore", "f_clipscore", "misaligned_words", "error"]):
+            data = batch.to_pydict()
+            items += batch.num_rows
+            kinds.update(failure_kind(e) for e in data["error"] if e is not None)
+            ok = [i for i, e in enumerate(data["error"]) if e is None]
+            clip.append(np.array([data["clipscore"][i] for i in ok], dtype=np.float64))
+            fclip.append(np.array([data["f_clipscore"][i] for i in ok], dtype=np.float64))
+            words.update(w.lower().strip(".,;:!?\"'") for i in ok for w in data["misaligned_words"][i])
+    clip_all, f_all = np.concatenate(clip), np.concatenate(fclip)
+    return ScanSummary(
+        items=items,
+        failed=sum(kinds.values()),
+        failures=dict(kinds),
+        clipscore=_stats(clip_all),
+        f_clipscore=_stats(f_all),
+        top_misaligned=words.most_common(top),
+        settings=settings,
+        f_values=f_all,
+    )
+
+
+def histogram(summary: ScanSummary, out: str | Path, bins: int = 50) -> Path:
+    """PNG histogram of F-CLIPScore over the scored items (0 = nothing flagged; lower = worse)."""
+    fig = Figure(figsize=(7, 4), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    values = summary.f_values
+    ax.hist(values, bins=bins, color="#762a83")
+    ax.set_xlabel("F-CLIPScore (≤ 0, lower = more misaligned)")
+    ax.set_ylabel("items")
+    flagged = int((values < 0).sum())
+    ax.set_title(f"{values.size} scored items, {flagged} with misaligned words")
+    path = Path(out)
+    fig.savefig(path, format="png")
+    return path
