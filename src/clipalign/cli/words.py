@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 
-from clipalign.cli.common import add_pair_arguments, attribute_pair, print_json
+from clipalign.cli.common import add_pair_arguments, attribute_pair, print_json, stderr
+from clipalign.images import load_image
+from clipalign.results import WordAlignment
 from clipalign.viz.terminal import score_line, word_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("words", help="which words of a caption the image contradicts (CLIP4DM)")
     add_pair_arguments(p)
+    p.add_argument("--html", help="also write a self-contained HTML page (image, coloured words, scores)")
+    p.add_argument("--png", help="also write the same picture as PNG")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    for out in (args.html, args.png):
+        if out and not Path(out).resolve().parent.is_dir():
+            raise ValueError(f"cannot write {out}: its directory does not exist")
     model, result = attribute_pair(args)
+    if args.html or args.png:
+        _write_pictures(args, result, model.name)
     if args.json:
         settings = {"model": model.name, "layers": args.layers, "template": args.template}
         print_json({**settings, **result.to_dict()})
@@ -26,3 +36,16 @@ def run(args: argparse.Namespace) -> int:
         console.print(word_table(result))
         console.print(score_line(result))
     return 0
+
+
+def _write_pictures(args: argparse.Namespace, result: WordAlignment, model_name: str) -> None:
+    """--html / --png: the image, the caption coloured word by word, and the scores."""
+    from clipalign.viz.heatmap import save
+    from clipalign.viz.html import save_html
+    from clipalign.viz.words_png import words_figure
+
+    image = load_image(args.image)
+    if args.html:
+        stderr.print(f"wrote {save_html(image, result, args.html, model_name)}", highlight=False)
+    if args.png:
+        stderr.print(f"wrote {save(words_figure(image, result), args.png)}", highlight=False)

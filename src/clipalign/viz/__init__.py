@@ -1,4 +1,4 @@
-"""Pictures of results: terminal (rich) renderings now; HTML/PNG and heatmaps to come."""
+"""Pictures of results: terminal (rich), HTML and PNG word colourings, heatmaps over the image."""
 
 from clipalign.viz.terminal import coloured_caption, score_line, scored_words, word_table
 

@@ -1,0 +1,43 @@
+"""``clipalign demo``: a local web page to check captions against images, with heatmaps."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+from clipalign.cli.common import add_model_options, add_word_options, open_model
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("demo", help="web page: pick or upload an image, check a caption, see heatmaps")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    p.add_argument("--steps", type=int, default=10, help="heatmaps: quadrature nodes (fewer = faster)")
+    p.add_argument(
+        "--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels (default 40M)"
+    )
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload accepted (default 20 MiB)")
+    add_model_options(p)
+    add_word_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"the demo needs {' and '.join(missing)}: pip install 'clipalign[demo]'")
+    from clipalign.demo import DemoEngine, create_app, listen, serve
+
+    sock = listen(args.host, args.port)
+    model = open_model(args)
+    engine = DemoEngine(
+        model,
+        layers=args.layers,
+        epsilon=args.epsilon,
+        mode=args.mode,
+        template=args.template,
+        steps=args.steps,
+    )
+    app = create_app(engine, model.name, args.max_pixels, int(args.max_upload_mb * 2**20))
+    serve(app, sock)
+    return 0

@@ -1,0 +1,37 @@
+"""Colours for scores, shared by the HTML and PNG pictures: the heatmaps' diverging map and norm."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import TwoSlopeNorm, to_hex, to_rgb
+
+from clipalign.viz.heatmap import CMAP, _norm
+
+MISALIGNED_EDGE = "#111111"
+"""Outline of a misaligned word, in every picture."""
+
+
+def score_norm(scores: Sequence[float]) -> TwoSlopeNorm:
+    """The heatmaps' colour scale for ``scores``: centred at 0, from −peak to +peak (peak = max |score|)."""
+    values = np.asarray(scores, dtype=np.float64)
+    return _norm(values) if values.size else _norm()
+
+
+def score_colours(scores: Sequence[float]) -> list[str]:
+    """Hex colour of each score on :func:`score_norm`'s scale."""
+    values = np.asarray(scores, dtype=np.float64)
+    return [to_hex(c) for c in colormaps[CMAP](score_norm(values)(values))]
+
+
+def gradient(stops: int = 11) -> list[str]:
+    """The colour map from −peak to +peak as ``stops`` hex colours (for legends)."""
+    return [to_hex(c) for c in colormaps[CMAP](np.linspace(0.0, 1.0, stops))]
+
+
+def ink(colour: str) -> str:
+    """Near-black or white text, whichever reads better on the background ``colour``."""
+    r, g, b = to_rgb(colour)
+    return "#111111" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "#ffffff"
