@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -303,7 +304,17 @@ def test_unsupported_arrays_are_rejected(array: np.ndarray) -> None:
         load_image(array)
 
 
-@pytest.mark.parametrize("source", [None, 42, b"\x89PNG", [[0, 0]]])
+def test_encoded_bytes(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (5, 4), (0, 0, 255, 255)).save(buffer, format="PNG")
+    image = load_image(buffer.getvalue())
+    assert image.mode == "RGB" and image.size == (5, 4) and image.getpixel((0, 0)) == (0, 0, 255)
+    with pytest.raises(ImageLoadError, match=r"^<4 bytes>: cannot read image: not an image file"):
+        load_image(b"\x89PNG")
+    assert describe_source(b"abc") == "<3 bytes>"
+
+
+@pytest.mark.parametrize("source", [None, 42, bytearray(b"x"), [[0, 0]]])
 def test_unsupported_types_are_rejected(source: object) -> None:
     with pytest.raises(ImageLoadError, match="expected a file path"):
         load_image(source)  # type: ignore[arg-type]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
+from typing import Any
 
 from rich.console import Console
 
 from clipalign import __version__
 from clipalign.attribution.words import CLIP4DM
 from clipalign.cli.common import add_model_options, open_model, print_json
-from clipalign.runners.local import scan
+from clipalign.runners.local import ScanResult, scan
 from clipalign.runners.sources import Columns, open_source
 from clipalign.runners.summary import ScanSummary, histogram, summarize
 
@@ -40,6 +42,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, default=3, help="last text layers averaged (default 3)")
     p.add_argument("--epsilon", type=float, default=-5e-5, help="misalignment threshold (default -5e-5)")
     add_model_options(p)
+    ray_group = p.add_argument_group("engine", "--engine ray runs the scan on a Ray cluster (clipalign[ray])")
+    ray_group.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="local process or Ray Data (default local)",
+    )
+    ray_group.add_argument(
+        "--num-gpus", type=int, default=0, help="ray: total GPUs, one model actor per GPU (default 0: CPU)"
+    )
+    ray_group.add_argument(
+        "--num-cpus", type=float, default=1.0, help="ray: CPUs per actor, its torch threads (default 1)"
+    )
+    ray_group.add_argument(
+        "--concurrency", type=int, default=1, help="ray: CPU actors when --num-gpus is 0 (default 1)"
+    )
+    ray_group.add_argument(
+        "--ray-address",
+        help="ray: cluster to join, e.g. auto or ray://head:10001 (default: RAY_ADDRESS, else a local Ray)",
+    )
     p.set_defaults(func=run_scan)
 
     r = subparsers.add_parser("report", help="summarize a scan's Parquet output again")
@@ -49,13 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report)
 
 
-def run_scan(args: argparse.Namespace) -> int:
-    columns = Columns(args.image_column, args.caption_column, args.key_column)
-    samples = open_source(args.input, columns, args.captions, args.base_dir)
-    model = open_model(args)
-    settings = {
+def _settings(args: argparse.Namespace, columns: Columns, model_name: str) -> dict[str, Any]:
+    """What the output's metadata records (and what a resumed run must match); engine-independent."""
+    return {
         "clipalign": __version__,
-        "model": model.name,
+        "model": model_name,
         "dtype": args.dtype,
         "layers": args.layers,
         "epsilon": args.epsilon,
@@ -64,26 +84,68 @@ def run_scan(args: argparse.Namespace) -> int:
         "captions": args.captions,
         "columns": [columns.image, columns.caption, columns.key],
     }
-    attributor = CLIP4DM(
-        model, layers=args.layers, template=args.template, epsilon=args.epsilon, batch_size=args.batch_size
-    )
-    result = scan(
-        samples,
-        attributor,
-        args.out,
-        settings,
-        batch_size=args.batch_size,
-        part_size=args.part_size,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    columns = Columns(args.image_column, args.caption_column, args.key_column)
+    # a missing input fails here, before any model loads (Ray's read task opens the source again)
+    samples = open_source(args.input, columns, args.captions, args.base_dir)
+    if args.engine == "ray":
+        result = _scan_ray(args, columns)
+    else:
+        model = open_model(args)
+        attributor = CLIP4DM(
+            model,
+            layers=args.layers,
+            template=args.template,
+            epsilon=args.epsilon,
+            batch_size=args.batch_size,
+        )
+        result = scan(
+            samples,
+            attributor,
+            args.out,
+            _settings(args, columns, model.name),
+            batch_size=args.batch_size,
+            part_size=args.part_size,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     console = Console()
     if result.resumed_from:
         console.print(f"resumed after {result.resumed_from} items already written")
     _show(summarize(result.output), args.histogram, console)
     console.print(f"wrote {result.output}")
     return 0
+
+
+def _scan_ray(args: argparse.Namespace, columns: Columns) -> ScanResult:
+    """``--engine ray``: the same scan on Ray Data (the sample stream is rebuilt in a Ray task)."""
+    try:
+        from clipalign.runners.ray_engine import scan_ray
+    except ImportError as exc:
+        raise ValueError(f"--engine ray needs Ray Data: pip install 'clipalign[ray]' ({exc})") from exc
+    return scan_ray(
+        functools.partial(open_source, args.input, columns, args.captions, args.base_dir),
+        str(args.model),
+        args.out,
+        _settings(args, columns, str(args.model)),
+        dtype=args.dtype,
+        device=args.device,
+        layers=args.layers,
+        epsilon=args.epsilon,
+        template=args.template,
+        batch_size=args.batch_size,
+        part_size=args.part_size,
+        workers=args.workers,
+        num_gpus=args.num_gpus,
+        num_cpus=args.num_cpus,
+        concurrency=args.concurrency,
+        address=args.ray_address,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:

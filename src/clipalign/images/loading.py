@@ -7,6 +7,7 @@ a fixed background gives the same pixels on every run and CLIP was trained mostl
 
 from __future__ import annotations
 
+import io
 import os
 from typing import TypeAlias
 
@@ -14,8 +15,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageInput: TypeAlias = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
-"""Everything ``load_image`` accepts: a file path, a PIL image, or an HWC / CHW / HW numpy array or tensor."""
+ImageInput: TypeAlias = str | os.PathLike[str] | bytes | Image.Image | np.ndarray | torch.Tensor
+"""Everything ``load_image`` accepts: a file path, encoded file bytes, a PIL image, or an HWC / CHW / HW
+numpy array or tensor."""
 
 _BACKGROUND = (255, 255, 255)
 _ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa"})
@@ -38,6 +40,8 @@ def describe_source(source: object) -> str:
     """A short, human-readable name for an image input, used in error messages and results."""
     if isinstance(source, (str, os.PathLike)):
         return os.fsdecode(source)
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
     if isinstance(source, Image.Image):
         return f"<PIL image {source.width}x{source.height} {source.mode}>"
     if isinstance(source, np.ndarray):
@@ -55,6 +59,8 @@ def load_image(source: ImageInput) -> Image.Image:
     name = describe_source(source)
     if isinstance(source, (str, os.PathLike)):
         return _to_rgb(_read_file(source, name), name)
+    if isinstance(source, bytes):
+        return _to_rgb(_read_file(io.BytesIO(source), name), name)
     if isinstance(source, Image.Image):
         return _to_rgb(_decode(source, name), name)
     if isinstance(source, torch.Tensor):
@@ -66,11 +72,11 @@ def load_image(source: ImageInput) -> Image.Image:
         return _from_array(source, name)
     raise ImageLoadError(
         f"{name}: unsupported image input; expected a file path "
-        "(str or os.PathLike), a PIL.Image.Image, a numpy.ndarray or a torch.Tensor"
+        "(str or os.PathLike), encoded bytes, a PIL.Image.Image, a numpy.ndarray or a torch.Tensor"
     )
 
 
-def _read_file(path: str | os.PathLike[str], name: str) -> Image.Image:
+def _read_file(path: str | os.PathLike[str] | io.BytesIO, name: str) -> Image.Image:
     """Open an image file and fully decode its first frame, so truncated files fail here."""
     try:
         image = Image.open(path)

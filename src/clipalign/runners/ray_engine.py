@@ -1,0 +1,276 @@
+"""The Ray Data scan engine: the local engine's per-batch function on a Ray cluster, same output.
+
+``pip install 'clipalign[ray]'``. The pipeline is three stages:
+
+1. **read** — one Ray task runs the very sample stream of the local engine (``open_source``), so
+   indices, keys, duplicates and unreadable rows are exactly the same, and cuts it into batches of
+   ``batch_size`` samples. Each batch travels as one Ray Data row holding the pickled samples (paths
+   for tables and image folders, encoded bytes for tar shards); Ray's streaming backpressure bounds
+   how far the reader runs ahead, so nothing is materialised on the driver or in the object store.
+2. **score** — ``map_batches`` over a fixed pool of :class:`ScoreActor`, one per GPU (or
+   ``concurrency`` CPU actors), each loading the model once and calling the local engine's
+   :func:`~clipalign.runners.local.decode` (in ``workers`` threads) and
+   :func:`~clipalign.runners.local.score_batch`.
+3. **write** — the driver receives the scored batches in input order (``preserve_order``) and writes
+   them with the local engine's :class:`~clipalign.runners.local.PartWriter`: the same
+   ``part-NNNNN.parquet`` parts, settings metadata, atomic writes, merge into one ``.parquet`` file,
+   and the same resume after the last complete part. Only scores (no images) reach the driver.
+
+Why not ``ray.data.read_json``/``read_parquet`` for tables: they would number rows, report bad lines
+and find duplicates differently from the local engine (and per file block), so the output could not
+be identical; reading is cheap next to scoring, which is what the actors parallelise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray
+from tqdm import tqdm
+
+from clipalign.attribution.words import CLIP4DM
+from clipalign.models import load_model
+from clipalign.runners.local import PartWriter, Row, ScanResult, decode, merge_parts, score_batch
+from clipalign.runners.sources import Sample
+from clipalign.text import CaptionTruncatedWarning
+from clipalign.text.alignment import DEFAULT_TEMPLATE
+
+SampleFactory = Callable[[], Iterable[Sample]]
+"""A picklable zero-argument callable returning the sample stream, e.g.
+``functools.partial(open_source, "pairs.jsonl", Columns())``; it runs in the read task."""
+
+
+def _enter(cwd: str) -> None:
+    """Resolve relative paths as the driver does, where its working directory exists on this node."""
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
+def _pack(position: int, payload: Any) -> pa.Table:
+    """One Ray Data row: where the batch starts in the input, and the batch, pickled."""
+    return pa.table(
+        {
+            "position": pa.array([position], pa.int64()),
+            "payload": pa.array([pickle.dumps(payload)], pa.large_binary()),
+        }
+    )
+
+
+def read_batches(
+    _: pa.Table, samples: SampleFactory, skip: int, batch_size: int, cwd: str
+) -> Iterator[pa.Table]:
+    """The read stage: the sample stream after ``skip`` items, one row per batch of ``batch_size``."""
+    _enter(cwd)
+    stream = itertools.islice(iter(samples()), skip, None)
+    position = skip
+    while batch := list(itertools.islice(stream, batch_size)):
+        yield _pack(position, batch)
+        position += len(batch)
+
+
+class ScoreActor:
+    """The score stage: holds the model; each call scores batches of samples into local-engine rows."""
+
+    def __init__(
+        self,
+        model: str,
+        dtype: str,
+        device: str,
+        layers: int,
+        epsilon: float,
+        template: str,
+        batch_size: int,
+        workers: int,
+        cwd: str,
+    ) -> None:
+        from huggingface_hub.utils import logging as hub_logging
+        from transformers.utils import logging as hf_logging
+
+        _enter(cwd)
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        hub_logging.set_verbosity_error()
+        # truncation is recorded in each row's truncated_words; one warning per caption is noise here
+        warnings.filterwarnings("ignore", category=CaptionTruncatedWarning)
+        self.attributor = CLIP4DM(
+            load_model(model, device=device, dtype=dtype),
+            layers=layers,
+            template=template,
+            epsilon=epsilon,
+            batch_size=batch_size,
+        )
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        positions = batch.column("position").to_pylist()
+        results = []
+        for blob in batch.column("payload").to_pylist():
+            samples: list[Sample] = pickle.loads(blob)
+            images = list(self.pool.map(decode, samples))
+            results.append(pickle.dumps(score_batch(self.attributor, samples, images)))
+        return pa.table(
+            {"position": pa.array(positions, pa.int64()), "payload": pa.array(results, pa.large_binary())}
+        )
+
+
+def _unwrapped(batches: Iterable[pa.Table]) -> Iterator[pa.Table]:
+    """Ray's batches, with an error raised in our code re-raised as itself instead of Ray's wrapper."""
+    try:
+        yield from batches
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, Exception):
+            raise exc.cause from exc
+        raise
+    except ray.exceptions.RayActorError as exc:
+        if not exc.actor_init_failed:
+            raise
+        # the creation task's traceback comes as text: keep its last "module.SomeError: message" line
+        found = re.findall(
+            r"^\s*(?:\w+\.)*(\w+(?:Error|Exception)): (.*)$", exc.error_msg or "", re.MULTILINE
+        )
+        reason = f"{found[-1][0]}: {found[-1][1]}" if found else "see the Ray logs"
+        raise ValueError(f"a Ray scoring actor could not start: {reason}") from exc
+
+
+def scan_ray(
+    samples: SampleFactory,
+    model: str,
+    out: str | Path,
+    settings: dict[str, Any],
+    *,
+    dtype: str = "fp32",
+    device: str | None = None,
+    layers: int = 3,
+    epsilon: float = -5e-5,
+    template: str = DEFAULT_TEMPLATE,
+    batch_size: int = 32,
+    part_size: int = 4096,
+    workers: int = 4,
+    num_gpus: int = 0,
+    num_cpus: float = 1.0,
+    concurrency: int = 1,
+    address: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_part: Callable[[Path], None] | None = None,
+) -> ScanResult:
+    """Score every sample on Ray into the local engine's output, resuming after the parts written.
+
+    Args:
+        samples: the sample stream's factory (it runs in a Ray task, so it must be picklable).
+        model: Hub name or directory, loaded by every actor (the directory must exist on every node).
+        num_gpus: total GPUs: that many actors with one GPU each; 0 for ``concurrency`` CPU actors.
+        num_cpus: CPUs reserved per actor (also its torch thread count).
+        workers: image decoding threads per actor.
+        address: Ray cluster to join; ``None`` uses ``RAY_ADDRESS``, a cluster started on this
+            machine with ``ray start``, or else a new local instance. An already initialised Ray is
+            used as it is.
+    """
+    if batch_size < 1 or part_size < 1:
+        raise ValueError("batch size and part size must be ≥ 1")
+    if num_gpus < 0 or concurrency < 1 or num_cpus <= 0:
+        raise ValueError("--num-gpus must be ≥ 0, --concurrency ≥ 1 and --num-cpus > 0")
+    out = Path(out)
+    single_file = out.suffix == ".parquet"
+    parts_dir = out.with_name(out.name + ".parts") if single_file else out
+    if overwrite:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        if single_file:
+            out.unlink(missing_ok=True)
+    elif single_file and out.exists() and not parts_dir.exists():
+        raise ValueError(f"{out} already exists and is complete: use --overwrite to score again")
+    writer = PartWriter(parts_dir, settings)
+    done = writer.completed()
+
+    actors = num_gpus if num_gpus > 0 else concurrency
+    device = device or ("cuda" if num_gpus > 0 else "cpu")
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        ray.init(address=address, include_dashboard=False)
+    context = ray.data.DataContext.get_current()
+    saved = (
+        context.target_max_block_size,
+        context.execution_options.preserve_order,
+        context.enable_progress_bars,
+    )
+    # one batch per block: a block is emitted as soon as the reader yields it (Ray would otherwise
+    # gather rows up to 128 MiB first) and every actor call gets whole batches, as in the local engine
+    context.target_max_block_size = 1
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    cwd = os.getcwd()
+    bar = tqdm(initial=done, unit="pair", desc="scan", disable=not progress)
+    pending: list[Row] = []
+    scored = 0
+    try:
+        dataset = (
+            ray.data.from_items([{"start": done}])
+            .map_batches(
+                read_batches,
+                batch_size=None,
+                batch_format="pyarrow",
+                fn_kwargs={"samples": samples, "skip": done, "batch_size": batch_size, "cwd": cwd},
+                num_cpus=0,
+            )
+            .map_batches(
+                ScoreActor,
+                batch_size=1,
+                batch_format="pyarrow",
+                fn_constructor_kwargs={
+                    "model": model,
+                    "dtype": dtype,
+                    "device": device,
+                    "layers": layers,
+                    "epsilon": epsilon,
+                    "template": template,
+                    "batch_size": batch_size,
+                    "workers": workers,
+                    "cwd": cwd,
+                },
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_gpus=1 if num_gpus > 0 else 0,
+                num_cpus=num_cpus,
+            )
+        )
+        expected = done
+        for block in _unwrapped(dataset.iter_batches(batch_size=None, batch_format="pyarrow")):
+            for position, blob in zip(
+                block.column("position").to_pylist(), block.column("payload").to_pylist(), strict=True
+            ):
+                if position != expected:
+                    raise RuntimeError(f"Ray returned the batch at {position} where {expected} was due")
+                rows: list[Row] = pickle.loads(blob)
+                expected += len(rows)
+                pending.extend(rows)
+                scored += len(rows)
+                bar.update(len(rows))
+                if len(pending) >= part_size:
+                    path = writer.write(pending)
+                    pending = []
+                    if on_part:
+                        on_part(path)
+    finally:
+        bar.close()
+        (
+            context.target_max_block_size,
+            context.execution_options.preserve_order,
+            context.enable_progress_bars,
+        ) = saved
+        if own_ray:
+            ray.shutdown()
+    if pending:
+        writer.write(pending)
+    if single_file:
+        merge_parts(writer.parts(), out, writer.schema)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    return ScanResult(out, scored, done)
