@@ -13,39 +13,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import transformers
+from common import (
+    B32,
+    RESULTS_DIR,
+    SEED,
+    goal_text,
+    load_average_1min,
+    load_cpu_model,
+    machine_info,
+    model_configs,
+    require_shared_data,
+    save_model,
+)
 from PIL import Image
 from transformers import CLIPConfig
 
-import clipalign
-from clipalign import CLIP4DM, WordAlignment, load_model
+from clipalign import CLIP4DM, WordAlignment
 from clipalign.metrics.scores import image_text_cosine
 from clipalign.models.base import ClipAdapter
-from clipalign.models.random_init import save_random_clip, tiny_clip_config
 from clipalign.text.alignment import DEFAULT_TEMPLATE
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-TOKENIZER_DIR = SHARED / "clip-tokenizer"
-B32_CONFIG_DIR = SHARED / "configs" / "clip-vit-base-patch32"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
 N_PAIRS = 32
-SEED = 0
-B32 = "vit-b32-sized"
 # the tiny model is cheap, so it gets more repeats against noise; a full run takes ~2 min on 2 idle CPU cores
 REPEATS = {"tiny": 10, B32: 5}
 QUICK_REPEATS = {"tiny": 3, B32: 1}
@@ -195,49 +193,15 @@ def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
 
 def bench_model(config: CLIPConfig, workdir: Path, repeats: int) -> dict[str, Any]:
     """Save a seeded random model from ``config``, load it on CPU and benchmark it."""
-    model_dir = save_random_clip(workdir, config, TOKENIZER_DIR, seed=SEED)
-    adapter = load_model(model_dir, device="cpu")
+    adapter = load_cpu_model(save_model(config, workdir))
     images, captions = make_images(N_PAIRS, SEED), list(CAPTIONS)
-    load_before = os.getloadavg()[0]
+    load_before = load_average_1min()
     result = summarize(time_variants(make_variants(adapter, images, captions), repeats))
-    result["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
+    result["load_average_1min"] = {"before": load_before, "after": load_average_1min()}
     result["repeats"] = repeats
     result["parameters"] = sum(p.numel() for p in adapter.model.parameters())
     result["batched_vs_loop"] = batched_vs_loop_gap(adapter, images, captions)
     return result
-
-
-def cpu_model() -> str:
-    """The CPU's name from /proc/cpuinfo, or what ``platform`` knows elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU, threads, library versions and the date (UTC) of this run."""
-    return {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "clipalign": clipalign.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def goal_text(value: float, goal: float, at_least: bool) -> str:
-    """A ratio and whether it meets its goal, e.g. ``2.10× (misses ≥ 5×)``."""
-    met = value >= goal if at_least else value <= goal
-    return f"{value:.2f}× ({'meets' if met else 'misses'} {'≥' if at_least else '≤'} {goal:g}×)"
 
 
 def table_row(name: str, result: dict[str, Any], statistic: str) -> str:
@@ -296,12 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"repeats {QUICK_REPEATS} instead of {REPEATS}")
     args = parser.parse_args(argv)
-    missing = [p for p in (TOKENIZER_DIR, B32_CONFIG_DIR) if not p.exists()]
-    if missing:
-        sys.exit(f"shared data not found: {', '.join(map(str, missing))} (needed by this benchmark)")
+    require_shared_data()
 
     repeats = QUICK_REPEATS if args.quick else REPEATS
-    configs = {"tiny": tiny_clip_config(), B32: CLIPConfig.from_pretrained(B32_CONFIG_DIR)}
+    configs = model_configs()
     report: dict[str, Any] = {
         "command": "python benchmarks/bench_words.py" + (" --quick" if args.quick else ""),
         "machine": machine_info(),

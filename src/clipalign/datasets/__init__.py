@@ -19,6 +19,7 @@ from clipalign.datasets.pointing_coco import load_pointing_coco
 from clipalign.datasets.pointing_flickr30k import load_pointing_flickr30k
 from clipalign.datasets.richhf import load_richhf
 from clipalign.datasets.seetrue_feedback import load_seetrue_feedback
+from clipalign.datasets.synthetic import load_synthetic, load_synthetic_pointing
 
 BENCHMARKS: dict[str, Callable[..., list[MisalignmentItem] | list[PointingItem]]] = {
     "foil": load_foil,
@@ -28,6 +29,8 @@ BENCHMARKS: dict[str, Callable[..., list[MisalignmentItem] | list[PointingItem]]
     "richhf": load_richhf,
     "pointing-coco": load_pointing_coco,
     "pointing-flickr30k": load_pointing_flickr30k,
+    "synthetic": load_synthetic,
+    "pointing-synthetic": load_synthetic_pointing,
 }
 """Benchmark name → loader; extra options are keyword-only (``prompts=`` for richhf, ``instances=`` ...)."""
 
@@ -44,4 +47,6 @@ __all__ = [
     "load_pointing_flickr30k",
     "load_richhf",
     "load_seetrue_feedback",
+    "load_synthetic",
+    "load_synthetic_pointing",
 ]
