@@ -21,6 +21,28 @@ from clipalign.models.base import (
 from clipalign.text.alignment import EncodedCaption, encode_caption
 
 
+def _block_output_at(
+    block: torch.nn.Module, states: torch.Tensor, index: int, mask_row: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One encoder block's output at a single position (B, d): the pooled position is all the last block
+    has to produce, so only its query row is computed (what HF's eager block does, restricted to it)."""
+    attn = block.self_attn
+    batch, length, _ = states.shape
+    x = block.layer_norm1(states)
+    q = attn.q_proj(x[:, index : index + 1]).view(batch, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(batch, length, attn.num_heads, attn.head_dim).transpose(1, 2)
+    v = attn.v_proj(x).view(batch, length, attn.num_heads, attn.head_dim).transpose(1, 2)
+    logits = (q @ k.transpose(-1, -2)) * attn.scale
+    if mask_row is not None:
+        logits = logits + mask_row
+    # softmax in fp32 as HF's eager attention does (in fp64 for fp64 models)
+    weights = torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(
+        q.dtype
+    )
+    hidden = states[:, index] + attn.out_proj((weights @ v).transpose(1, 2).reshape(batch, -1))
+    return hidden + block.mlp(block.layer_norm2(hidden))
+
+
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     """Half-precision embeddings are upcast so cosines and scores are computed in fp32 (fp64 stays)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
@@ -193,9 +215,11 @@ class HFCLIPAdapter:
         """Text embedding (unnormalised) from the states entering block ``layer``, pooled at a position."""
         text = self.model.text_model
         mask = self._causal_mask(states.shape[1], states.dtype)
-        for block in text.encoder.layers[layer:]:
+        *blocks, last = text.encoder.layers[layer:]
+        for block in blocks:
             states = block(states, mask)
-        return _at_least_fp32(self.model.text_projection(text.final_layer_norm(states[:, pool_index])))
+        pooled = _block_output_at(last, states, pool_index, mask[:, :, pool_index : pool_index + 1])
+        return _at_least_fp32(self.model.text_projection(text.final_layer_norm(pooled)))
 
     def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states entering vision block ``layer`` (B, 1 + patches, d); position 0 is CLS."""
@@ -208,9 +232,12 @@ class HFCLIPAdapter:
     def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor:
         """Image embedding (unnormalised) from the states entering vision block ``layer`` (CLS pooling)."""
         vision = self.model.vision_model
-        for block in vision.encoder.layers[layer:]:
+        *blocks, last = vision.encoder.layers[layer:]
+        for block in blocks:
             states = block(states, None)
-        return _at_least_fp32(self.model.visual_projection(vision.post_layernorm(states[:, 0])))
+        return _at_least_fp32(
+            self.model.visual_projection(vision.post_layernorm(_block_output_at(last, states, 0)))
+        )
 
     @contextmanager
     def _activations_require_grad(self, enabled: bool) -> Iterator[None]:
