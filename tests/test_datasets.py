@@ -60,6 +60,8 @@ def test_registry_names_and_limits(tmp_path: Path) -> None:
         "richhf",
         "pointing-coco",
         "pointing-flickr30k",
+        "synthetic",
+        "pointing-synthetic",
     }
     assert BENCHMARKS["hat"] is load_hat
     for loader in BENCHMARKS.values():
