@@ -120,10 +120,23 @@ def score_batch(attributor: CLIP4DM, samples: list[Sample], images: list[Image.I
 
 
 class PartWriter:
-    """Parquet parts covering contiguous input ranges, with the run's settings in each file's metadata."""
+    """Parquet parts covering contiguous input ranges, with the run's settings in each file's metadata.
 
-    def __init__(self, directory: Path, settings: dict[str, Any]) -> None:
-        self.directory = directory
+    ``out`` is a directory of parts, or a ``.parquet`` file whose parts live in ``<out>.parts/`` until
+    :meth:`finish` merges them. ``overwrite`` discards earlier output; without it, a complete single
+    file is refused.
+    """
+
+    def __init__(self, out: str | Path, settings: dict[str, Any], overwrite: bool = False) -> None:
+        self.out = Path(out)
+        self.single_file = self.out.suffix == ".parquet"
+        self.directory = self.out.with_name(self.out.name + ".parts") if self.single_file else self.out
+        if overwrite:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            if self.single_file:
+                self.out.unlink(missing_ok=True)
+        elif self.single_file and self.out.exists() and not self.directory.exists():
+            raise ValueError(f"{self.out} already exists and is complete: use --overwrite to score again")
         self.settings = settings
         self.schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(settings, sort_keys=True).encode()})
 
@@ -151,6 +164,12 @@ class PartWriter:
         pq.write_table(pa.Table.from_pylist(rows, schema=self.schema), tmp)
         tmp.replace(path)
         return path
+
+    def finish(self) -> None:
+        """Merge the parts into the single output file, when one was asked for."""
+        if self.single_file:
+            merge_parts(self.parts(), self.out, self.schema)
+            shutil.rmtree(self.directory)
 
 
 @dataclass
@@ -192,16 +211,7 @@ def scan(
     on_part: Callable[[Path], None] | None = None,
 ) -> ScanResult:
     """Score every sample into Parquet, resuming after the parts already written."""
-    out = Path(out)
-    single_file = out.suffix == ".parquet"
-    parts_dir = out.with_name(out.name + ".parts") if single_file else out
-    if overwrite:
-        shutil.rmtree(parts_dir, ignore_errors=True)
-        if single_file:
-            out.unlink(missing_ok=True)
-    elif single_file and out.exists() and not parts_dir.exists():
-        raise ValueError(f"{out} already exists and is complete: use --overwrite to score again")
-    writer = PartWriter(parts_dir, settings)
+    writer = PartWriter(out, settings, overwrite)
     done = writer.completed()
     stream = itertools.islice(iter(samples), done, None)
     bar = tqdm(total=total, initial=done, unit="pair", desc="scan", disable=not progress)
@@ -220,10 +230,8 @@ def scan(
     if pending:
         writer.write(pending)
     bar.close()
-    if single_file:
-        merge_parts(writer.parts(), out, writer.schema)
-        shutil.rmtree(parts_dir)
-    return ScanResult(out, scored, done)
+    writer.finish()
+    return ScanResult(writer.out, scored, done)
 
 
 def merge_parts(parts: list[Path], out: Path, schema: pa.Schema) -> None:

@@ -27,7 +27,6 @@ import itertools
 import os
 import pickle
 import re
-import shutil
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +39,7 @@ from tqdm import tqdm
 
 from clipalign.attribution.words import CLIP4DM
 from clipalign.models import load_model
-from clipalign.runners.local import PartWriter, Row, ScanResult, decode, merge_parts, score_batch
+from clipalign.runners.local import PartWriter, Row, ScanResult, decode, score_batch
 from clipalign.runners.sources import Sample
 from clipalign.text import CaptionTruncatedWarning
 from clipalign.text.alignment import DEFAULT_TEMPLATE
@@ -180,16 +179,7 @@ def scan_ray(
         raise ValueError("batch size and part size must be ≥ 1")
     if num_gpus < 0 or concurrency < 1 or num_cpus <= 0:
         raise ValueError("--num-gpus must be ≥ 0, --concurrency ≥ 1 and --num-cpus > 0")
-    out = Path(out)
-    single_file = out.suffix == ".parquet"
-    parts_dir = out.with_name(out.name + ".parts") if single_file else out
-    if overwrite:
-        shutil.rmtree(parts_dir, ignore_errors=True)
-        if single_file:
-            out.unlink(missing_ok=True)
-    elif single_file and out.exists() and not parts_dir.exists():
-        raise ValueError(f"{out} already exists and is complete: use --overwrite to score again")
-    writer = PartWriter(parts_dir, settings)
+    writer = PartWriter(out, settings, overwrite)
     done = writer.completed()
 
     actors = num_gpus if num_gpus > 0 else concurrency
@@ -270,7 +260,5 @@ def scan_ray(
             ray.shutdown()
     if pending:
         writer.write(pending)
-    if single_file:
-        merge_parts(writer.parts(), out, writer.schema)
-        shutil.rmtree(parts_dir, ignore_errors=True)
-    return ScanResult(out, scored, done)
+    writer.finish()
+    return ScanResult(writer.out, scored, done)
