@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
+from common import cpu_model
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
@@ -186,16 +186,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -254,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             "ap_f_clipscore": max(rows, key=lambda r: r["ap_f_clipscore"])["layers"],
         },
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_model(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,

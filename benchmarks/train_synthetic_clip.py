@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import math
-import platform
 import shlex
 import shutil
 import sys
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
+from common import cpu_model
 from PIL import Image
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
 
@@ -488,14 +488,13 @@ def main(argv: list[str] | None = None) -> int:
         "history": history,
         "final": {"retrieval": final_retrieval, "layers": layers, **final_la},
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "threads": torch.get_num_threads(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         },
     }
-    summary["machine"]["cpu"] = _cpu_name() or summary["machine"]["cpu"]
     write_readme(args.out, cfg, summary, command)
     summary["size_bytes"] = dir_size(args.out)
     args.log.parent.mkdir(parents=True, exist_ok=True)
@@ -533,16 +532,6 @@ def training_table(summary: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _cpu_name() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 if __name__ == "__main__":
