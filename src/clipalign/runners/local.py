@@ -124,10 +124,18 @@ class PartWriter:
 
     ``out`` is a directory of parts, or a ``.parquet`` file whose parts live in ``<out>.parts/`` until
     :meth:`finish` merges them. ``overwrite`` discards earlier output; without it, a complete single
-    file is refused.
+    file is refused. :meth:`add` buffers rows and writes a part every ``part_size`` rows, then calls
+    ``on_part`` with its path.
     """
 
-    def __init__(self, out: str | Path, settings: dict[str, Any], overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        out: str | Path,
+        settings: dict[str, Any],
+        overwrite: bool = False,
+        part_size: int = 4096,
+        on_part: Callable[[Path], None] | None = None,
+    ) -> None:
         self.out = Path(out)
         self.single_file = self.out.suffix == ".parquet"
         self.directory = self.out.with_name(self.out.name + ".parts") if self.single_file else self.out
@@ -138,6 +146,9 @@ class PartWriter:
         elif self.single_file and self.out.exists() and not self.directory.exists():
             raise ValueError(f"{self.out} already exists and is complete: use --overwrite to score again")
         self.settings = settings
+        self.part_size = part_size
+        self.on_part = on_part
+        self.pending: list[Row] = []
         self.schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(settings, sort_keys=True).encode()})
 
     def parts(self) -> list[Path]:
@@ -165,8 +176,20 @@ class PartWriter:
         tmp.replace(path)
         return path
 
+    def add(self, rows: list[Row]) -> None:
+        """Buffer rows (in input order); write a part once ``part_size`` rows are waiting."""
+        self.pending.extend(rows)
+        if len(self.pending) >= self.part_size:
+            path = self.write(self.pending)
+            self.pending = []
+            if self.on_part:
+                self.on_part(path)
+
     def finish(self) -> None:
-        """Merge the parts into the single output file, when one was asked for."""
+        """Write the rows still buffered, then merge the parts into the single output file if asked."""
+        if self.pending:
+            self.write(self.pending)
+            self.pending = []
         if self.single_file:
             merge_parts(self.parts(), self.out, self.schema)
             shutil.rmtree(self.directory)
@@ -211,24 +234,16 @@ def scan(
     on_part: Callable[[Path], None] | None = None,
 ) -> ScanResult:
     """Score every sample into Parquet, resuming after the parts already written."""
-    writer = PartWriter(out, settings, overwrite)
+    writer = PartWriter(out, settings, overwrite, part_size, on_part)
     done = writer.completed()
     stream = itertools.islice(iter(samples), done, None)
     bar = tqdm(total=total, initial=done, unit="pair", desc="scan", disable=not progress)
-    pending: list[Row] = []
     scored = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for batch, futures in _prefetch(stream, batch_size, pool, depth=max(2, workers // 2 + 1)):
-            pending.extend(score_batch(attributor, batch, [f.result() for f in futures]))
+            writer.add(score_batch(attributor, batch, [f.result() for f in futures]))
             scored += len(batch)
             bar.update(len(batch))
-            if len(pending) >= part_size:
-                path = writer.write(pending)
-                pending = []
-                if on_part:
-                    on_part(path)
-    if pending:
-        writer.write(pending)
     bar.close()
     writer.finish()
     return ScanResult(writer.out, scored, done)

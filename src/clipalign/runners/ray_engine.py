@@ -179,7 +179,7 @@ def scan_ray(
         raise ValueError("batch size and part size must be ≥ 1")
     if num_gpus < 0 or concurrency < 1 or num_cpus <= 0:
         raise ValueError("--num-gpus must be ≥ 0, --concurrency ≥ 1 and --num-cpus > 0")
-    writer = PartWriter(out, settings, overwrite)
+    writer = PartWriter(out, settings, overwrite, part_size, on_part)
     done = writer.completed()
 
     actors = num_gpus if num_gpus > 0 else concurrency
@@ -200,7 +200,6 @@ def scan_ray(
     context.enable_progress_bars = False
     cwd = os.getcwd()
     bar = tqdm(initial=done, unit="pair", desc="scan", disable=not progress)
-    pending: list[Row] = []
     scored = 0
     try:
         dataset = (
@@ -241,14 +240,9 @@ def scan_ray(
                     raise RuntimeError(f"Ray returned the batch at {position} where {expected} was due")
                 rows: list[Row] = pickle.loads(blob)
                 expected += len(rows)
-                pending.extend(rows)
+                writer.add(rows)
                 scored += len(rows)
                 bar.update(len(rows))
-                if len(pending) >= part_size:
-                    path = writer.write(pending)
-                    pending = []
-                    if on_part:
-                        on_part(path)
     finally:
         bar.close()
         (
@@ -258,7 +252,5 @@ def scan_ray(
         ) = saved
         if own_ray:
             ray.shutdown()
-    if pending:
-        writer.write(pending)
     writer.finish()
     return ScanResult(writer.out, scored, done)
