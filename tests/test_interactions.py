@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers.models.clip import modeling_clip
 
-from clipalign.attribution.interactions import TokenPatchInteractions, integrated_jacobian
+from clipalign.attribution.interactions import TokenPatchInteractions, head_jvps, integrated_jacobian
 from clipalign.attribution.quadrature import quadrature
 
 CAPTION = "A white husky and a black dog running."
@@ -61,8 +61,8 @@ def oracle_matrix(adapter, image, caption, layer, nodes, weights, normalize):
 
 @pytest.mark.parametrize("rule", ["gauss", "riemann"])
 @pytest.mark.parametrize("normalize", ["cosine", "exclip"])
-def test_matches_per_dimension_backward_oracle(adapter, rule, normalize):
-    layer = 2
+@pytest.mark.parametrize("layer", [2, 3], ids=["generic-jvp", "closed-form-last-block"])
+def test_matches_per_dimension_backward_oracle(adapter, rule, normalize, layer):
     method = TokenPatchInteractions(
         adapter, text_layer=layer, image_layer=layer, steps=4, rule=rule, normalize=normalize
     )
@@ -143,7 +143,7 @@ def test_one_jvp_column_equals_finite_differences(adapter, monkeypatch):
 
         alpha = np.array([0.37])
         with torch.no_grad():
-            cols = integrated_jacobian(head, x, r, alpha, np.array([1.0]))
+            cols = integrated_jacobian(head_jvps(head), x, r, alpha, np.array([1.0]))
             for i in range(x.shape[0]):
                 step = torch.zeros_like(x)
                 step[i] = (x - r)[i]
@@ -151,6 +151,49 @@ def test_one_jvp_column_equals_finite_differences(adapter, monkeypatch):
                 eps = 1e-6
                 fd = (head((point + eps * step)[None]) - head((point - eps * step)[None]))[0] / (2 * eps)
                 torch.testing.assert_close(cols[:, i], fd, rtol=1e-6, atol=1e-9)
+    finally:
+        adapter.model.float()
+
+
+@pytest.mark.parametrize("normalize", ["cosine", "exclip"])
+def test_closed_form_last_block_jvps_equal_generic_jvps(adapter, monkeypatch, normalize):
+    """fp64: the adapter's closed-form JVPs (a change at one position moves one key and value) equal
+    torch.func JVPs of the plain head at every position, the pooled one (query moves too) included."""
+    monkeypatch.setattr(modeling_clip, "eager_attention_forward", fp64_eager_attention)
+    last = adapter.num_text_layers - 1
+    assert adapter.text_head_jvps(last - 1, 0, lambda e: e) is None
+    assert adapter.image_head_jvps(adapter.num_vision_layers - 2, lambda e: e) is None
+    [enc] = adapter.encode_captions([CAPTION], "")
+    ids = torch.tensor([enc.input_ids, adapter.text_reference_ids(len(enc.input_ids))])
+    pixels = adapter.preprocess([photo(), photo(seed=5)])
+    adapter.model.double()
+    try:
+        with torch.no_grad():
+            text = adapter.text_states(ids, last).double()
+            image = adapter.image_states(pixels.double(), last)
+            scale = torch.tensor(3.0, dtype=torch.float64)
+
+            def post(e):
+                return torch.nn.functional.normalize(e, dim=-1) if normalize == "cosine" else e / scale
+
+            cases = [
+                (
+                    adapter.text_head_jvps(last, enc.pool_index, post),
+                    lambda h: post(adapter.text_head(h, last, enc.pool_index)),
+                    text,
+                ),
+                (adapter.image_head_jvps(last, post), lambda h: post(adapter.image_head(h, last)), image),
+            ]
+            for closed_form, head, states in cases:
+                points = states[1] + torch.tensor([0.2, 0.9], dtype=torch.float64)[:, None, None] * (
+                    states[0] - states[1]
+                )
+                delta = states[0] - states[1]
+                got = closed_form(points, delta, 5)
+                expected = head_jvps(head)(points, delta, 1000)
+                dims = adapter.model.config.projection_dim
+                assert got.shape == expected.shape == (2, states.shape[1], dims)
+                torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
     finally:
         adapter.model.float()
 

@@ -21,43 +21,50 @@ import torch
 
 from clipalign.attribution.quadrature import Rule, quadrature
 from clipalign.images import ImageInput, describe_source, load_image
-from clipalign.models.base import InteractionAdapter
+from clipalign.models.base import InteractionAdapter, PositionJVPs
 from clipalign.results import Completeness, Interactions, TokenGroup
 
 Normalize = Literal["cosine", "exclip"]
 Head = Callable[[torch.Tensor], torch.Tensor]
 
 
+def head_jvps(head: Head) -> PositionJVPs:
+    """Generic position JVPs of any ``head`` (M, S, d) → (M, D): one ``torch.func.jvp`` per (point,
+    position) pair, ``chunk`` pairs per call, each tangent the change kept at one position."""
+
+    def jvps(points: torch.Tensor, delta: torch.Tensor, chunk: int) -> torch.Tensor:
+        count, length, _ = points.shape
+        point = torch.arange(count, device=points.device).repeat_interleave(length)
+        position = torch.arange(length, device=points.device).repeat(count)
+        pieces = []
+        for lo in range(0, len(position), chunk):
+            m, p = point[lo : lo + chunk], position[lo : lo + chunk]
+            tangent = torch.zeros((len(p), *points.shape[1:]), dtype=points.dtype, device=points.device)
+            tangent[torch.arange(len(p), device=p.device), p] = delta[p]
+            pieces.append(torch.func.jvp(head, (points[m],), (tangent,))[1])
+        return torch.cat(pieces).view(count, length, -1)
+
+    return jvps
+
+
 def integrated_jacobian(
-    head: Head,
+    jvps: PositionJVPs,
     states: torch.Tensor,
     reference: torch.Tensor,
     nodes: np.ndarray,
     weights: np.ndarray,
     chunk: int = 256,
 ) -> torch.Tensor:
-    """T (D, S): column i is Σ_k w_k J_head(r + α_k(x − r)) · δ_i, δ_i = (x − r) kept at position i only.
+    """T (D, S): column i is Σ_k w_k J(r + α_k(x − r)) · δ_i, δ_i = (x − r) kept at position i only.
 
-    ``states`` and ``reference`` are (S, d); ``head`` maps a batch (M, S, d) to embeddings (M, D).
+    ``states`` and ``reference`` are (S, d); ``jvps`` gives the directional derivatives at all nodes,
+    from :func:`head_jvps` or an adapter's closed form.
     """
     delta = states - reference
-    length = states.shape[0]
-    alpha = torch.as_tensor(nodes, dtype=states.dtype, device=states.device).repeat_interleave(length)
-    weight = torch.as_tensor(weights, dtype=torch.float64, device=states.device).repeat_interleave(length)
-    position = torch.arange(length, device=states.device).repeat(len(nodes))
-    columns: torch.Tensor | None = None
-    for lo in range(0, len(position), chunk):
-        a, w, p = alpha[lo : lo + chunk], weight[lo : lo + chunk], position[lo : lo + chunk]
-        primal = reference + a[:, None, None] * delta
-        tangent = torch.zeros_like(primal)
-        tangent[torch.arange(len(p), device=p.device), p] = delta[p]
-        _, directional = torch.func.jvp(head, (primal,), (tangent,))
-        contribution = (directional.double() * w[:, None]).T
-        if columns is None:
-            columns = torch.zeros(contribution.shape[0], length, dtype=torch.float64, device=states.device)
-        columns.index_add_(1, p, contribution)
-    assert columns is not None
-    return columns
+    alpha = torch.as_tensor(nodes, dtype=states.dtype, device=states.device)
+    weight = torch.as_tensor(weights, dtype=torch.float64, device=states.device)
+    directional = jvps(reference + alpha[:, None, None] * delta, delta, chunk)  # (N, S, D)
+    return torch.einsum("n,nsk->ks", weight, directional.double())
 
 
 def _resolve_layer(layer: int, depth: int, which: str) -> int:
@@ -128,10 +135,8 @@ class TokenPatchInteractions:
         ids = torch.tensor([enc.input_ids], device=model.device)
         ref_ids = torch.tensor([model.text_reference_ids(len(enc.input_ids))], device=model.device)
         pixels = model.preprocess([pil])
-        x = model.text_states(ids, self.text_layer)[0]
-        r_x = model.text_states(ref_ids, self.text_layer)[0]
-        y = model.image_states(pixels, self.image_layer)[0]
-        r_y = model.image_states(torch.zeros_like(pixels), self.image_layer)[0]
+        x, r_x = model.text_states(torch.cat([ids, ref_ids]), self.text_layer)
+        y, r_y = model.image_states(torch.cat([pixels, torch.zeros_like(pixels)]), self.image_layer)
 
         def raw_text(h: torch.Tensor) -> torch.Tensor:
             return model.text_head(h, self.text_layer, enc.pool_index)
@@ -139,9 +144,11 @@ class TokenPatchInteractions:
         def raw_image(h: torch.Tensor) -> torch.Tensor:
             return model.image_head(h, self.image_layer)
 
-        f, g = self._heads(raw_text, raw_image, x, y)
-        text_cols = integrated_jacobian(f, x, r_x, self.nodes, self.weights, self.chunk)
-        image_cols = integrated_jacobian(g, y, r_y, self.nodes, self.weights, self.chunk)
+        (f, post_f), (g, post_g) = self._heads(raw_text, raw_image, x, y)
+        text_jvps = model.text_head_jvps(self.text_layer, enc.pool_index, post_f) or head_jvps(f)
+        image_jvps = model.image_head_jvps(self.image_layer, post_g) or head_jvps(g)
+        text_cols = integrated_jacobian(text_jvps, x, r_x, self.nodes, self.weights, self.chunk)
+        image_cols = integrated_jacobian(image_jvps, y, r_y, self.nodes, self.weights, self.chunk)
         matrix = (text_cols.T @ image_cols).cpu().numpy()
 
         fx, frx, gy, gry = (e.double()[0] for e in (f(x[None]), f(r_x[None]), g(y[None]), g(r_y[None])))
@@ -169,13 +176,24 @@ class TokenPatchInteractions:
             source=describe_source(image),
         )
 
-    def _heads(self, raw_text: Head, raw_image: Head, x: torch.Tensor, y: torch.Tensor) -> tuple[Head, Head]:
-        """f and g: L2-normalised embeddings, or (exCLIP) raw ones over the input's constant norms."""
+    def _heads(
+        self, raw_text: Head, raw_image: Head, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[tuple[Head, Head], tuple[Head, Head]]:
+        """(f, its post-map) and (g, its post-map): f = post(raw), post the L2 normalisation, or (exCLIP)
+        the division by the input's raw embedding norm, held constant."""
         if self.normalize == "cosine":
-            return (
-                lambda h: torch.nn.functional.normalize(raw_text(h), dim=-1),
-                lambda h: torch.nn.functional.normalize(raw_image(h), dim=-1),
-            )
-        text_norm = raw_text(x[None]).norm()
-        image_norm = raw_image(y[None]).norm()
-        return (lambda h: raw_text(h) / text_norm), (lambda h: raw_image(h) / image_norm)
+            post_f = post_g = _unit
+        else:
+            text_norm, image_norm = raw_text(x[None]).norm(), raw_image(y[None]).norm()
+
+            def post_f(e: torch.Tensor) -> torch.Tensor:
+                return e / text_norm
+
+            def post_g(e: torch.Tensor) -> torch.Tensor:
+                return e / image_norm
+
+        return ((lambda h: post_f(raw_text(h))), post_f), ((lambda h: post_g(raw_image(h))), post_g)
+
+
+def _unit(e: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(e, dim=-1)

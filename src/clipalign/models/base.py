@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -12,6 +12,10 @@ from PIL import Image
 
 from clipalign.images.geometry import ImageGeometry
 from clipalign.text.alignment import EncodedCaption
+
+PositionJVPs = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""(points (M, S, d), change (S, d), chunk) → (M, S, D): row i is the JVP of an embedding at point m along
+the change kept at position i only, evaluated ``chunk`` tangents at a time."""
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -95,6 +99,18 @@ class InteractionAdapter(ClipAdapter, Protocol):
     def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor: ...
 
     def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor: ...
+
+    def text_head_jvps(
+        self, layer: int, pool_index: int, post: Callable[[torch.Tensor], torch.Tensor]
+    ) -> PositionJVPs | None:
+        """A faster :data:`PositionJVPs` of ``post(text_head(·, layer, pool_index))``, or None if none."""
+        ...
+
+    def image_head_jvps(
+        self, layer: int, post: Callable[[torch.Tensor], torch.Tensor]
+    ) -> PositionJVPs | None:
+        """A faster :data:`PositionJVPs` of ``post(image_head(·, layer))``, or None if none."""
+        ...
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel, PreTra
 
 from clipalign.images.geometry import ImageGeometry
 from clipalign.models.base import (
+    PositionJVPs,
     TextInputs,
     TextOutput,
     model_load_error,
@@ -41,6 +42,96 @@ def _block_output_at(
     )
     hidden = states[:, index] + attn.out_proj((weights @ v).transpose(1, 2).reshape(batch, -1))
     return hidden + block.mlp(block.layer_norm2(hidden))
+
+
+def _block_position_jvps(
+    block: torch.nn.Module,
+    states: torch.Tensor,
+    delta: torch.Tensor,
+    index: int,
+    mask_row: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention half of one block at position ``index`` and its derivatives along one-position changes.
+
+    For states (M, S, d) and a change ``delta`` (S, d), returns h = states[:, index] + attention output at
+    ``index`` (M, d) and dh (M, S, d), row i the JVP of h along ``delta`` kept at position i only. Such a
+    change moves only key i and value i (and the query when i = index), so the JVP is closed-form and all
+    S of them cost about one forward of the block: the same numbers as S generic JVPs, far cheaper.
+    """
+    attn = block.self_attn
+    batch, length, width = states.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, -1, heads, head_dim).transpose(1, 2)
+
+    z, dz = torch.func.jvp(block.layer_norm1, (states,), (delta.expand_as(states),))  # row-wise: row i ↔ δ_i
+    q = split(attn.q_proj(z[:, index : index + 1]))  # (M, H, 1, hd)
+    k, v = split(attn.k_proj(z)), split(attn.v_proj(z))  # (M, H, S, hd)
+    dk = split(torch.nn.functional.linear(dz, attn.k_proj.weight))
+    dv = split(torch.nn.functional.linear(dz, attn.v_proj.weight))
+    dq = split(torch.nn.functional.linear(dz[:, index : index + 1], attn.q_proj.weight))
+    logits = (q @ k.transpose(-1, -2)) * attn.scale
+    if mask_row is not None:
+        logits = logits + mask_row
+    a = torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(q.dtype)
+    out = a @ v  # (M, H, 1, hd)
+    a = a[:, :, 0]  # (M, H, S)
+    # change at i ≠ index: logit i moves by scale·q·dk_i, value i by dv_i
+    dlogit = (q * dk).sum(-1) * attn.scale  # (M, H, S)
+    dout = a[..., None] * (dv + dlogit[..., None] * (v - out))  # (M, H, S, hd)
+    # at i = index the query moves too: every logit j moves by scale·dq·k_j
+    dlogit_q = (dq @ k.transpose(-1, -2))[:, :, 0] * attn.scale  # (M, H, S)
+    da = a * (dlogit_q - (a * dlogit_q).sum(-1, keepdim=True))
+    dout[:, :, index] += (da[..., None] * v).sum(2)
+    hidden = states[:, index] + attn.out_proj(out.transpose(1, 2).reshape(batch, width))
+    dhidden = torch.nn.functional.linear(
+        dout.transpose(1, 2).reshape(batch, length, width), attn.out_proj.weight
+    )
+    dhidden[:, index] += delta[index]
+    return hidden, dhidden
+
+
+def _tail_jvps(
+    tail: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, dhidden: torch.Tensor
+) -> torch.Tensor:
+    """JVPs (M, S, D) of a per-vector function at hidden (M, d) along dhidden (M, S, d) (primal shared)."""
+
+    def along(point: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
+        return torch.func.vmap(lambda t: torch.func.jvp(tail, (point,), (t,))[1])(tangents)
+
+    return torch.func.vmap(along)(hidden, dhidden)
+
+
+def _last_block_jvps(
+    block: torch.nn.Module,
+    index: int,
+    causal: bool,
+    final_norm: torch.nn.Module,
+    projection: torch.nn.Module,
+    post: Callable[[torch.Tensor], torch.Tensor],
+) -> PositionJVPs:
+    """Position JVPs of ``post(projection(final_norm(block output at index)))``, ``chunk`` tangents at a
+    time; ``causal`` masks the positions after ``index`` out of its attention, as the text tower does."""
+
+    def tail(h: torch.Tensor) -> torch.Tensor:
+        pooled = h + block.mlp(block.layer_norm2(h))
+        return post(_at_least_fp32(projection(final_norm(pooled))))
+
+    def jvps(states: torch.Tensor, delta: torch.Tensor, chunk: int) -> torch.Tensor:
+        mask_row = None
+        if causal:
+            after = torch.arange(states.shape[1], device=states.device) > index
+            mask_row = torch.zeros(after.shape, dtype=states.dtype, device=states.device)
+            mask_row[after] = torch.finfo(states.dtype).min
+        step = max(1, chunk // states.shape[1])
+        pieces = []
+        for lo in range(0, states.shape[0], step):
+            hidden, dhidden = _block_position_jvps(block, states[lo : lo + step], delta, index, mask_row)
+            pieces.append(_tail_jvps(tail, hidden, dhidden))
+        return torch.cat(pieces)
+
+    return jvps
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -221,6 +312,18 @@ class HFCLIPAdapter:
         pooled = _block_output_at(last, states, pool_index, mask[:, :, pool_index : pool_index + 1])
         return _at_least_fp32(self.model.text_projection(text.final_layer_norm(pooled)))
 
+    def text_head_jvps(
+        self, layer: int, pool_index: int, post: Callable[[torch.Tensor], torch.Tensor]
+    ) -> PositionJVPs | None:
+        """Closed-form position JVPs of ``post(text_head(·))`` at the last block, else None."""
+        if layer != self.num_text_layers - 1:
+            return None
+        text = self.model.text_model
+        last = text.encoder.layers[layer]
+        return _last_block_jvps(
+            last, pool_index, True, text.final_layer_norm, self.model.text_projection, post
+        )
+
     def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states entering vision block ``layer`` (B, 1 + patches, d); position 0 is CLS."""
         vision = self.model.vision_model
@@ -238,6 +341,16 @@ class HFCLIPAdapter:
         return _at_least_fp32(
             self.model.visual_projection(vision.post_layernorm(_block_output_at(last, states, 0)))
         )
+
+    def image_head_jvps(
+        self, layer: int, post: Callable[[torch.Tensor], torch.Tensor]
+    ) -> PositionJVPs | None:
+        """Closed-form position JVPs of ``post(image_head(·))`` at the last block, else None."""
+        if layer != self.num_vision_layers - 1:
+            return None
+        vision = self.model.vision_model
+        last = vision.encoder.layers[layer]
+        return _last_block_jvps(last, 0, False, vision.post_layernorm, self.model.visual_projection, post)
 
     @contextmanager
     def _activations_require_grad(self, enabled: bool) -> Iterator[None]:
