@@ -5,10 +5,12 @@ tokenizer attribute one generated 640×480 image and one caption at the last blo
 
 1. accuracy: the relative completeness error |Σ A − target| / |target| of ``TokenPatchInteractions`` for
    Gauss–Legendre and right-Riemann quadrature and several numbers of nodes N;
-2. speed and memory: ours (forward-mode JVPs) against exCLIP's method written plainly below (one
-   backward pass per embedding dimension), both with the right Riemann rule at N = 10, so both must give
-   the same matrix. Every run is a fresh subprocess (one warm-up, one timed call, its peak memory);
-   the variants alternate, and medians (and fastest runs) are compared. From the repo root:
+2. speed and memory: ours (at the last block, closed-form JVPs of a change at one position; elsewhere
+   ``torch.func.jvp``), ours with the closed form switched off (``generic``: ``torch.func.jvp`` only, what
+   every other layer gets) and exCLIP's method written plainly below (one backward pass per embedding
+   dimension), all with the right Riemann rule at N = 10, so all must give the same matrix. Every run is
+   a fresh subprocess (one warm-up, one timed call, its peak memory); the variants alternate, and medians
+   (and fastest runs) are compared. From the repo root:
 
     python benchmarks/bench_interactions.py [--quick]
 
@@ -39,7 +41,6 @@ import torch
 from common import (
     B32,
     REPO,
-    RESULTS_DIR,
     SEED,
     TINY,
     goal_text,
@@ -49,6 +50,7 @@ from common import (
     model_configs,
     require_shared_data,
     save_model,
+    write_results,
 )
 from PIL import Image
 
@@ -63,14 +65,14 @@ STEPS_GRID = (1, 2, 4, 8, 10, 16, 32)
 QUICK_STEPS_GRID = (1, 2, 4, 10)  # N = 10 is the one the issue sets goals for
 SPEED_STEPS = 10  # right Riemann, as exCLIP
 CHUNK = 256  # TokenPatchInteractions' default
-# a full run takes ~3.5 min on 2 idle CPU cores, most of it the B/32-sized speed runs and accuracy sweep
+# a full run takes ~5 min on 2 idle CPU cores, most of it the B/32-sized speed runs and accuracy sweep
 REPEATS = 3
 QUICK_REPEATS = 1
 REFERENCE_WARMUP_DIMS = 16  # the reference warms up on its first 16 embedding dimensions, not all D
 AGREEMENT_TOLERANCE = 1e-5  # max |A_ours − A_ref| ≤ this · max |A_ref|
 GOAL_SPEEDUP = 10.0  # at least, reference time / ours, for the B/32-sized model
 GOAL_ERROR_RATIO = 10.0  # at least, riemann error / gauss error at N = 10
-VARIANTS = ("ours", "reference")
+VARIANTS = ("ours", "generic", "reference")
 MODEL_KEYS = {"tiny": TINY, "b32": B32}  # --model choice → the name used in reports
 # the code measured, recorded by hash in the JSON (results are only comparable for the same code)
 CODE_FILES = (
@@ -177,13 +179,32 @@ def timed_integrals(side_times: list[float]) -> Iterator[None]:
 
 
 def ours_matrix(
-    adapter: InteractionAdapter, image: Image.Image, caption: str, steps: int, side_times: list[float]
+    adapter: InteractionAdapter,
+    image: Image.Image,
+    caption: str,
+    steps: int,
+    side_times: list[float],
+    closed_form: bool = True,
 ) -> np.ndarray:
-    """The same A from ``TokenPatchInteractions(rule="riemann")``, CLS column first."""
+    """The same A from ``TokenPatchInteractions(rule="riemann")``, CLS column first; without
+    ``closed_form``, the adapter offers no closed-form JVPs, so generic ``torch.func.jvp`` runs instead."""
     method = TokenPatchInteractions(adapter, steps=steps, rule="riemann", chunk=CHUNK)
-    with timed_integrals(side_times):
+    with timed_integrals(side_times), closed_form_jvps(adapter, closed_form):
         [result] = method.attribute(image, caption)
     return np.concatenate([result.cls[:, None], result.matrix], axis=1)
+
+
+@contextmanager
+def closed_form_jvps(adapter: InteractionAdapter, enabled: bool) -> Iterator[None]:
+    """Switch the adapter's closed-form last-block JVPs off (instance attributes shadowing the methods)."""
+    if not enabled:
+        adapter.text_head_jvps = lambda *args: None  # type: ignore[method-assign]
+        adapter.image_head_jvps = lambda *args: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if not enabled:
+            del adapter.text_head_jvps, adapter.image_head_jvps
 
 
 # --- one measurement in its own process (internal mode) ----------------------------------------------------
@@ -245,16 +266,16 @@ def measure(variant: str, model_dir: Path, matrix_path: Path) -> dict[str, Any]:
 
     warmup_sides: list[float] = []
     start = time.perf_counter()
-    if variant == "ours":
-        ours_matrix(adapter, image, CAPTION, SPEED_STEPS, warmup_sides)
+    if variant != "reference":
+        ours_matrix(adapter, image, CAPTION, SPEED_STEPS, warmup_sides, variant == "ours")
     else:
         reference_matrix(adapter, image, CAPTION, SPEED_STEPS, REFERENCE_WARMUP_DIMS, warmup_sides)
     warmup = time.perf_counter() - start
 
     sides: list[float] = []
     start = time.perf_counter()
-    if variant == "ours":
-        matrix = ours_matrix(adapter, image, CAPTION, SPEED_STEPS, sides)
+    if variant != "reference":
+        matrix = ours_matrix(adapter, image, CAPTION, SPEED_STEPS, sides, variant == "ours")
     else:
         matrix = reference_matrix(adapter, image, CAPTION, SPEED_STEPS, side_times=sides)
     elapsed = time.perf_counter() - start
@@ -311,7 +332,7 @@ def speed_and_memory(model_key: str, model_dir: Path, workdir: Path, repeats: in
 
     reference = matrices["reference"][0]
     scale = float(np.abs(reference).max())
-    gaps = [float(np.abs(m - reference).max()) for m in matrices["ours"]]
+    gaps = [float(np.abs(m - reference).max()) for v in ("ours", "generic") for m in matrices[v]]
     repeat_gap = max(float(np.abs(m - reference).max()) for m in matrices["reference"])
 
     def stat(pick: Callable[[list[float]], float]) -> dict[str, Any]:
@@ -320,7 +341,8 @@ def speed_and_memory(model_key: str, model_dir: Path, workdir: Path, repeats: in
         }
         memory = {v: pick([run["extra_peak_rss_mib"] for run in runs[v]]) for v in runs}
         ratio = {k: values["reference"][k] / values["ours"][k] for k in ("time_s", "text_s", "image_s")}
-        return {"time_s": values, "extra_peak_rss_mib": memory, "speedup": ratio}
+        generic = {k: values["reference"][k] / values["generic"][k] for k in ("time_s", "text_s", "image_s")}
+        return {"time_s": values, "extra_peak_rss_mib": memory, "speedup": ratio, "speedup_generic": generic}
 
     return {
         "runs": runs,
@@ -391,7 +413,7 @@ def bench_model(
 def speed_row(name: str, result: dict[str, Any], statistic: str, repeats: int) -> str:
     """One Markdown row of the speed table for one statistic (median or fastest)."""
     s = result["speed"][statistic]
-    ours, ref = s["time_s"]["ours"], s["time_s"]["reference"]
+    ours, generic, ref = (s["time_s"][v] for v in VARIANTS)
     speedup = s["speedup"]["time_s"]
     cells = [
         f"{name} ({result['parameters'] / 1e6:.1f} M)",
@@ -399,10 +421,13 @@ def speed_row(name: str, result: dict[str, Any], statistic: str, repeats: int) -
         str(repeats),
         statistic,
         f"{ours['time_s']:.3g}",
+        f"{generic['time_s']:.3g}",
         f"{ref['time_s']:.3g}",
         goal_text(speedup, GOAL_SPEEDUP, True) if name == B32 else f"{speedup:.2f}×",
         f"{s['speedup']['text_s']:.1f}× / {s['speedup']['image_s']:.1f}×",
+        f"{s['speedup_generic']['time_s']:.2f}×",
         f"{s['extra_peak_rss_mib']['ours']:.0f}",
+        f"{s['extra_peak_rss_mib']['generic']:.0f}",
         f"{s['extra_peak_rss_mib']['reference']:.0f}",
         f"{result['speed']['max_relative_diff']:.1e}",
     ]
@@ -436,10 +461,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"one {IMAGE_SIZE[0]}×{IMAGE_SIZE[1]} image and caption, last blocks, fp32"
     )
     speed_header = (
-        "| model (parameters) | D · text + image positions | runs | statistic | ours (s) | reference (s) "
-        "| speed-up | speed-up text / image | extra peak RSS, ours (MiB) | extra peak RSS, reference (MiB) "
-        "| max rel. diff |\n"
-        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|"
+        "| model (parameters) | D · text + image positions | runs | statistic | ours (s) | generic (s) "
+        "| reference (s) | speed-up | speed-up text / image | speed-up, generic | extra peak RSS, ours (MiB) "
+        "| extra peak RSS, generic (MiB) | extra peak RSS, reference (MiB) | max rel. diff |\n"
+        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     )
     speed = [
         speed_row(name, r, stat, settings["repeats"])
@@ -465,15 +490,20 @@ def markdown(report: dict[str, Any]) -> str:
         for name, r in report["models"].items()
     )
     speed_note = (
-        f'*Ours*: `TokenPatchInteractions(model, steps={SPEED_STEPS}, rule="riemann")` (forward-mode JVPs, '
-        f"chunks of {CHUNK}). *Reference*: exCLIP's method written plainly in the benchmark: the "
+        f'*Ours*: `TokenPatchInteractions(model, steps={SPEED_STEPS}, rule="riemann")`, chunks of {CHUNK} '
+        "tangents: at the last block (as here) the adapter's closed-form JVPs (a change at one position "
+        "moves only that position's key and value, and the query at the pooled position). *Generic*: the "
+        "same with the closed form switched off, so every column is a `torch.func.jvp` of the head (what "
+        "earlier layers get). *Reference*: exCLIP's method written plainly in the benchmark: the "
         f"{SPEED_STEPS} right-Riemann points of each side in one forward through the last block, then one "
         "`torch.autograd.grad` per embedding dimension (D of them), T = (J·δ) summed over channels, "
-        "A = TᵀV. Same rule and N, so the matrices must agree: *max rel. diff* = max |A_ours − A_ref| / "
-        f"max |A_ref| (required ≤ {AGREEMENT_TOLERANCE:g}). Each run is a fresh process: load the model, one "
-        f"warm-up (the reference's on its first {REFERENCE_WARMUP_DIMS} dimensions), one timed call of the "
-        "whole pipeline (tokenization, preprocessing, states, both integrals, A); the variants alternate. "
-        "*Speed-up* = reference time / ours (goal from the issue: ≥ 10× for the B/32-sized model); "
+        "A = TᵀV. Same rule and N, so the matrices must agree: *max rel. diff* = max |A − A_ref| / "
+        f"max |A_ref| over ours and generic (required ≤ {AGREEMENT_TOLERANCE:g}). Each run is a fresh "
+        f"process: load the model, one warm-up (the reference's on its first {REFERENCE_WARMUP_DIMS} "
+        "dimensions), one timed call of the whole pipeline (tokenization, preprocessing, states, both "
+        "integrals, A); the variants alternate. "
+        "*Speed-up* = reference time / ours (goal from the issue: ≥ 10× for the B/32-sized model), "
+        "*speed-up, generic* = reference time / generic; "
         "*text / image* compares the two integrals alone. *Extra peak RSS* = peak resident memory after "
         "model loading minus the resident memory after model loading. *Fastest* uses each variant's "
         "fastest run, which other load on the machine inflates least. Weights are random (seeded): speed "
@@ -563,11 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["models"][name] = bench_model(keys[name], model_dir, work, repeats, steps_grid)
 
     stem = "interactions_cpu_quick" if args.quick else "interactions_cpu"
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    table = markdown(report)
-    (RESULTS_DIR / f"{stem}.md").write_text(table)
-    print(table)
+    write_results(stem, report, markdown(report))
     disagree = [name for name, r in report["models"].items() if not r["speed"]["agrees"]]
     if disagree:
         sys.exit(f"ours and the reference disagree beyond {AGREEMENT_TOLERANCE:g} · max|A_ref|: {disagree}")

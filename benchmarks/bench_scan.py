@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 from common import (
     B32,
-    RESULTS_DIR,
     TINY,
     load_average_1min,
     load_cpu_model,
@@ -31,6 +30,7 @@ from common import (
     model_configs,
     require_shared_data,
     save_model,
+    write_results,
 )
 from PIL import Image
 
@@ -150,12 +150,8 @@ def main() -> None:
             model_dir = save_model(config, work / name)
             results["models"][name] = bench_model(name, model_dir, work, sizes[name])
             print(name, json.dumps(results["models"][name]["pairs_per_second"]))
-    suffix = "_quick" if args.quick else ""
     command = "python benchmarks/bench_scan.py" + (" --quick" if args.quick else "")
-    RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / f"scan_cpu{suffix}.json").write_text(json.dumps(results, indent=2))
-    (RESULTS_DIR / f"scan_cpu{suffix}.md").write_text(markdown(results, command))
-    print(markdown(results, command))
+    write_results("scan_cpu_quick" if args.quick else "scan_cpu", results, markdown(results, command))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Results go to ``benchmarks/results/words_cpu.{json,md}`` (``words_cpu_quick.*`` 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,6 @@ import numpy as np
 import torch
 from common import (
     B32,
-    RESULTS_DIR,
     SEED,
     goal_text,
     load_average_1min,
@@ -34,6 +32,7 @@ from common import (
     model_configs,
     require_shared_data,
     save_model,
+    write_results,
 )
 from PIL import Image
 from transformers import CLIPConfig
@@ -276,11 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["models"][name] = bench_model(config, Path(tmp) / name, repeats[name])
 
     stem = "words_cpu_quick" if args.quick else "words_cpu"
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    table = markdown(report)
-    (RESULTS_DIR / f"{stem}.md").write_text(table)
-    print(table)
+    write_results(stem, report, markdown(report))
     return 0
 
 

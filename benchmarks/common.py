@@ -7,6 +7,7 @@ depend on the architecture, not on the weights.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -92,3 +93,11 @@ def goal_text(value: float, goal: float, at_least: bool, fmt: str = ".2f") -> st
     """A ratio and whether it meets its goal, e.g. ``2.10× (misses ≥ 5×)``; ``fmt`` formats the ratio."""
     met = value >= goal if at_least else value <= goal
     return f"{value:{fmt}}× ({'meets' if met else 'misses'} {'≥' if at_least else '≤'} {goal:g}×)"
+
+
+def write_results(stem: str, report: dict[str, Any], table: str) -> None:
+    """Write ``results/<stem>.json`` (everything measured) and ``results/<stem>.md`` (the table); print it."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (RESULTS_DIR / f"{stem}.md").write_text(table)
+    print(table)
