@@ -631,15 +631,23 @@ def test_richhf_unmatched_prompts(tmp_path: Path) -> None:
     assert [i.id for i in items] == ["u2"]
 
 
+def flip_label(data: bytes) -> bytes:
+    """The file with the last ``prompt_misalignment_label`` digit (a "1" in the second record) made "0"."""
+    at = data.rindex(b"1 1 1 1 1 1 1 1") + 14
+    return data[:at] + b"0" + data[at + 1 :]
+
+
 def test_richhf_corrupt_files(tmp_path: Path) -> None:
     good = _richhf_file(tmp_path).read_bytes()
     one = _write_tfrecord(tmp_path / "one.tfrecord", _richhf_record("u1.png", "1", 0.1)).read_bytes()
     cases = {
         "trunc.tfrecord": (good[:-10], "record 1: truncated"),
         "header.tfrecord": (good + b"\x01\x02", "record 2: truncated"),
-        "length.tfrecord": (good + b"\xff" * 16, "record 2: corrupt record length"),
+        "length.tfrecord": (good + b"\xff" * 16, r"record 2: length CRC mismatch \(corrupt record length"),
         "json.tfrecord": (b'{"not": "a tfrecord"}', "record 0: length CRC mismatch"),
-        "proto.tfrecord": (one[:12] + b"\x07" + one[13:], "record 0 is not a tf.train.Example"),
+        "proto.tfrecord": (one[:12] + b"\x07" + one[13:], "record 0: data CRC mismatch"),
+        # one flipped bit in the second record's label: tfrecord alone would read "0" as "1"
+        "flip.tfrecord": (flip_label(good), "record 1: data CRC mismatch"),
     }
     records = {
         "labels.tfrecord": (_richhf_record("u1.png", "1 x 1", 0.1), "is not 0/1s"),

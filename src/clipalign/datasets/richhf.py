@@ -1,4 +1,5 @@
-"""Rich-HF (RichHF-18K, Liang et al., CVPR 2024): ``test.tfrecord``, read with the ``tfrecord`` package.
+"""Rich-HF (RichHF-18K, Liang et al., CVPR 2024): ``test.tfrecord``, every record's CRCs checked, parsed with
+``tfrecord``'s ``tf.train.Example`` protobuf.
 
 Each record holds ``filename`` (the Pick-a-Pic v1 image, ``.../<uid>.<ext>``), four float scores
 ``aesthetics_score``, ``artifact_score``, ``misalignment_score``, ``overall_score`` (all "higher is
@@ -12,6 +13,7 @@ the file; they come from Pick-a-Pic by uid (see :func:`load_richhf`).
 from __future__ import annotations
 
 import re
+import struct
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from google.protobuf.message import DecodeError
-from tfrecord.reader import tfrecord_loader
+from tfrecord import example_pb2
 from tfrecord.writer import TFRecordWriter
 
 from clipalign.datasets._common import (
@@ -145,32 +147,46 @@ def _resolve_image(images: Path, name: str) -> Path:
     return direct
 
 
-def _read_examples(path: Path) -> Iterator[dict[str, list[Any]]]:
-    """Yield each record's ``{feature: list of bytes | float | int}``; a bad file → AnnotationFormatError.
+def _records(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(index, payload) of each record, with the framing and both masked CRC-32Cs of each checked.
 
-    ``tfrecord`` checks no CRCs, so the first length CRC is checked here to turn away other files (whose
-    first 8 bytes would be read as a huge record length); data CRCs are not checked.
+    ``tfrecord``'s reader checks no CRC, so a flipped byte would change a label silently; the framing is
+    8 bytes of length, its CRC, the payload and the payload's CRC.
     """
     with path.open("rb") as f:
-        head = f.read(12)
-    if len(head) == 12 and TFRecordWriter.masked_crc(head[:8]) != head[8:]:
-        raise AnnotationFormatError(path, "record 0: length CRC mismatch (not a TFRecord file?)")
-    index, problem = 0, ""
-    try:
-        for features in tfrecord_loader(str(path), None):
-            # tfrecord gives a lone bytes value as bytes and anything else as a numpy array
-            yield {k: [v] if isinstance(v, bytes) else v.tolist() for k, v in features.items()}
+        index = 0
+        while header := f.read(12):
+            if len(header) < 12:
+                raise AnnotationFormatError(path, f"record {index}: truncated file (in its length header)")
+            if TFRecordWriter.masked_crc(header[:8]) != header[8:]:
+                hint = " (not a TFRecord file?)" if index == 0 else " (corrupt record length)"
+                raise AnnotationFormatError(path, f"record {index}: length CRC mismatch{hint}")
+            (length,) = struct.unpack("<Q", header[:8])
+            payload, footer = f.read(length), f.read(4)
+            if len(payload) < length or len(footer) < 4:
+                raise AnnotationFormatError(
+                    path, f"record {index}: truncated file ({len(payload)} of {length} bytes)"
+                )
+            if TFRecordWriter.masked_crc(payload) != footer:
+                raise AnnotationFormatError(path, f"record {index}: data CRC mismatch (corrupt file)")
+            yield index, payload
             index += 1
-    except RuntimeError as e:  # tfrecord's "Failed to read the record size." and the like
-        problem = f"record {index}: truncated file ({e})"
-    except (MemoryError, OverflowError):  # a corrupt length field read as a huge size
-        problem = f"record {index}: corrupt record length"
-    except DecodeError as e:
-        problem = f"record {index} is not a tf.train.Example ({e})"
-    except IndexError:  # tfrecord takes the first set field of each Feature; an empty one has none
-        problem = f"record {index}: a feature holds no value list"
-    if problem:  # raised out here so that tfrecord's frames, and the file it leaves open, go at once
-        raise AnnotationFormatError(path, problem)
+
+
+def _read_examples(path: Path) -> Iterator[dict[str, list[Any]]]:
+    """Yield each record's ``{feature: list of bytes | float | int}``; a bad file → AnnotationFormatError."""
+    for index, payload in _records(path):
+        try:
+            example = example_pb2.Example.FromString(payload)
+        except DecodeError as e:
+            raise AnnotationFormatError(path, f"record {index} is not a tf.train.Example ({e})") from None
+        features: dict[str, list[Any]] = {}
+        for key, feature in example.features.feature.items():
+            kind = feature.WhichOneof("kind")
+            if kind is None:
+                raise AnnotationFormatError(path, f"record {index}: a feature holds no value list ({key!r})")
+            features[key] = list(getattr(feature, kind).value)
+        yield features
 
 
 def _one(features: dict[str, list[Any]], key: str, kind: type, path: Path, where: str) -> Any:
