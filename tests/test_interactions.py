@@ -198,9 +198,10 @@ def test_closed_form_last_block_jvps_equal_generic_jvps(adapter, monkeypatch, no
         adapter.model.float()
 
 
-def test_chunk_size_does_not_change_the_result(adapter):
-    a = TokenPatchInteractions(adapter, chunk=7).attribute(photo(), CAPTION)[0]
-    b = TokenPatchInteractions(adapter, chunk=1000).attribute(photo(), CAPTION)[0]
+@pytest.mark.parametrize("layer", [1, -1], ids=["generic-jvp", "closed-form-last-block"])
+def test_chunk_size_does_not_change_the_result(adapter, layer):
+    a = TokenPatchInteractions(adapter, layer, layer, chunk=7).attribute(photo(), CAPTION)[0]
+    b = TokenPatchInteractions(adapter, layer, layer, chunk=1000).attribute(photo(), CAPTION)[0]
     np.testing.assert_allclose(a.matrix, b.matrix, rtol=0, atol=1e-6 * np.abs(b.matrix).max())
 
 

@@ -29,20 +29,28 @@ Head = Callable[[torch.Tensor], torch.Tensor]
 
 
 def head_jvps(head: Head) -> PositionJVPs:
-    """Generic position JVPs of any ``head`` (M, S, d) → (M, D): one ``torch.func.jvp`` per (point,
-    position) pair, ``chunk`` pairs per call, each tangent the change kept at one position."""
+    """Generic position JVPs of any ``head`` (M, S, d) → (M, D) with ``torch.func.jvp`` under ``vmap``.
+
+    The tangents of one point (the change kept at one position each) are batched by ``vmap`` around a
+    single primal, so the primal is computed once per point and chunk instead of once per tangent.
+    """
 
     def jvps(points: torch.Tensor, delta: torch.Tensor, chunk: int) -> torch.Tensor:
-        count, length, _ = points.shape
-        point = torch.arange(count, device=points.device).repeat_interleave(length)
-        position = torch.arange(length, device=points.device).repeat(count)
-        pieces = []
-        for lo in range(0, len(position), chunk):
-            m, p = point[lo : lo + chunk], position[lo : lo + chunk]
-            tangent = torch.zeros((len(p), *points.shape[1:]), dtype=points.dtype, device=points.device)
-            tangent[torch.arange(len(p), device=p.device), p] = delta[p]
-            pieces.append(torch.func.jvp(head, (points[m],), (tangent,))[1])
-        return torch.cat(pieces).view(count, length, -1)
+        out = []
+        for point in points.split(1):
+
+            def along(tangent: torch.Tensor, point: torch.Tensor = point) -> torch.Tensor:
+                return torch.func.jvp(head, (point,), (tangent[None],))[1][0]
+
+            pieces = []
+            for positions in torch.arange(points.shape[1], device=points.device).split(chunk):
+                tangents = torch.zeros(
+                    (len(positions), *point.shape[1:]), dtype=point.dtype, device=point.device
+                )
+                tangents[torch.arange(len(positions), device=point.device), positions] = delta[positions]
+                pieces.append(torch.func.vmap(along)(tangents))
+            out.append(torch.cat(pieces))
+        return torch.stack(out)
 
     return jvps
 
