@@ -37,6 +37,14 @@ def load_json(path: Path) -> Any:
             raise AnnotationFormatError(path, f"not valid JSON ({e})") from None
 
 
+def load_json_list(path: Path) -> list[Any]:
+    """Parse a JSON file whose top level must be a list of entries (HAT, nocaps-FOIL)."""
+    data = load_json(path)
+    if not isinstance(data, list):
+        raise AnnotationFormatError(path, f"expected a JSON list of entries, got {type(data).__name__}")
+    return data
+
+
 def load_jsonl(path: Path) -> list[Any]:
     """Parse a JSON-lines file (blank lines ignored)."""
     rows = []

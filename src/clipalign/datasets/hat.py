@@ -15,7 +15,7 @@ from clipalign.datasets._common import (
     AnnotationFormatError,
     check_limit,
     field,
-    load_json,
+    load_json_list,
     phrases_from_spans,
     str_list,
     take,
@@ -76,9 +76,7 @@ def load_hat(annotations: str | Path, images: str | Path, limit: int | None = No
     """
     check_limit(limit)
     path, images = Path(annotations), Path(images)
-    data = load_json(path)
-    if not isinstance(data, list):
-        raise AnnotationFormatError(path, f"expected a JSON list of entries, got {type(data).__name__}")
+    data = load_json_list(path)
 
     def items():
         for i, entry in enumerate(data):

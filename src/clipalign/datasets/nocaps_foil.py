@@ -13,7 +13,7 @@ from clipalign.datasets._common import (
     check_limit,
     field,
     find_phrase_spans,
-    load_json,
+    load_json_list,
     phrase_in_text,
     str_list,
     take,
@@ -34,9 +34,7 @@ def load_nocaps_foil(
     """
     check_limit(limit)
     path, images = Path(annotations), Path(images)
-    data = load_json(path)
-    if not isinstance(data, list):
-        raise AnnotationFormatError(path, f"expected a JSON list of entries, got {type(data).__name__}")
+    data = load_json_list(path)
 
     def items():
         for i, entry in enumerate(data):
