@@ -22,17 +22,24 @@ from clipalign.models.base import (
 from clipalign.text.alignment import EncodedCaption, encode_caption
 
 
-def _block_output_at(
-    block: torch.nn.Module, states: torch.Tensor, index: int, mask_row: torch.Tensor | None = None
-) -> torch.Tensor:
-    """One encoder block's output at a single position (B, d): the pooled position is all the last block
-    has to produce, so only its query row is computed (what HF's eager block does, restricted to it)."""
-    attn = block.self_attn
-    batch, length, _ = states.shape
-    x = block.layer_norm1(states)
-    q = attn.q_proj(x[:, index : index + 1]).view(batch, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
-    k = attn.k_proj(x).view(batch, length, attn.num_heads, attn.head_dim).transpose(1, 2)
-    v = attn.v_proj(x).view(batch, length, attn.num_heads, attn.head_dim).transpose(1, 2)
+def _causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The text tower's additive causal mask (1, 1, length, length): position j > i is hidden from i."""
+    mask = torch.full((length, length), torch.finfo(dtype).min, device=device, dtype=dtype)
+    return mask.triu(1)[None, None]
+
+
+def _split_heads(attn: torch.nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """(B, S, d) → (B, H, S, head_dim), as HF's attention splits its projections."""
+    return t.view(t.shape[0], t.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)
+
+
+def _attention_at(
+    attn: torch.nn.Module, z: torch.Tensor, index: int, mask_row: torch.Tensor | None
+) -> tuple[torch.Tensor, ...]:
+    """Query row ``index`` of HF's eager attention over layer-normed states z (B, S, d), per head:
+    q (B, H, 1, hd), k and v (B, H, S, hd), the weights (B, H, 1, S) and the output (B, H, 1, hd)."""
+    q = _split_heads(attn, attn.q_proj(z[:, index : index + 1]))
+    k, v = _split_heads(attn, attn.k_proj(z)), _split_heads(attn, attn.v_proj(z))
     logits = (q @ k.transpose(-1, -2)) * attn.scale
     if mask_row is not None:
         logits = logits + mask_row
@@ -40,7 +47,17 @@ def _block_output_at(
     weights = torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(
         q.dtype
     )
-    hidden = states[:, index] + attn.out_proj((weights @ v).transpose(1, 2).reshape(batch, -1))
+    return q, k, v, weights, weights @ v
+
+
+def _block_output_at(
+    block: torch.nn.Module, states: torch.Tensor, index: int, mask_row: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One encoder block's output at a single position (B, d): the pooled position is all the last block
+    has to produce, so only its query row is computed (what HF's eager block does, restricted to it)."""
+    attn = block.self_attn
+    *_, out = _attention_at(attn, block.layer_norm1(states), index, mask_row)
+    hidden = states[:, index] + attn.out_proj(out.transpose(1, 2).reshape(states.shape[0], -1))
     return hidden + block.mlp(block.layer_norm2(hidden))
 
 
@@ -60,22 +77,11 @@ def _block_position_jvps(
     """
     attn = block.self_attn
     batch, length, width = states.shape
-    heads, head_dim = attn.num_heads, attn.head_dim
-
-    def split(t: torch.Tensor) -> torch.Tensor:
-        return t.view(batch, -1, heads, head_dim).transpose(1, 2)
-
     z, dz = torch.func.jvp(block.layer_norm1, (states,), (delta.expand_as(states),))  # row-wise: row i ↔ δ_i
-    q = split(attn.q_proj(z[:, index : index + 1]))  # (M, H, 1, hd)
-    k, v = split(attn.k_proj(z)), split(attn.v_proj(z))  # (M, H, S, hd)
-    dk = split(torch.nn.functional.linear(dz, attn.k_proj.weight))
-    dv = split(torch.nn.functional.linear(dz, attn.v_proj.weight))
-    dq = split(torch.nn.functional.linear(dz[:, index : index + 1], attn.q_proj.weight))
-    logits = (q @ k.transpose(-1, -2)) * attn.scale
-    if mask_row is not None:
-        logits = logits + mask_row
-    a = torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(q.dtype)
-    out = a @ v  # (M, H, 1, hd)
+    q, k, v, a, out = _attention_at(attn, z, index, mask_row)  # out (M, H, 1, hd)
+    dk = _split_heads(attn, torch.nn.functional.linear(dz, attn.k_proj.weight))
+    dv = _split_heads(attn, torch.nn.functional.linear(dz, attn.v_proj.weight))
+    dq = _split_heads(attn, torch.nn.functional.linear(dz[:, index : index + 1], attn.q_proj.weight))
     a = a[:, :, 0]  # (M, H, S)
     # change at i ≠ index: logit i moves by scale·q·dk_i, value i by dv_i
     dlogit = (q * dk).sum(-1) * attn.scale  # (M, H, S)
@@ -121,9 +127,7 @@ def _last_block_jvps(
     def jvps(states: torch.Tensor, delta: torch.Tensor, chunk: int) -> torch.Tensor:
         mask_row = None
         if causal:
-            after = torch.arange(states.shape[1], device=states.device) > index
-            mask_row = torch.zeros(after.shape, dtype=states.dtype, device=states.device)
-            mask_row[after] = torch.finfo(states.dtype).min
+            mask_row = _causal_mask(states.shape[1], states.dtype, states.device)[:, :, index : index + 1]
         step = max(1, chunk // states.shape[1])
         pieces = []
         for lo in range(0, states.shape[0], step):
@@ -289,15 +293,11 @@ class HFCLIPAdapter:
             raise ValueError(f"the text reference needs at least 3 positions, got {length}")
         return [tok.bos_token_id, tok.pad_token_id, tok.eos_token_id] + [tok.pad_token_id] * (length - 3)
 
-    def _causal_mask(self, length: int, dtype: torch.dtype) -> torch.Tensor:
-        mask = torch.full((length, length), torch.finfo(dtype).min, device=self.device, dtype=dtype)
-        return mask.triu(1)[None, None]
-
     def text_states(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states entering text block ``layer`` (B, T, d), causal mask only (no padding)."""
         text = self.model.text_model
         hidden = text.embeddings(input_ids=input_ids)
-        mask = self._causal_mask(input_ids.shape[1], hidden.dtype)
+        mask = _causal_mask(input_ids.shape[1], hidden.dtype, self.device)
         for block in text.encoder.layers[:layer]:
             hidden = block(hidden, mask)
         return hidden
@@ -305,7 +305,7 @@ class HFCLIPAdapter:
     def text_head(self, states: torch.Tensor, layer: int, pool_index: int) -> torch.Tensor:
         """Text embedding (unnormalised) from the states entering block ``layer``, pooled at a position."""
         text = self.model.text_model
-        mask = self._causal_mask(states.shape[1], states.dtype)
+        mask = _causal_mask(states.shape[1], states.dtype, states.device)
         *blocks, last = text.encoder.layers[layer:]
         for block in blocks:
             states = block(states, mask)
