@@ -36,6 +36,7 @@ def head_jvps(head: Head) -> PositionJVPs:
     """
 
     def jvps(points: torch.Tensor, delta: torch.Tensor, chunk: int) -> torch.Tensor:
+        position_chunks = torch.arange(points.shape[1], device=points.device).split(chunk)
         out = []
         for point in points.split(1):
 
@@ -43,7 +44,7 @@ def head_jvps(head: Head) -> PositionJVPs:
                 return torch.func.jvp(head, (point,), (tangent[None],))[1][0]
 
             pieces = []
-            for positions in torch.arange(points.shape[1], device=points.device).split(chunk):
+            for positions in position_chunks:
                 tangents = torch.zeros(
                     (len(positions), *point.shape[1:]), dtype=point.dtype, device=point.device
                 )
