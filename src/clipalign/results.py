@@ -23,6 +23,12 @@ class _Serializable:
         return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
 
 
+def eligible(punctuation: np.ndarray | bool, num_tokens: np.ndarray | int) -> np.ndarray:
+    """The one rule for which words can be flagged misaligned: not punctuation, and at least one of
+    its tokens was scored (not cut off). Elementwise on arrays, so a batch is checked at once."""
+    return np.logical_not(punctuation) & (np.asarray(num_tokens) > 0)
+
+
 @dataclass(frozen=True)
 class TokenScore(_Serializable):
     """One BPE token of the caption: its vocabulary string, characters in the caption, score, word index."""
@@ -48,6 +54,11 @@ class Word(_Serializable):
     misaligned: bool
     punctuation: bool
     num_tokens: int
+
+    @property
+    def eligible(self) -> bool:
+        """Whether this word can be flagged (see :func:`eligible`)."""
+        return bool(eligible(self.punctuation, self.num_tokens))
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,12 @@ class WordAlignment(_Serializable):
     def misaligned_words(self) -> list[Word]:
         return [w for w in self.words if w.misaligned]
 
+    @property
+    def lowest_word(self) -> int | None:
+        """Index of the lowest-scoring eligible word (what ``most_negative`` flags), or None if none."""
+        eligible = [i for i, w in enumerate(self.words) if w.eligible]
+        return min(eligible, key=lambda i: self.words[i].score) if eligible else None
+
     def __str__(self) -> str:
         marked = " ".join(f"[{w.word}]" if w.misaligned else w.word for w in self.words)
         cut = f" (+{len(self.truncated_words)} words cut)" if self.truncated_words else ""
@@ -97,6 +114,32 @@ class WordAlignment(_Serializable):
             f"{marked}{cut}  cos={self.cosine:.4f} CLIPScore={self.clipscore:.4f} "
             f"F-CLIPScore={self.f_clipscore:.3e}"
         )
+
+
+def word_row(result: WordAlignment) -> dict[str, Any]:
+    """The one flat form of a word-level result (plain types), shared by every consumer.
+
+    ``scan`` writes its Parquet columns from it, the evaluation cache stores it whole, ``score --json``
+    prints a selection. ``f_clipscore_min`` is the CLIP4DM authors' F-CLIPScore in ``most_negative``
+    mode (FOIL, nocaps-FOIL): the lowest eligible word's score × (1 − max(cos, 0)), 0 with no such word.
+    """
+    lowest = result.lowest_word
+    return {
+        "caption": result.caption,
+        "cosine": result.cosine,
+        "clipscore": result.clipscore,
+        "f_clipscore": result.f_clipscore,
+        "f_clipscore_min": (1 - max(result.cosine, 0.0)) * result.words[lowest].score
+        if lowest is not None
+        else 0.0,
+        "words": [w.word for w in result.words],
+        "word_scores": [w.score for w in result.words],
+        "word_misaligned": [w.misaligned for w in result.words],
+        "misaligned_words": [w.word for w in result.words if w.misaligned],
+        "lowest_word": lowest,
+        "spans": [s.to_dict() for s in result.spans],
+        "truncated_words": result.truncated_words,
+    }
 
 
 @dataclass(frozen=True)
@@ -153,8 +196,8 @@ class Interactions(_Serializable):
     cls: np.ndarray = field(repr=False)
     completeness: Completeness
     geometry: ImageGeometry
-    text_layer: int
-    image_layer: int
+    text_block: int
+    image_block: int
     steps: int
     rule: str
     normalize: str
@@ -195,8 +238,11 @@ class Interactions(_Serializable):
             "cls": self.cls.tolist(),
             "completeness": self.completeness.to_dict(),
             "geometry": asdict(self.geometry),
-            "text_layer": self.text_layer,
-            "image_layer": self.image_layer,
+            "text_block": self.text_block,
+            "image_block": self.image_block,
+            # the 0.1 names of the same two values, kept for scripts that read them
+            "text_layer": self.text_block,
+            "image_layer": self.image_block,
             "steps": self.steps,
             "rule": self.rule,
             "normalize": self.normalize,

@@ -14,17 +14,19 @@ tangents, never forming the (T·d)×(P·d) Jacobian product nor one backward per
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 
-from clipalign.attribution.quadrature import Rule, quadrature
-from clipalign.images import ImageInput, describe_source, load_image
-from clipalign.models.base import InteractionAdapter, PositionJVPs
-from clipalign.results import Completeness, Interactions, TokenGroup
+from clipalign.attribution.inputs import item_error, pair_up
+from clipalign.attribution.quadrature import quadrature
+from clipalign.images import ImageInput, ImageLoadError, describe_source, load_image
+from clipalign.models.base import ClipAdapter, InteractionAdapter, PositionJVPs
+from clipalign.results import Completeness, Interactions, ItemError, TokenGroup
+from clipalign.settings import InteractionSettings
+from clipalign.text.alignment import CaptionError
 
-Normalize = Literal["cosine", "exclip"]
 Head = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -76,11 +78,12 @@ def integrated_jacobian(
     return torch.einsum("n,nsk->ks", weight, directional.double())
 
 
-def _resolve_layer(layer: int, depth: int, which: str) -> int:
-    index = layer + depth if layer < 0 else layer
+def _resolve_block(block: int, depth: int, which: str) -> int:
+    index = block + depth if block < 0 else block
     if not 0 <= index < depth:
         raise ValueError(
-            f"{which} layer must be in {-depth}..{depth - 1} (encoder depth {depth}), got {layer}"
+            f"{which} layer must be in {-depth}..{depth - 1} (the block index; encoder depth {depth}), "
+            f"got {block}"
         )
     return index
 
@@ -89,75 +92,98 @@ class TokenPatchInteractions:
     """Token×patch interaction matrices for image–caption pairs (integrated Jacobians, second order).
 
     Args:
-        model: an adapter from :func:`clipalign.load_model`.
-        text_layer / image_layer: the block whose input is attributed (0-based; −1 = the last block).
-        steps: quadrature nodes N per path integral.
-        rule: ``gauss`` (Gauss–Legendre, default) or ``riemann`` (right Riemann sum, as exCLIP).
-        normalize: ``cosine`` attributes the cosine (f, g L2-normalised); ``exclip`` divides the raw
-            embeddings by the input's norms held constant, as the exCLIP code does.
-        chunk: JVPs evaluated at once (lower it to save memory).
-        template: prefix read before the caption (none by default, as in the paper).
+        model: an adapter from :func:`clipalign.load_model` that supports interactions (HF CLIP does).
+        settings: :class:`~clipalign.settings.InteractionSettings` (blocks, steps, rule, normalize,
+            template, chunk); keyword arguments change single fields of it, e.g. ``steps=20``.
 
     The text embedding f pools at the input's EOT position for the input, the reference and every
     point of the path between them.
+
+    Example:
+        >>> from clipalign.testing import tiny_model, example_image
+        >>> method = TokenPatchInteractions(tiny_model(), steps=4)
+        >>> [result] = method.attribute([example_image()], ["a red ball"])
+        >>> result.matrix.shape  # caption tokens with SOT and EOT × 4×4 patches
+        (5, 16)
+        >>> abs(result.completeness.residual) < 1e-3  # Σ matrix + Σ cls matches the score difference
+        True
     """
 
     def __init__(
-        self,
-        model: InteractionAdapter,
-        text_layer: int = -1,
-        image_layer: int = -1,
-        steps: int = 10,
-        rule: Rule = "gauss",
-        normalize: Normalize = "cosine",
-        chunk: int = 256,
-        template: str = "",
+        self, model: ClipAdapter, *, settings: InteractionSettings | None = None, **changes: Any
     ) -> None:
-        if normalize not in ("cosine", "exclip"):
-            raise ValueError(f"normalize must be 'cosine' or 'exclip', got {normalize!r}")
-        if chunk < 1:
-            raise ValueError(f"chunk must be ≥ 1, got {chunk}")
-        self.nodes, self.weights = quadrature(rule, steps)
+        if not isinstance(model, InteractionAdapter):
+            raise TypeError(f"{type(model).__name__} does not provide what interactions need (InteractionAdapter)")
+        self.settings = (settings or InteractionSettings()).replace(**changes)
+        self.nodes, self.weights = quadrature(self.settings.rule, self.settings.steps)
         self.model = model
-        self.text_layer = _resolve_layer(text_layer, model.num_text_layers, "text")
-        self.image_layer = _resolve_layer(image_layer, model.num_vision_layers, "image")
-        self.steps, self.rule, self.normalize = steps, rule, normalize
-        self.chunk = chunk
-        self.template = template
+        self.text_block = _resolve_block(self.settings.text_block, model.num_text_layers, "text")
+        self.image_block = _resolve_block(self.settings.image_block, model.num_vision_layers, "image")
+
+    @overload
+    def attribute(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        captions: str | Sequence[str],
+        *,
+        on_error: Literal["raise"],
+    ) -> list[Interactions]: ...
+
+    @overload
+    def attribute(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        captions: str | Sequence[str],
+        *,
+        on_error: Literal["record"] = ...,
+    ) -> list[Interactions | ItemError]: ...
 
     @torch.no_grad()
     def attribute(
-        self, images: ImageInput | Sequence[ImageInput], captions: str | Sequence[str]
-    ) -> list[Interactions]:
-        """One :class:`Interactions` per pair, in input order; bad inputs raise with a clear message."""
-        if isinstance(captions, str):
-            captions = [captions]
-        image_list = list(images) if isinstance(images, (list, tuple)) else [images]
-        if len(image_list) != len(captions):
-            raise ValueError(f"got {len(image_list)} images but {len(captions)} captions")
-        return [self._pair(image, caption) for image, caption in zip(image_list, captions, strict=True)]
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        captions: str | Sequence[str],
+        *,
+        on_error: Literal["record", "raise"] = "record",
+    ) -> list[Interactions] | list[Interactions | ItemError]:
+        """One :class:`Interactions` per pair, in input order.
+
+        As in :meth:`clipalign.CLIP4DM.attribute`, with ``on_error="record"`` an unreadable image or an
+        empty caption becomes an :class:`ItemError` for that pair and the others are still computed;
+        ``on_error="raise"`` raises instead.
+        """
+        image_list, caption_list = pair_up(images, captions)
+        results: list[Interactions | ItemError] = []
+        for index, (image, caption) in enumerate(zip(image_list, caption_list, strict=True)):
+            try:
+                results.append(self._pair(image, caption))
+            except (ImageLoadError, CaptionError) as exc:
+                if on_error == "raise":
+                    raise
+                results.append(item_error(index, image, caption, exc))
+        return results
 
     def _pair(self, image: ImageInput, caption: str) -> Interactions:
         model = self.model
         pil = load_image(image)
-        [enc] = model.encode_captions([caption], self.template)
+        [enc] = model.encode_captions([caption], self.settings.template)
         ids = torch.tensor([enc.input_ids], device=model.device)
         ref_ids = torch.tensor([model.text_reference_ids(len(enc.input_ids))], device=model.device)
         pixels = model.preprocess([pil])
-        x, r_x = model.text_states(torch.cat([ids, ref_ids]), self.text_layer)
-        y, r_y = model.image_states(torch.cat([pixels, torch.zeros_like(pixels)]), self.image_layer)
+        x, r_x = model.text_states(torch.cat([ids, ref_ids]), self.text_block)
+        y, r_y = model.image_states(torch.cat([pixels, torch.zeros_like(pixels)]), self.image_block)
 
         def raw_text(h: torch.Tensor) -> torch.Tensor:
-            return model.text_head(h, self.text_layer, enc.pool_index)
+            return model.text_head(h, self.text_block, enc.pool_index)
 
         def raw_image(h: torch.Tensor) -> torch.Tensor:
-            return model.image_head(h, self.image_layer)
+            return model.image_head(h, self.image_block)
 
         (f, post_f), (g, post_g) = self._heads(raw_text, raw_image, x, y)
-        text_jvps = model.text_head_jvps(self.text_layer, enc.pool_index, post_f) or head_jvps(f)
-        image_jvps = model.image_head_jvps(self.image_layer, post_g) or head_jvps(g)
-        text_cols = integrated_jacobian(text_jvps, x, r_x, self.nodes, self.weights, self.chunk)
-        image_cols = integrated_jacobian(image_jvps, y, r_y, self.nodes, self.weights, self.chunk)
+        text_jvps = model.text_head_jvps(self.text_block, enc.pool_index, post_f) or head_jvps(f)
+        image_jvps = model.image_head_jvps(self.image_block, post_g) or head_jvps(g)
+        text_cols = integrated_jacobian(text_jvps, x, r_x, self.nodes, self.weights, self.settings.chunk)
+        image_cols = integrated_jacobian(image_jvps, y, r_y, self.nodes, self.weights, self.settings.chunk)
         matrix = (text_cols.T @ image_cols).cpu().numpy()
 
         fx, frx, gy, gry = (e.double()[0] for e in (f(x[None]), f(r_x[None]), g(y[None]), g(r_y[None])))
@@ -177,11 +203,11 @@ class TokenPatchInteractions:
             cls=matrix[:, 0],
             completeness=Completeness(total, target, total - target, *terms),
             geometry=model.image_geometry(*pil.size),
-            text_layer=self.text_layer,
-            image_layer=self.image_layer,
-            steps=self.steps,
-            rule=self.rule,
-            normalize=self.normalize,
+            text_block=self.text_block,
+            image_block=self.image_block,
+            steps=self.settings.steps,
+            rule=self.settings.rule,
+            normalize=self.settings.normalize,
             source=describe_source(image),
         )
 
@@ -190,7 +216,7 @@ class TokenPatchInteractions:
     ) -> tuple[tuple[Head, Head], tuple[Head, Head]]:
         """(f, its post-map) and (g, its post-map): f = post(raw), post the L2 normalisation, or (exCLIP)
         the division by the input's raw embedding norm, held constant."""
-        if self.normalize == "cosine":
+        if self.settings.normalize == "cosine":
             post_f = post_g = _unit
         else:
             text_norm, image_norm = raw_text(x[None]).norm(), raw_image(y[None]).norm()

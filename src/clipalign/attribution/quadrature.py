@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
-Rule = Literal["gauss", "riemann"]
+from clipalign.settings import Rule
 
 
 def quadrature(rule: Rule, steps: int) -> tuple[np.ndarray, np.ndarray]:

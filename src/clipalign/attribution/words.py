@@ -10,21 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, get_args, overload
 
 import numpy as np
 import torch
 from PIL import Image
 
+from clipalign.attribution.inputs import item_error, pair_up
 from clipalign.images import ImageInput, ImageLoadError, describe_source, load_image
 from clipalign.metrics.functional import clip_score, f_clip_score
 from clipalign.models.base import ClipAdapter
-from clipalign.results import ItemError, Span, TokenScore, Word, WordAlignment
-from clipalign.text.alignment import DEFAULT_TEMPLATE, CaptionError, EncodedCaption
-
-Mode = Literal["threshold", "most_negative"]
-DEFAULT_EPSILON = -5e-5
-DEFAULT_LAYERS = 3
+from clipalign.results import ItemError, Span, TokenScore, Word, WordAlignment, eligible
+from clipalign.settings import Mode, WordSettings
+from clipalign.text.alignment import CaptionError, EncodedCaption
 
 
 @dataclass
@@ -81,7 +79,7 @@ def merge_spans(caption: str, words: Sequence[Word]) -> list[Span]:
     """Merge misaligned words that are adjacent among the non-punctuation words into spans."""
     spans: list[Span] = []
     run: list[int] = []
-    candidates = [i for i, w in enumerate(words) if not w.punctuation and w.num_tokens > 0]
+    candidates = [i for i, w in enumerate(words) if w.eligible]
     for i in [*candidates, None]:
         if i is not None and words[i].misaligned:
             run.append(i)
@@ -101,35 +99,27 @@ class CLIP4DM:
 
     Args:
         model: an adapter from :func:`clipalign.load_model`.
-        layers: how many of the last text layers feed the word scores (the paper's default is 3).
-        template: prefix read before every caption; its words are never reported.
-        epsilon: threshold below which a word is misaligned (also defines F-CLIPScore).
-        batch_size: pairs per forward/backward pass.
+        settings: :class:`~clipalign.settings.WordSettings` (layers, ε, template, mode, batch size);
+            keyword arguments change single fields of it, e.g. ``layers=2``.
 
     Example:
-        >>> attributor = CLIP4DM(load_model("openai/clip-vit-base-patch32"))  # doctest: +SKIP
-        >>> [result] = attributor.attribute(["photo.jpg"], ["a cup of coke"])  # doctest: +SKIP
+        >>> from clipalign.testing import tiny_model, example_image
+        >>> attributor = CLIP4DM(tiny_model(), layers=2, epsilon=-5e-5)
+        >>> [result] = attributor.attribute([example_image()], ["a red ball on the grass."])
+        >>> [w.word for w in result.words]
+        ['a', 'red', 'ball', 'on', 'the', 'grass.']
+        >>> result.f_clipscore <= 0 and len(result.misaligned_words) == len(result.words) - sum(
+        ...     w.score >= -5e-5 for w in result.words)
+        True
     """
 
-    def __init__(
-        self,
-        model: ClipAdapter,
-        layers: int = DEFAULT_LAYERS,
-        template: str = DEFAULT_TEMPLATE,
-        epsilon: float = DEFAULT_EPSILON,
-        batch_size: int = 32,
-    ) -> None:
-        if not 1 <= layers <= model.num_text_layers:
+    def __init__(self, model: ClipAdapter, *, settings: WordSettings | None = None, **changes: Any) -> None:
+        self.settings = (settings or WordSettings()).replace(**changes)
+        if self.settings.layers > model.num_text_layers:
             raise ValueError(
-                f"layers must be in 1..{model.num_text_layers} (text encoder depth), got {layers}"
+                f"layers must be in 1..{model.num_text_layers} (text encoder depth), got {self.settings.layers}"
             )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         self.model = model
-        self.layers = layers
-        self.template = template
-        self.epsilon = epsilon
-        self.batch_size = batch_size
 
     def attribute_tokens(
         self, pixel_values: torch.Tensor, encoded: Sequence[EncodedCaption]
@@ -141,9 +131,10 @@ class CLIP4DM:
         inputs = model.collate(encoded)
         with torch.enable_grad():
             out = model.text_embeddings(inputs, output_attentions=True)
-            assert out.attentions is not None
+            if out.attentions is None:
+                raise RuntimeError(f"{type(model).__name__}.text_embeddings returned no attention maps")
             cosine = torch.nn.functional.cosine_similarity(out.embeds, image, dim=-1)
-            maps = out.attentions[-self.layers :]
+            maps = out.attentions[-self.settings.layers :]
             grads = torch.autograd.grad(cosine.sum(), maps)
         relevance = torch.stack(
             [(g.float() * a.float()).mean(dim=1) for g, a in zip(grads, maps, strict=True)]
@@ -151,33 +142,56 @@ class CLIP4DM:
         rows = relevance[torch.arange(len(encoded), device=relevance.device), inputs.pool_index]
         return TokenAttribution(cosine.detach(), rows.detach())
 
+    @overload
     def attribute(
         self,
         images: ImageInput | Sequence[ImageInput],
         captions: str | Sequence[str],
         *,
-        mode: Mode = "threshold",
+        mode: Mode | None = ...,
+        epsilon: float | None = ...,
+        on_error: Literal["raise"],
+    ) -> list[WordAlignment]: ...
+
+    @overload
+    def attribute(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        captions: str | Sequence[str],
+        *,
+        mode: Mode | None = ...,
+        epsilon: float | None = ...,
+        on_error: Literal["record"] = ...,
+    ) -> list[WordAlignment | ItemError]: ...
+
+    def attribute(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        captions: str | Sequence[str],
+        *,
+        mode: Mode | None = None,
         epsilon: float | None = None,
         on_error: Literal["record", "raise"] = "record",
-    ) -> list[WordAlignment | ItemError]:
+    ) -> list[WordAlignment] | list[WordAlignment | ItemError]:
         """Score every (image, caption) pair; results in input order.
 
-        ``mode="threshold"`` marks words below ε; ``"most_negative"`` marks the single lowest word.
-        F-CLIPScore always uses the threshold rule. With ``on_error="record"`` an unreadable image or an
-        empty caption becomes an :class:`ItemError` for that pair and the rest are still scored.
+        ``mode`` and ``epsilon`` override the settings for this call: ``threshold`` marks words below ε,
+        ``most_negative`` the single lowest word; F-CLIPScore always uses the threshold rule. With
+        ``on_error="record"`` an unreadable image or an empty caption becomes an :class:`ItemError` for
+        that pair and the rest are still scored; ``on_error="raise"`` raises instead.
         """
-        if mode not in ("threshold", "most_negative"):
+        mode = self.settings.mode if mode is None else mode
+        if mode not in get_args(Mode):
             raise ValueError(f"mode must be 'threshold' or 'most_negative', got {mode!r}")
-        eps = self.epsilon if epsilon is None else epsilon
-        if isinstance(captions, str):
-            captions = [captions]
-        image_list = list(images) if isinstance(images, (list, tuple)) else [images]
-        if len(image_list) != len(captions):
-            raise ValueError(f"got {len(image_list)} images but {len(captions)} captions")
+        eps = self.settings.epsilon if epsilon is None else epsilon
+        image_list, caption_list = pair_up(images, captions)
+        size = self.settings.batch_size
         results: list[WordAlignment | ItemError] = []
-        for lo in range(0, len(captions), self.batch_size):
-            hi = lo + self.batch_size
-            results.extend(self._attribute_batch(image_list[lo:hi], captions[lo:hi], lo, mode, eps, on_error))
+        for lo in range(0, len(caption_list), size):
+            batch = self._attribute_batch(
+                image_list[lo : lo + size], caption_list[lo : lo + size], lo, mode, eps, on_error
+            )
+            results.extend(batch)
         return results
 
     def _attribute_batch(
@@ -195,13 +209,12 @@ class CLIP4DM:
         positions: list[int] = []
         for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
             try:
-                [enc] = self.model.encode_captions([caption], self.template)
+                [enc] = self.model.encode_captions([caption], self.settings.template)
                 pil = load_image(image)
             except (ImageLoadError, CaptionError) as exc:
                 if on_error == "raise":
                     raise
-                text = caption if isinstance(caption, str) else None
-                slots[i] = ItemError(first_index + i, describe_source(image), text, str(exc))
+                slots[i] = item_error(first_index + i, image, caption, exc)
                 continue
             loaded.append(pil)
             encoded.append(enc)
@@ -228,9 +241,9 @@ class CLIP4DM:
         for b, enc in enumerate(encoded):
             scores, n_tok = means[b], counts[b]
             punct = np.array([w.punctuation for w in enc.words], dtype=bool)
-            eligible = ~punct & (n_tok > 0)
-            below = _misaligned_mask(scores, eligible, "threshold", epsilon)
-            marked = below if mode == "threshold" else _misaligned_mask(scores, eligible, mode, epsilon)
+            can_flag = eligible(punct, n_tok)
+            below = _misaligned_mask(scores, can_flag, "threshold", epsilon)
+            marked = below if mode == "threshold" else _misaligned_mask(scores, can_flag, mode, epsilon)
             words = [
                 Word(w.text, w.start, w.end, float(s), bool(m), bool(p), int(n))
                 for w, s, m, p, n in zip(enc.words, scores, marked, punct, n_tok, strict=True)

@@ -8,14 +8,14 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, get_args
 
 from rich.console import Console
 
 from clipalign.attribution import CLIP4DM
-from clipalign.models import DEFAULT_MODEL, ClipAdapter, load_model
+from clipalign.models import ClipAdapter, load_model
 from clipalign.results import WordAlignment
-from clipalign.text.alignment import DEFAULT_TEMPLATE
+from clipalign.settings import DType, Mode, ModelSpec, WordSettings
 
 stderr = Console(stderr=True)
 
@@ -29,44 +29,77 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     add_word_options(parser)
 
 
-def add_model_options(parser: argparse.ArgumentParser, template_default: str = DEFAULT_TEMPLATE) -> None:
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --device, --dtype: what :func:`model_spec` reads."""
+    default = ModelSpec()
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help=f"Hub name or local directory of a CLIP checkpoint (default {DEFAULT_MODEL})",
+        default=default.name,
+        help=f"Hub name or local directory of a CLIP checkpoint (default {default.name})",
     )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    group.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="compute dtype")
-    group.add_argument("--template", default=template_default, help="prefix read before the caption")
+    group.add_argument("--dtype", default=default.dtype, choices=get_args(DType), help="compute dtype")
 
 
-def add_word_options(parser: argparse.ArgumentParser) -> None:
+def add_word_options(
+    parser: argparse.ArgumentParser, *, epsilon_help: str | None = None, mode: bool = True
+) -> None:
+    """--layers, --epsilon, --template, --mode, --batch-size: what :func:`word_settings` reads.
+
+    ``--epsilon`` defaults to None (:class:`WordSettings`'s default applies) so that a command can tell
+    whether it was given; ``epsilon_help`` replaces its help text, ``mode=False`` leaves out --mode.
+    """
+    default = WordSettings()
     group = parser.add_argument_group("word attribution (CLIP4DM)")
-    group.add_argument("--layers", type=int, default=3, help="last text layers averaged (default 3)")
-    group.add_argument("--epsilon", type=float, default=-5e-5, help="misalignment threshold (default -5e-5)")
     group.add_argument(
-        "--mode", default="threshold", choices=["threshold", "most_negative"], help="how words are flagged"
+        "--layers", type=int, default=default.layers, help=f"last text layers averaged (default {default.layers})"
+    )
+    group.add_argument(
+        "--epsilon", type=float, help=epsilon_help or f"misalignment threshold (default {default.epsilon})"
+    )
+    group.add_argument("--template", default=default.template, help="prefix read before the caption")
+    if mode:
+        group.add_argument(
+            "--mode", default=default.mode, choices=get_args(Mode), help="how words are flagged"
+        )
+    group.add_argument(
+        "--batch-size", type=int, default=default.batch_size, help="pairs per forward/backward"
     )
 
 
-def open_model(args: argparse.Namespace) -> ClipAdapter:
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The model options as one :class:`ModelSpec`."""
+    return ModelSpec(name=str(args.model), device=args.device, dtype=args.dtype)
+
+
+def word_settings(args: argparse.Namespace, **defaults: Any) -> WordSettings:
+    """The word options as one :class:`WordSettings`; ``defaults`` stand in for options not given."""
+    given = {"layers": args.layers, "template": args.template, "batch_size": args.batch_size}
+    if getattr(args, "mode", None) is not None:
+        given["mode"] = args.mode
+    if args.epsilon is not None:
+        given["epsilon"] = args.epsilon
+    return WordSettings(**{**defaults, **given})
+
+
+def open_model(spec: ModelSpec) -> ClipAdapter:
+    """Load the model quietly (no HF progress bars or info logs on the terminal)."""
     from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     hub_logging.set_verbosity_error()
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    return load_model(spec.name, device=spec.device, dtype=spec.dtype)
 
 
-def attribute_pair(args: argparse.Namespace) -> tuple[ClipAdapter, WordAlignment]:
+def attribute_pair(args: argparse.Namespace) -> tuple[ClipAdapter, WordSettings, WordAlignment]:
     """Load the model and score the one (image, caption) pair named on the command line."""
-    model = open_model(args)
-    attributor = CLIP4DM(model, layers=args.layers, template=args.template, epsilon=args.epsilon)
-    [result] = attributor.attribute([args.image], [args.caption], mode=args.mode, on_error="raise")
-    assert isinstance(result, WordAlignment)
-    return model, result
+    model = open_model(model_spec(args))
+    settings = word_settings(args)
+    [result] = CLIP4DM(model, settings=settings).attribute([args.image], [args.caption], on_error="raise")
+    return model, settings, result
 
 
 def print_json(obj: dict[str, Any]) -> None:
