@@ -13,7 +13,7 @@ from sklearn.metrics import average_precision_score, f1_score, precision_score, 
 from clipalign import CLIP4DM
 from clipalign.datasets.base import MisalignmentItem
 from clipalign.evaluation.cache import ResultCache, settings_key
-from clipalign.evaluation.metrics import (
+from clipalign.evaluation.measures import (
     average_precision,
     correlations,
     lenient_hat_hit,
@@ -136,15 +136,15 @@ def items(tmp_path) -> list[MisalignmentItem]:
 
 
 def test_runner_records_failures_and_resumes_without_recomputing(adapter, items, tmp_path, monkeypatch):
-    attributor = CLIP4DM(adapter)
     settings = {"model": "tiny", "layers": 3}
     cache = ResultCache(tmp_path / "cache", settings)
-    records = score_misalignment(items[:3], attributor, cache, batch_size=2, progress=False)
+    records = score_misalignment(items[:3], CLIP4DM(adapter, batch_size=2), cache, progress=False)
     assert [r["id"] for r in records] == ["a", "b", "c"]
     # an interrupted write leaves half a line: it is ignored and that item recomputed
     with cache.path.open("a") as f:
         f.write('\n{"id": "d", "err')
     calls = []
+    attributor = CLIP4DM(adapter, batch_size=8)
     original = attributor.attribute
 
     def counting(images, captions, **kwargs):
@@ -152,7 +152,7 @@ def test_runner_records_failures_and_resumes_without_recomputing(adapter, items,
         return original(images, captions, **kwargs)
 
     monkeypatch.setattr(attributor, "attribute", counting)
-    records = score_misalignment(items, attributor, cache, batch_size=8, progress=False)
+    records = score_misalignment(items, attributor, cache, progress=False)
     assert calls == [["a cat", "a cow", "two men ride horses"]]
     by_id = {r["id"]: r for r in records}
     assert "corrupt" in by_id["d"]["error"] or "cannot read" in by_id["d"]["error"]

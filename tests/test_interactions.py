@@ -64,7 +64,7 @@ def oracle_matrix(adapter, image, caption, layer, nodes, weights, normalize):
 @pytest.mark.parametrize("layer", [2, 3], ids=["generic-jvp", "closed-form-last-block"])
 def test_matches_per_dimension_backward_oracle(adapter, rule, normalize, layer):
     method = TokenPatchInteractions(
-        adapter, text_layer=layer, image_layer=layer, steps=4, rule=rule, normalize=normalize
+        adapter, text_block=layer, image_block=layer, steps=4, rule=rule, normalize=normalize
     )
     [result] = method.attribute(photo(), CAPTION)
     nodes, weights = quadrature(rule, 4)
@@ -77,7 +77,9 @@ def test_matches_per_dimension_backward_oracle(adapter, rule, normalize, layer):
 @pytest.mark.parametrize("normalize", ["cosine", "exclip"])
 @pytest.mark.parametrize("layers", [(-1, -1), (0, 2), (1, 0)])
 def test_completeness(adapter, normalize, layers):
-    method = TokenPatchInteractions(adapter, *layers, steps=20, normalize=normalize)
+    method = TokenPatchInteractions(
+        adapter, text_block=layers[0], image_block=layers[1], steps=20, normalize=normalize
+    )
     [result] = method.attribute(photo(), CAPTION)
     c = result.completeness
     assert result.matrix.sum() + result.cls.sum() == pytest.approx(c.sum, rel=1e-9)
@@ -200,8 +202,12 @@ def test_closed_form_last_block_jvps_equal_generic_jvps(adapter, monkeypatch, no
 
 @pytest.mark.parametrize("layer", [1, -1], ids=["generic-jvp", "closed-form-last-block"])
 def test_chunk_size_does_not_change_the_result(adapter, layer):
-    a = TokenPatchInteractions(adapter, layer, layer, chunk=7).attribute(photo(), CAPTION)[0]
-    b = TokenPatchInteractions(adapter, layer, layer, chunk=1000).attribute(photo(), CAPTION)[0]
+    a = TokenPatchInteractions(adapter, text_block=layer, image_block=layer, chunk=7).attribute(
+        photo(), CAPTION
+    )[0]
+    b = TokenPatchInteractions(adapter, text_block=layer, image_block=layer, chunk=1000).attribute(
+        photo(), CAPTION
+    )[0]
     np.testing.assert_allclose(a.matrix, b.matrix, rtol=0, atol=1e-6 * np.abs(b.matrix).max())
 
 
@@ -225,8 +231,8 @@ def test_several_pairs_and_no_hooks_left(adapter):
     ("kwargs", "message"),
     [
         ({"steps": 0}, "steps must be ≥ 1"),
-        ({"text_layer": 4}, "text layer must be in -4..3"),
-        ({"image_layer": -5}, "image layer must be in -4..3"),
+        ({"text_block": 4}, "text layer must be in -4..3"),
+        ({"image_block": -5}, "image layer must be in -4..3"),
         ({"rule": "simpson"}, "rule must be"),
         ({"normalize": "l1"}, "normalize must be"),
     ],

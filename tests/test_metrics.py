@@ -10,11 +10,8 @@ import torch
 from torchmetrics.multimodal.clip_score import CLIPScore as TorchmetricsCLIPScore
 from transformers import CLIPProcessor
 
-from clipalign import CLIP4DM
+from clipalign import CLIP4DM, CLIPScore, FCLIPScore, RefCLIPScore
 from clipalign.metrics import (
-    CLIPScore,
-    FCLIPScore,
-    RefCLIPScore,
     clip_score,
     f_clip_score,
     image_text_cosine,

@@ -113,7 +113,7 @@ class TokenPatchInteractions:
         self, model: ClipAdapter, *, settings: InteractionSettings | None = None, **changes: Any
     ) -> None:
         if not isinstance(model, InteractionAdapter):
-            raise TypeError(f"{type(model).__name__} does not provide what interactions need (InteractionAdapter)")
+            raise ValueError(f"{model.name}: its adapter does not support interactions (InteractionAdapter)")
         self.settings = (settings or InteractionSettings()).replace(**changes)
         self.nodes, self.weights = quadrature(self.settings.rule, self.settings.steps)
         self.model = model

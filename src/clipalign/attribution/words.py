@@ -115,10 +115,9 @@ class CLIP4DM:
 
     def __init__(self, model: ClipAdapter, *, settings: WordSettings | None = None, **changes: Any) -> None:
         self.settings = (settings or WordSettings()).replace(**changes)
-        if self.settings.layers > model.num_text_layers:
-            raise ValueError(
-                f"layers must be in 1..{model.num_text_layers} (text encoder depth), got {self.settings.layers}"
-            )
+        depth, layers = model.num_text_layers, self.settings.layers
+        if layers > depth:
+            raise ValueError(f"layers must be in 1..{depth} (text encoder depth), got {layers}")
         self.model = model
 
     def attribute_tokens(

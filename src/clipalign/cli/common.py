@@ -15,7 +15,7 @@ from rich.console import Console
 from clipalign.attribution import CLIP4DM
 from clipalign.models import ClipAdapter, load_model
 from clipalign.results import WordAlignment
-from clipalign.settings import DType, Mode, ModelSpec, WordSettings
+from clipalign.settings import DType, InteractionSettings, Mode, ModelSpec, Normalize, Rule, WordSettings
 
 stderr = Console(stderr=True)
 
@@ -53,7 +53,10 @@ def add_word_options(
     default = WordSettings()
     group = parser.add_argument_group("word attribution (CLIP4DM)")
     group.add_argument(
-        "--layers", type=int, default=default.layers, help=f"last text layers averaged (default {default.layers})"
+        "--layers",
+        type=int,
+        default=default.layers,
+        help=f"last text layers averaged (default {default.layers})",
     )
     group.add_argument(
         "--epsilon", type=float, help=epsilon_help or f"misalignment threshold (default {default.epsilon})"
@@ -65,6 +68,53 @@ def add_word_options(
         )
     group.add_argument(
         "--batch-size", type=int, default=default.batch_size, help="pairs per forward/backward"
+    )
+
+
+def add_interaction_options(parser: argparse.ArgumentParser, *, steps_only: bool = False) -> None:
+    """--steps and, unless ``steps_only``, the block, rule, normalize, template and chunk options.
+
+    ``--block``/``--text-block``/``--image-block`` also answer to their 0.1 names ``--layer``,
+    ``--text-layer``, ``--image-layer``.
+    """
+    default = InteractionSettings()
+    group = parser.add_argument_group("interactions (second order)")
+    group.add_argument(
+        "--steps", type=int, default=default.steps, help=f"quadrature nodes N (default {default.steps})"
+    )
+    if steps_only:
+        return
+    group.add_argument(
+        "--block",
+        "--layer",
+        type=int,
+        default=default.text_block,
+        help="block attributed in both encoders, 0-based (default -1, the last)",
+    )
+    group.add_argument("--text-block", "--text-layer", type=int, help="text block, overrides --block")
+    group.add_argument("--image-block", "--image-layer", type=int, help="vision block, overrides --block")
+    group.add_argument("--rule", default=default.rule, choices=get_args(Rule), help="quadrature rule")
+    group.add_argument(
+        "--normalize", default=default.normalize, choices=get_args(Normalize), help="quantity attributed"
+    )
+    group.add_argument("--template", default=default.template, help="prefix read before the caption")
+    group.add_argument(
+        "--chunk", type=int, default=default.chunk, help="JVPs evaluated at once (lower = less memory)"
+    )
+
+
+def interaction_settings(args: argparse.Namespace) -> InteractionSettings:
+    """The interaction options as one :class:`InteractionSettings` (only --steps where that is all)."""
+    if not hasattr(args, "block"):
+        return InteractionSettings(steps=args.steps)
+    return InteractionSettings(
+        text_block=args.block if args.text_block is None else args.text_block,
+        image_block=args.block if args.image_block is None else args.image_block,
+        steps=args.steps,
+        rule=args.rule,
+        normalize=args.normalize,
+        template=args.template,
+        chunk=args.chunk,
     )
 
 

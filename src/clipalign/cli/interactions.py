@@ -9,7 +9,14 @@ from rich.table import Table
 from rich.text import Text
 
 from clipalign.attribution.interactions import TokenPatchInteractions
-from clipalign.cli.common import add_model_options, open_model, print_json
+from clipalign.cli.common import (
+    add_interaction_options,
+    add_model_options,
+    interaction_settings,
+    model_spec,
+    open_model,
+    print_json,
+)
 from clipalign.images import load_image
 from clipalign.results import Interactions
 from clipalign.viz.terminal import scored_words
@@ -42,19 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", action="store_true", help="one heatmap per word (with --out)")
     p.add_argument("--out", help="write the heatmap (or --grid) as PNG here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    group = p.add_argument_group("interactions")
-    group.add_argument("--steps", type=int, default=10, help="quadrature nodes N (default 10)")
-    group.add_argument(
-        "--layer", type=int, default=-1, help="block attributed in both encoders (default -1, last)"
-    )
-    group.add_argument("--text-layer", type=int, help="text block, overrides --layer")
-    group.add_argument("--image-layer", type=int, help="vision block, overrides --layer")
-    group.add_argument("--rule", default="gauss", choices=["gauss", "riemann"], help="quadrature rule")
-    group.add_argument(
-        "--normalize", default="cosine", choices=["cosine", "exclip"], help="quantity attributed"
-    )
-    group.add_argument("--chunk", type=int, default=256, help="JVPs evaluated at once (lower = less memory)")
-    add_model_options(p, template_default="")
+    add_model_options(p)
+    add_interaction_options(p)
     p.set_defaults(func=run)
 
 
@@ -65,19 +61,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--grid draws one heatmap per word: give --out FILE.png")
     if args.out and not (args.span or args.words or args.grid):
         raise ValueError("--out needs --span, --words or --grid to know what to draw")
-    model = open_model(args)
-    method = TokenPatchInteractions(
-        model,
-        text_layer=args.layer if args.text_layer is None else args.text_layer,
-        image_layer=args.layer if args.image_layer is None else args.image_layer,
-        steps=args.steps,
-        rule=args.rule,
-        normalize=args.normalize,
-        chunk=args.chunk,
-        template=args.template,
-    )
+    model = open_model(model_spec(args))
+    method = TokenPatchInteractions(model, settings=interaction_settings(args))
     image = load_image(args.image)
-    [result] = method.attribute([image], [args.caption])
+    [result] = method.attribute([image], [args.caption], on_error="raise")
     span = args.span if args.span is not None else args.words
     report: dict = {"model": model.name, **result.to_dict()}
     if span is not None:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from clipalign.cli.common import add_pair_arguments, attribute_pair, print_json
 from clipalign.metrics import ref_clip_score, reference_cosines
+from clipalign.results import word_row
 from clipalign.viz.terminal import coloured_caption
 
 
@@ -29,21 +30,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, result = attribute_pair(args)
+    model, settings, result = attribute_pair(args)
     ref = None
     if args.reference:
-        ref_cos, mask = reference_cosines(model, [args.caption], [args.reference], args.template)
+        ref_cos, mask = reference_cosines(model, [args.caption], [args.reference], settings.template)
         ref = float(ref_clip_score(torch.tensor([result.cosine]), ref_cos, mask, args.convention)[0])
+    row = word_row(result)
     scores = {
-        "caption": result.caption,
-        "cosine": result.cosine,
-        "clipscore": result.clipscore,
+        **{k: row[k] for k in ("caption", "cosine", "clipscore")},
         "refclipscore": ref,
-        "f_clipscore": result.f_clipscore,
+        "f_clipscore": row["f_clipscore"],
         "references": args.reference,
         "reference_convention": args.convention,
-        "spans": [s.to_dict() for s in result.spans],
-        "truncated_words": result.truncated_words,
+        **{k: row[k] for k in ("spans", "truncated_words")},
         "model": model.name,
     }
     if args.json:

@@ -25,12 +25,18 @@ def run(args: argparse.Namespace) -> int:
     for out in (args.html, args.png):
         if out and not Path(out).resolve().parent.is_dir():
             raise ValueError(f"cannot write {out}: its directory does not exist")
-    model, result = attribute_pair(args)
+    model, settings, result = attribute_pair(args)
     if args.html or args.png:
         _write_pictures(args, result, model.name)
     if args.json:
-        settings = {"model": model.name, "layers": args.layers, "template": args.template}
-        print_json({**settings, **result.to_dict()})
+        print_json(
+            {
+                "model": model.name,
+                "layers": settings.layers,
+                "template": settings.template,
+                **result.to_dict(),
+            }
+        )
     else:
         console = Console()
         console.print(word_table(result))

@@ -13,10 +13,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from clipalign.settings import comparable
+
 
 def settings_key(settings: dict[str, Any]) -> str:
-    """A short stable hash of the settings that determine per-item results."""
-    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    """A short stable hash of the settings that determine per-item results.
+
+    Hashed in :func:`~clipalign.settings.comparable` form, so a cache written before a setting was
+    recorded keeps its name for runs that use that setting's old implicit value.
+    """
+    blob = json.dumps(comparable(settings), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -6,9 +6,7 @@ interrupted run resumes from the cache; ``limit`` takes the first N items for a 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +17,7 @@ from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.attribution.words import CLIP4DM
 from clipalign.datasets.base import MisalignmentItem, PointingItem
 from clipalign.evaluation.cache import ResultCache
-from clipalign.evaluation.metrics import (
+from clipalign.evaluation.measures import (
     average_precision,
     correlations,
     lenient_hat_hit,
@@ -28,48 +26,38 @@ from clipalign.evaluation.metrics import (
     pointing_game,
     strict_hat_hit,
 )
+from clipalign.metrics.cosines import reference_cosines
 from clipalign.metrics.functional import ref_clip_score
-from clipalign.metrics.scores import reference_cosines
-from clipalign.results import ItemError, WordAlignment
+from clipalign.results import Interactions, ItemError, WordAlignment, word_row
 
 Record = dict[str, Any]
+
+
+LEGACY_KEYS = {"scores": "word_scores", "misaligned": "word_misaligned"}
+"""Record keys written by clipalign 0.1.0 → their names in :func:`clipalign.results.word_row`."""
+
+
+def _upgrade(record: Record) -> Record:
+    """A cached record under today's key names (records written by 0.1.0 are read, not recomputed)."""
+    return {LEGACY_KEYS.get(k, k): v for k, v in record.items()}
 
 
 def _word_record(item: MisalignmentItem, result: WordAlignment | ItemError, refclip: float | None) -> Record:
     if isinstance(result, ItemError):
         return {"id": item.id, "error": result.error}
-    eligible = [i for i, w in enumerate(result.words) if not w.punctuation and w.num_tokens > 0]
-    lowest = min(eligible, key=lambda i: result.words[i].score) if eligible else None
-    return {
-        "id": item.id,
-        "error": None,
-        "cosine": result.cosine,
-        "clipscore": result.clipscore,
-        "f_clipscore": result.f_clipscore,
-        # the authors' F-CLIPScore in most_negative mode (FOIL, nocaps-FOIL): lowest word × (1 − cos⁺)
-        "f_clipscore_min": (1 - max(result.cosine, 0.0)) * result.words[lowest].score
-        if lowest is not None
-        else 0.0,
-        "refclipscore": refclip,
-        "words": [w.word for w in result.words],
-        "scores": [w.score for w in result.words],
-        "misaligned": [w.misaligned for w in result.words],
-        "lowest_word": lowest,
-        "spans": [s.to_dict() for s in result.spans],
-        "truncated_words": result.truncated_words,
-    }
+    return {"id": item.id, "error": None, **word_row(result), "refclipscore": refclip}
 
 
 def score_misalignment(
-    items: Sequence[MisalignmentItem],
-    attributor: CLIP4DM,
-    cache: ResultCache,
-    batch_size: int = 32,
-    progress: bool = True,
+    items: Sequence[MisalignmentItem], attributor: CLIP4DM, cache: ResultCache, *, progress: bool = True
 ) -> list[Record]:
-    """Per-item records (cached): word scores, spans, cosine, CLIPScore, F-CLIPScore, RefCLIPScore."""
-    done = cache.load()
+    """Per-item records (cached): word scores, spans, cosine, CLIPScore, F-CLIPScore, RefCLIPScore.
+
+    Items are scored ``attributor.settings.batch_size`` at a time, each batch appended to the cache.
+    """
+    done = {key: _upgrade(record) for key, record in cache.load().items()}
     todo = [it for it in items if it.id not in done]
+    batch_size = attributor.settings.batch_size
     bar = tqdm(
         total=len(items), initial=len(items) - len(todo), desc="scoring", unit="pair", disable=not progress
     )
@@ -99,9 +87,9 @@ def _refclipscores(
         return out
     captions = [batch[i].caption for i in rows]
     ref_cos, mask = reference_cosines(
-        attributor.model, captions, [list(batch[i].references) for i in rows], attributor.template
+        attributor.model, captions, [list(batch[i].references) for i in rows], attributor.settings.template
     )
-    cos = torch.tensor([results[i].cosine for i in rows])  # type: ignore[union-attr]
+    cos = torch.tensor([r.cosine for r in results if isinstance(r, WordAlignment)])
     for i, value in zip(rows, ref_clip_score(cos, ref_cos, mask).tolist(), strict=True):
         out[i] = value
     return out
@@ -167,7 +155,7 @@ def misalignment_metrics(
         out["AP"] = ap
     labelled = [(it, r) for it, r in pairs if it.word_labels is not None]
     if labelled:
-        prf = micro_prf([it.word_labels for it, _ in labelled], [r["misaligned"] for _, r in labelled])
+        prf = micro_prf([it.word_labels for it, _ in labelled], [r["word_misaligned"] for _, r in labelled])
         out["word_PRF"] = {
             "precision": prf.precision,
             "recall": prf.recall,
@@ -194,6 +182,7 @@ def score_pointing(
     items: Sequence[PointingItem],
     method: TokenPatchInteractions,
     cache: ResultCache,
+    *,
     progress: bool = True,
     seed: int = 0,
 ) -> list[Record]:
@@ -202,36 +191,39 @@ def score_pointing(
     rng = np.random.default_rng(seed)
     todo = [it for it in items if it.id not in done]
     for item in tqdm(todo, desc="pointing", unit="phrase", disable=not progress):
+        [result] = method.attribute([item.image], [item.caption])
         try:
-            [result] = method.attribute([item.image], [item.caption])
-        except (ValueError, OSError) as exc:
-            record: Record = {"id": item.id, "error": str(exc)}
-        else:
-            words = [
-                i
-                for i, w in enumerate(result.words)
-                if w.start < item.phrase_end and w.end > item.phrase_start
-            ]
-            heat = result.span_heatmap(words)
-            hit, energy = pointing_game(heat, item.boxes)
-            width, height = result.geometry.original
-            cx, cy, cw, ch = result.geometry.crop_in_original()
-            random_point = np.full((height, width), np.nan)
-            random_point[int(rng.uniform(cy, cy + ch - 1e-6)), int(rng.uniform(cx, cx + cw - 1e-6))] = 1.0
-            centre = np.full((height, width), np.nan)
-            centre[int(cy + ch / 2), int(cx + cw / 2)] = 1.0
-            record = {
-                "id": item.id,
-                "error": None,
-                "hit": hit,
-                "energy": energy,
-                "random_hit": pointing_game(random_point, item.boxes)[0],
-                "centre_hit": pointing_game(centre, item.boxes)[0],
-                "box_fraction": _box_fraction(item.boxes, (width, height)),
-            }
+            record = _pointing_record(item, result, rng)
+        except ValueError as exc:  # e.g. a phrase that covers no caption word
+            record = {"id": item.id, "error": str(exc)}
         cache.append([record])
         done[item.id] = record
     return [done[it.id] for it in items]
+
+
+def _pointing_record(
+    item: PointingItem, result: Interactions | ItemError, rng: np.random.Generator
+) -> Record:
+    """One phrase's record: hit and energy of its heatmap, and of a random point and the centre."""
+    if isinstance(result, ItemError):
+        return {"id": item.id, "error": result.error}
+    words = [i for i, w in enumerate(result.words) if w.start < item.phrase_end and w.end > item.phrase_start]
+    hit, energy = pointing_game(result.span_heatmap(words), item.boxes)
+    width, height = result.geometry.original
+    cx, cy, cw, ch = result.geometry.crop_in_original()
+    random_point = np.full((height, width), np.nan)
+    random_point[int(rng.uniform(cy, cy + ch - 1e-6)), int(rng.uniform(cx, cx + cw - 1e-6))] = 1.0
+    centre = np.full((height, width), np.nan)
+    centre[int(cy + ch / 2), int(cx + cw / 2)] = 1.0
+    return {
+        "id": item.id,
+        "error": None,
+        "hit": hit,
+        "energy": energy,
+        "random_hit": pointing_game(random_point, item.boxes)[0],
+        "centre_hit": pointing_game(centre, item.boxes)[0],
+        "box_fraction": _box_fraction(item.boxes, (width, height)),
+    }
 
 
 def _box_fraction(boxes: Sequence[tuple[float, float, float, float]], size: tuple[int, int]) -> float:
@@ -251,18 +243,3 @@ def pointing_metrics(records: Sequence[Record]) -> dict[str, Any]:
             uniform_energy=float(np.mean([r["box_fraction"] for r in ok])),
         )
     return out
-
-
-def timed(fn: Callable[[], list[Record]]) -> tuple[list[Record], float]:
-    """Run ``fn`` and return its records with the wall time in seconds."""
-    start = time.perf_counter()
-    records = fn()
-    return records, time.perf_counter() - start
-
-
-def resolve_images(path: str | Path) -> Path:
-    """The images directory, or a clear error before any item is scored."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise ValueError(f"images directory not found: {directory}")
-    return directory
