@@ -80,6 +80,13 @@ class WordSettings:
         template: prefix read before every caption; its words are never reported.
         mode: ``threshold`` marks every word below ε; ``most_negative`` the single lowest word.
         batch_size: pairs per forward/backward pass.
+
+    Example:
+        >>> settings = WordSettings(layers=2)
+        >>> settings.to_dict()  # no batch_size: it changes speed, not scores
+        {'layers': 2, 'epsilon': -5e-05, 'template': 'A photo depicts ', 'mode': 'threshold'}
+        >>> settings.replace(mode="most_negative").mode
+        'most_negative'
     """
 
     layers: int = 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from clipalign.images import ImageInput, describe_source
 from clipalign.results import ItemError
@@ -13,7 +14,8 @@ def pair_up(
 ) -> tuple[list[ImageInput], list[str]]:
     """One image (or a list) and one caption (or a list) as two lists of equal length."""
     caption_list = [captions] if isinstance(captions, str) else list(captions)
-    image_list = list(images) if isinstance(images, (list, tuple)) else [images]
+    # a str or bytes path is one image even though it is also a Sequence
+    image_list = list(images) if isinstance(images, (list, tuple)) else [cast(ImageInput, images)]
     if len(image_list) != len(caption_list):
         raise ValueError(f"got {len(image_list)} images but {len(caption_list)} captions")
     return image_list, caption_list

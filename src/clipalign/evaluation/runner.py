@@ -153,9 +153,9 @@ def misalignment_metrics(
                 name: average_precision(aligned, s, positive) for name, s in scores.items()
             }
         out["AP"] = ap
-    labelled = [(it, r) for it, r in pairs if it.word_labels is not None]
+    labelled = [(it.word_labels, r) for it, r in pairs if it.word_labels is not None]
     if labelled:
-        prf = micro_prf([it.word_labels for it, _ in labelled], [r["word_misaligned"] for _, r in labelled])
+        prf = micro_prf([labels for labels, _ in labelled], [r["word_misaligned"] for _, r in labelled])
         out["word_PRF"] = {
             "precision": prf.precision,
             "recall": prf.recall,
@@ -164,17 +164,17 @@ def misalignment_metrics(
             "fp": prf.fp,
             "fn": prf.fn,
         }
-    rated = [(it, r) for it, r in pairs if it.misalignment_score is not None]
+    rated = [(it.misalignment_score, r) for it, r in pairs if it.misalignment_score is not None]
     if len(rated) > 2:
-        truth = [it.misalignment_score for it, _ in rated]
+        truth = [score for score, _ in rated]
         out["correlation"] = {
             "F-CLIPScore": correlations([r["f_clipscore"] for _, r in rated], truth),
             "CLIPScore": correlations([r["clipscore"] for _, r in rated], truth),
         }
-    with_feedback = [(it, r) for it, r in pairs if it.feedback is not None]
+    with_feedback = [(it.feedback, r) for it, r in pairs if it.feedback is not None]
     if with_feedback and nli is not None:
         hypotheses = [", ".join(s["text"] for s in r["spans"]) for _, r in with_feedback]
-        out["NLI"] = float(np.mean(nli([it.feedback for it, _ in with_feedback], hypotheses)))
+        out["NLI"] = float(np.mean(nli([feedback for feedback, _ in with_feedback], hypotheses)))
     return out
 
 

@@ -16,7 +16,12 @@ ReferenceConvention = Literal["hessel", "clip4dm"]
 
 
 def clip_score(cosine: torch.Tensor, weight: float = CLIPSCORE_WEIGHT) -> torch.Tensor:
-    """CLIPScore = w·max(cos(image, template+caption), 0) (Hessel et al., 2021)."""
+    """CLIPScore = w·max(cos(image, template+caption), 0) (Hessel et al., 2021).
+
+    Example:
+        >>> clip_score(torch.tensor([0.3, -0.1]))
+        tensor([0.7500, 0.0000])
+    """
     return weight * cosine.clamp(min=0)
 
 
@@ -45,7 +50,12 @@ def ref_clip_score(
     reference_mask: torch.Tensor | None = None,
     convention: ReferenceConvention = "hessel",
 ) -> torch.Tensor:
-    """RefCLIPScore = harmonic mean of CLIPScore and the reference score (0 when both are 0)."""
+    """RefCLIPScore = harmonic mean of CLIPScore and the reference score (0 when both are 0).
+
+    Example:
+        >>> ref_clip_score(torch.tensor([0.4]), torch.tensor([[0.5, 0.9]]))  # H(1.0, 0.9)
+        tensor([0.9474])
+    """
     a = clip_score(cosine)
     b = reference_score(reference_cosines, reference_mask, convention)
     total = a + b
@@ -56,6 +66,11 @@ def f_clip_score(cosine: torch.Tensor, word_scores: torch.Tensor, misaligned: to
     """F-CLIPScore = (1 − max(cos, 0)) · Σ scores of misaligned words; 0 when none (CLIP4DM, eq. 3).
 
     ``word_scores`` and ``misaligned`` are (B, W) (pad with ``misaligned=False``); result (B,), ≤ 0.
+
+    Example:
+        >>> scores = torch.tensor([[2e-4, -3e-4, -1e-4]])
+        >>> f_clip_score(torch.tensor([0.25]), scores, scores < -5e-5)  # 0.75 · (−4e-4)
+        tensor([-0.0003])
     """
     total = torch.where(misaligned.bool(), word_scores, torch.zeros_like(word_scores)).sum(dim=-1)
     return (1 - cosine.clamp(min=0)) * total

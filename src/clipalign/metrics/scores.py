@@ -28,6 +28,8 @@ class _MeanMetric(Metric):
 
     is_differentiable = False
     full_state_update = False
+    total: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self, model: ClipAdapter, *, template: str = DEFAULT_TEMPLATE, **kwargs: Any) -> None:
         super().__init__(**kwargs)
