@@ -36,6 +36,7 @@ from common import (
 
 from clipalign.demo.engine import DemoEngine, Upload, check_upload, heatmap_png
 from clipalign.models.base import InteractionAdapter
+from clipalign.settings import InteractionSettings
 
 STEPS = (10, 4)  # the demo's default, and the cheaper setting README suggests
 MAX_PIXELS = 40_000_000
@@ -73,7 +74,7 @@ def one_scene(engine: DemoEngine, upload: Upload, caption: str) -> dict[str, flo
 
 def bench_model(adapter: InteractionAdapter, steps: int, examples: list[tuple[str, Upload, str]]) -> dict:
     """Warm up on the first scene, then time every scene; medians over scenes."""
-    engine = DemoEngine(adapter, steps=steps)
+    engine = DemoEngine(adapter, interactions=InteractionSettings(steps=steps))
     _, warm_upload, warm_caption = examples[0]
     one_scene(engine, warm_upload, warm_caption)
     load_before = load_average_1min()

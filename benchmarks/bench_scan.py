@@ -37,6 +37,7 @@ from PIL import Image
 from clipalign import CLIP4DM, load_image
 from clipalign.runners.local import result_row, scan
 from clipalign.runners.sources import Columns, table_samples
+from clipalign.settings import ScanSettings
 
 CAPTIONS = [
     "a red bus parked next to a tall building",
@@ -75,7 +76,8 @@ def bench_model(name: str, model_dir: Path, work: Path, n: int) -> dict[str, Any
     times: dict[str, float] = {}
 
     start = time.perf_counter()
-    scan(table_samples(table, Columns()), attributor, work / f"out-{name}", {"bench": name}, progress=False)
+    options = ScanSettings(progress=False)
+    scan(table_samples(table, Columns()), attributor, work / f"out-{name}", {"bench": name}, options=options)
     times["engine"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -21,6 +21,7 @@ from clipalign.cli.main import main
 from clipalign.runners.local import METADATA_KEY, scan
 from clipalign.runners.sources import Columns, directory_samples, open_source, table_samples, tar_samples
 from clipalign.runners.summary import summarize
+from clipalign.settings import ScanSettings
 
 
 def png_bytes(seed: int, size=(20, 16)) -> bytes:
@@ -122,12 +123,10 @@ def test_scan_output_schema_errors_and_metadata(adapter, folder):
     out = folder / "scores.parquet"
     result = scan(
         table_samples(folder / "p.jsonl", Columns()),
-        CLIP4DM(adapter),
+        CLIP4DM(adapter, batch_size=4),
         out,
         settings,
-        batch_size=4,
-        part_size=3,
-        progress=False,
+        options=ScanSettings(part_size=3, progress=False),
     )
     assert result.scored_now == 10 and not (folder / "scores.parquet.parts").exists()
     table = pq.read_table(out)
@@ -149,13 +148,19 @@ def test_scan_output_schema_errors_and_metadata(adapter, folder):
         "missing caption": 1,
     }
     with pytest.raises(ValueError, match="already exists"):
-        scan(table_samples(folder / "p.jsonl", Columns()), CLIP4DM(adapter), out, settings, progress=False)
+        scan(
+            table_samples(folder / "p.jsonl", Columns()),
+            CLIP4DM(adapter),
+            out,
+            settings,
+            options=ScanSettings(progress=False),
+        )
 
 
 def test_resume_skips_written_parts_and_rejects_other_settings(adapter, folder, monkeypatch):
     write_jsonl(folder / "p.jsonl", [{"image": f"{i}.png", "caption": f"a ball {i}"} for i in range(12)])
     out = folder / "scores"
-    attributor = CLIP4DM(adapter)
+    attributor = CLIP4DM(adapter, batch_size=2)
 
     def parts_then_stop(limit):
         written = []
@@ -173,9 +178,7 @@ def test_resume_skips_written_parts_and_rejects_other_settings(adapter, folder, 
             attributor,
             out,
             {"m": 1},
-            batch_size=2,
-            part_size=4,
-            progress=False,
+            options=ScanSettings(part_size=4, progress=False),
             on_part=parts_then_stop(2),
         )
     assert len(list(out.glob("part-*.parquet"))) == 2
@@ -189,22 +192,25 @@ def test_resume_skips_written_parts_and_rejects_other_settings(adapter, folder, 
         attributor,
         out,
         {"m": 1},
-        batch_size=2,
-        part_size=4,
-        progress=False,
+        options=ScanSettings(part_size=4, progress=False),
     )
     assert result.resumed_from == 8 and seen == [f"a ball {i}" for i in range(8, 12)]
     indices = pq.read_table(out).column("index").to_pylist()
     assert sorted(indices) == list(range(12))
     with pytest.raises(ValueError, match="other settings"):
-        scan(table_samples(folder / "p.jsonl", Columns()), attributor, out, {"m": 2}, progress=False)
+        scan(
+            table_samples(folder / "p.jsonl", Columns()),
+            attributor,
+            out,
+            {"m": 2},
+            options=ScanSettings(progress=False),
+        )
     scan(
         table_samples(folder / "p.jsonl", Columns()),
         attributor,
         out,
         {"m": 2},
-        progress=False,
-        overwrite=True,
+        options=ScanSettings(progress=False, overwrite=True),
     )
     assert sorted(pq.read_table(out).column("index").to_pylist()) == list(range(12))
 

@@ -18,6 +18,7 @@ from clipalign.cli.main import main
 from clipalign.runners.local import METADATA_KEY, scan
 from clipalign.runners.ray_engine import scan_ray
 from clipalign.runners.sources import Columns, open_source
+from clipalign.settings import ModelSpec, ScanSettings, WordSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
 
@@ -109,7 +110,8 @@ def test_cli_ray_engine_matches_local_engine(local_ray, tiny_model_dir, pairs, c
 def test_ray_engine_resumes_after_written_parts(local_ray, tiny_model_dir, pairs):
     """A scan stopped after two parts resumes on Ray after them; other settings are refused."""
     out = pairs.parent / "parts"
-    attributor = CLIP4DM(load_model(tiny_model_dir, device="cpu"), batch_size=8)
+    words = WordSettings(batch_size=8)
+    attributor = CLIP4DM(load_model(tiny_model_dir, device="cpu"), settings=words)
     written = []
 
     def stop_after_two(path):
@@ -117,14 +119,15 @@ def test_ray_engine_resumes_after_written_parts(local_ray, tiny_model_dir, pairs
         if len(written) == 2:
             raise KeyboardInterrupt
 
-    kwargs = {"batch_size": 8, "part_size": 8, "progress": False}
+    kwargs = {"options": ScanSettings(part_size=8, progress=False)}
+    spec = ModelSpec(name=str(tiny_model_dir))
     with pytest.raises(KeyboardInterrupt):
         scan(open_source(str(pairs), Columns()), attributor, out, {"m": 1}, on_part=stop_after_two, **kwargs)
     first_parts = pq.ParquetDataset(out).read().to_pylist()
     factory = functools.partial(open_source, str(pairs), Columns())
     with pytest.raises(ValueError, match="other settings"):
-        scan_ray(factory, str(tiny_model_dir), out, {"m": 2}, **kwargs)
-    result = scan_ray(factory, str(tiny_model_dir), out, {"m": 1}, **kwargs)
+        scan_ray(factory, spec, out, {"m": 2}, words=words, **kwargs)
+    result = scan_ray(factory, spec, out, {"m": 1}, words=words, **kwargs)
     assert result.resumed_from == 16 and result.scored_now == 24
     assert len(list(out.glob("part-*.parquet"))) == 5
     resumed = pq.ParquetDataset(out).read()

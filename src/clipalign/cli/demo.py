@@ -5,14 +5,22 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from clipalign.cli.common import add_model_options, add_word_options, open_model
+from clipalign.cli.common import add_model_options, add_word_options, model_spec, open_model, word_settings
+from clipalign.models.base import InteractionAdapter
+from clipalign.settings import InteractionSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="web page: pick or upload an image, check a caption, see heatmaps")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
-    p.add_argument("--steps", type=int, default=10, help="heatmaps: quadrature nodes (fewer = faster)")
+    steps = InteractionSettings().steps
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=steps,
+        help=f"heatmaps: quadrature nodes (fewer = faster; default {steps})",
+    )
     p.add_argument(
         "--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels (default 40M)"
     )
@@ -29,15 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from clipalign.demo import DemoEngine, create_app, listen, serve
 
     sock = listen(args.host, args.port)
-    model = open_model(args)
-    engine = DemoEngine(
-        model,
-        layers=args.layers,
-        epsilon=args.epsilon,
-        mode=args.mode,
-        template=args.template,
-        steps=args.steps,
-    )
+    model = open_model(model_spec(args))
+    if not isinstance(model, InteractionAdapter):
+        raise ValueError(f"{model.name}: the demo's heatmaps need a model that supports interactions")
+    engine = DemoEngine(model, words=word_settings(args), interactions=InteractionSettings(steps=args.steps))
     app = create_app(engine, model.name, args.max_pixels, int(args.max_upload_mb * 2**20))
     serve(app, sock)
     return 0

@@ -10,10 +10,18 @@ from rich.console import Console
 
 from clipalign import __version__
 from clipalign.attribution.words import CLIP4DM
-from clipalign.cli.common import add_model_options, open_model, print_json
-from clipalign.runners.local import ScanResult, scan
+from clipalign.cli.common import (
+    add_model_options,
+    add_word_options,
+    model_spec,
+    open_model,
+    print_json,
+    word_settings,
+)
+from clipalign.runners.local import scan
 from clipalign.runners.sources import Columns, open_source
 from clipalign.runners.summary import ScanSummary, histogram, summarize
+from clipalign.settings import ModelSpec, RaySettings, ScanSettings, WordSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,37 +39,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--key-column", help="table column with a unique key (default: the image path)")
     p.add_argument("--base-dir", help="resolve relative image paths here (default: the table's directory)")
-    p.add_argument("--batch-size", type=int, default=32, help="pairs per forward/backward")
+    scan_default = ScanSettings()
     p.add_argument(
-        "--part-size", type=int, default=4096, help="rows per Parquet part (the resume granularity)"
+        "--part-size",
+        type=int,
+        default=scan_default.part_size,
+        help=f"rows per Parquet part, the resume granularity (default {scan_default.part_size})",
     )
-    p.add_argument("--workers", type=int, default=4, help="image decoding threads")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=scan_default.workers,
+        help="image decoding threads (per actor with --engine ray)",
+    )
     p.add_argument("--overwrite", action="store_true", help="discard earlier output and start again")
     p.add_argument("--histogram", help="also write a PNG histogram of F-CLIPScore")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--layers", type=int, default=3, help="last text layers averaged (default 3)")
-    p.add_argument("--epsilon", type=float, default=-5e-5, help="misalignment threshold (default -5e-5)")
     add_model_options(p)
-    ray_group = p.add_argument_group("engine", "--engine ray runs the scan on a Ray cluster (clipalign[ray])")
-    ray_group.add_argument(
-        "--engine",
-        default="local",
-        choices=["local", "ray"],
-        help="local process or Ray Data (default local)",
-    )
-    ray_group.add_argument(
-        "--num-gpus", type=int, default=0, help="ray: total GPUs, one model actor per GPU (default 0: CPU)"
-    )
-    ray_group.add_argument(
-        "--num-cpus", type=float, default=1.0, help="ray: CPUs per actor, its torch threads (default 1)"
-    )
-    ray_group.add_argument(
-        "--concurrency", type=int, default=1, help="ray: CPU actors when --num-gpus is 0 (default 1)"
-    )
-    ray_group.add_argument(
-        "--ray-address",
-        help="ray: cluster to join, e.g. auto or ray://head:10001 (default: RAY_ADDRESS, else a local Ray)",
-    )
+    add_word_options(p, mode=False)
+    _add_ray_options(p)
     p.set_defaults(func=run_scan)
 
     r = subparsers.add_parser("report", help="summarize a scan's Parquet output again")
@@ -71,15 +67,70 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report)
 
 
-def _settings(args: argparse.Namespace, columns: Columns, model_name: str) -> dict[str, Any]:
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
+    """--engine and what :func:`_ray_settings` reads."""
+    default = RaySettings()
+    group = parser.add_argument_group(
+        "engine", "--engine ray runs the scan on a Ray cluster (clipalign[ray])"
+    )
+    group.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="local process or Ray Data (default local)",
+    )
+    group.add_argument(
+        "--num-gpus",
+        type=int,
+        default=default.num_gpus,
+        help="ray: total GPUs, one model actor per GPU (default 0: CPU)",
+    )
+    group.add_argument(
+        "--num-cpus",
+        type=float,
+        default=default.num_cpus,
+        help=f"ray: CPUs per actor, its torch threads (default {default.num_cpus:g})",
+    )
+    group.add_argument(
+        "--concurrency",
+        type=int,
+        default=default.concurrency,
+        help=f"ray: CPU actors when --num-gpus is 0 (default {default.concurrency})",
+    )
+    group.add_argument(
+        "--ray-address",
+        help="ray: cluster to join, e.g. auto or ray://head:10001 (default: RAY_ADDRESS, else a local Ray)",
+    )
+
+
+def _scan_settings(args: argparse.Namespace) -> ScanSettings:
+    """Part size, decoding threads, --overwrite and --no-progress as one :class:`ScanSettings`."""
+    return ScanSettings(
+        part_size=args.part_size,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+
+
+def _ray_settings(args: argparse.Namespace) -> RaySettings:
+    """The --engine ray options as one :class:`RaySettings` (validated only when that engine runs)."""
+    return RaySettings(
+        num_gpus=args.num_gpus,
+        num_cpus=args.num_cpus,
+        concurrency=args.concurrency,
+        address=args.ray_address,
+    )
+
+
+def _metadata(
+    args: argparse.Namespace, columns: Columns, spec: ModelSpec, words: WordSettings
+) -> dict[str, Any]:
     """What the output's metadata records (and what a resumed run must match); engine-independent."""
     return {
         "clipalign": __version__,
-        "model": model_name,
-        "dtype": args.dtype,
-        "layers": args.layers,
-        "epsilon": args.epsilon,
-        "template": args.template,
+        **spec.to_dict(),
+        **words.to_dict(),
         "input": args.input,
         "captions": args.captions,
         "columns": [columns.image, columns.caption, columns.key],
@@ -88,64 +139,28 @@ def _settings(args: argparse.Namespace, columns: Columns, model_name: str) -> di
 
 def run_scan(args: argparse.Namespace) -> int:
     columns = Columns(args.image_column, args.caption_column, args.key_column)
+    spec, words, options = model_spec(args), word_settings(args), _scan_settings(args)
+    metadata = _metadata(args, columns, spec, words)
     # a missing input fails here, before any model loads (Ray's read task opens the source again)
     samples = open_source(args.input, columns, args.captions, args.base_dir)
     if args.engine == "ray":
-        result = _scan_ray(args, columns)
+        try:
+            from clipalign.runners.ray_engine import scan_ray
+        except ImportError as exc:
+            raise ValueError(f"--engine ray needs Ray Data: pip install 'clipalign[ray]' ({exc})") from exc
+        # the sample stream is rebuilt in a Ray task
+        source = functools.partial(open_source, args.input, columns, args.captions, args.base_dir)
+        cluster = _ray_settings(args)
+        result = scan_ray(source, spec, args.out, metadata, words=words, options=options, cluster=cluster)
     else:
-        model = open_model(args)
-        attributor = CLIP4DM(
-            model,
-            layers=args.layers,
-            template=args.template,
-            epsilon=args.epsilon,
-            batch_size=args.batch_size,
-        )
-        result = scan(
-            samples,
-            attributor,
-            args.out,
-            _settings(args, columns, model.name),
-            batch_size=args.batch_size,
-            part_size=args.part_size,
-            workers=args.workers,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
+        attributor = CLIP4DM(open_model(spec), settings=words)
+        result = scan(samples, attributor, args.out, metadata, options=options)
     console = Console()
     if result.resumed_from:
         console.print(f"resumed after {result.resumed_from} items already written")
     _show(summarize(result.output), args.histogram, console)
     console.print(f"wrote {result.output}")
     return 0
-
-
-def _scan_ray(args: argparse.Namespace, columns: Columns) -> ScanResult:
-    """``--engine ray``: the same scan on Ray Data (the sample stream is rebuilt in a Ray task)."""
-    try:
-        from clipalign.runners.ray_engine import scan_ray
-    except ImportError as exc:
-        raise ValueError(f"--engine ray needs Ray Data: pip install 'clipalign[ray]' ({exc})") from exc
-    return scan_ray(
-        functools.partial(open_source, args.input, columns, args.captions, args.base_dir),
-        str(args.model),
-        args.out,
-        _settings(args, columns, str(args.model)),
-        dtype=args.dtype,
-        device=args.device,
-        layers=args.layers,
-        epsilon=args.epsilon,
-        template=args.template,
-        batch_size=args.batch_size,
-        part_size=args.part_size,
-        workers=args.workers,
-        num_gpus=args.num_gpus,
-        num_cpus=args.num_cpus,
-        concurrency=args.concurrency,
-        address=args.ray_address,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
 
 
 def run_report(args: argparse.Namespace) -> int:

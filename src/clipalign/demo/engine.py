@@ -6,21 +6,22 @@ import base64
 import io
 import warnings
 from dataclasses import dataclass, replace
+from typing import cast
 
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image, UnidentifiedImageError
 
 from clipalign.attribution.interactions import TokenPatchInteractions
-from clipalign.attribution.words import CLIP4DM, Mode
+from clipalign.attribution.words import CLIP4DM
 from clipalign.images import load_image
 from clipalign.images.geometry import grid_to_image
 from clipalign.models.base import InteractionAdapter
 from clipalign.results import Interactions, WordAlignment
+from clipalign.settings import InteractionSettings, WordSettings
 from clipalign.text import CaptionTruncatedWarning
-from clipalign.text.alignment import DEFAULT_TEMPLATE
-from clipalign.viz.heatmap import CMAP, _norm
 from clipalign.viz.html import image_data_url
+from clipalign.viz.palette import CMAP, diverging_norm
 
 DISPLAY_SIDE = 1024
 """Longest side of the copy of an upload the page shows (and heatmaps are drawn at)."""
@@ -86,40 +87,37 @@ def heatmap_png(
     Colours as in :func:`clipalign.viz.heatmap.span_figure`: centred at 0, green supports, magenta against.
     """
     heat = grid_to_image(result.span_grid(words), replace(result.geometry, original=size))
-    norm = _norm(heat)
+    norm = diverging_norm(heat)
     rgba = colormaps[CMAP](norm(np.nan_to_num(heat)))
     rgba[..., 3] = np.where(np.isnan(heat), 0.0, alpha)
     buffer = io.BytesIO()
     Image.fromarray(np.round(rgba * 255).astype(np.uint8), "RGBA").save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), float(norm.vmax)
+    peak = cast(float, norm.vmax)  # set by the norm's constructor, never None here
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), peak
 
 
 class DemoEngine:
-    """The model, loaded once, and the two computations that need it. Call it from one thread at a time."""
+    """The model, loaded once, and the two computations that need it. Call it from one thread at a time.
+
+    ``words`` sets the word scores (mode included), ``interactions`` the heatmaps; None = the defaults.
+    """
 
     def __init__(
         self,
         model: InteractionAdapter,
         *,
-        layers: int = 3,
-        epsilon: float = -5e-5,
-        mode: Mode = "threshold",
-        template: str = DEFAULT_TEMPLATE,
-        steps: int = 10,
+        words: WordSettings | None = None,
+        interactions: InteractionSettings | None = None,
     ) -> None:
-        self.mode = mode
         self.context = model.max_text_tokens
-        self.attributor = CLIP4DM(model, layers=layers, template=template, epsilon=epsilon)
-        self.interactions = TokenPatchInteractions(model, steps=steps)
+        self.attributor = CLIP4DM(model, settings=words)
+        self.interactions = TokenPatchInteractions(model, settings=interactions)
 
     def words(self, upload: Upload, caption: str) -> tuple[WordAlignment, list[str]]:
         """Word scores of the pair, and the warnings to show on the page (a caption cut at the context)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CaptionTruncatedWarning)
-            [result] = self.attributor.attribute(
-                [decode(upload.data)], [caption], mode=self.mode, on_error="raise"
-            )
-        assert isinstance(result, WordAlignment)
+            [result] = self.attributor.attribute([decode(upload.data)], [caption], on_error="raise")
         if not result.truncated_words:
             return result, []
         return result, [
@@ -131,5 +129,5 @@ class DemoEngine:
         """Token×patch interactions of the pair (the slow part: one JVP per position and node)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CaptionTruncatedWarning)
-            [result] = self.interactions.attribute([decode(upload.data)], [caption])
+            [result] = self.interactions.attribute([decode(upload.data)], [caption], on_error="raise")
         return result

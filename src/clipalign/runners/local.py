@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 from clipalign.attribution.words import CLIP4DM
 from clipalign.images import ImageLoadError, load_image
-from clipalign.results import ItemError, WordAlignment
+from clipalign.results import ItemError, WordAlignment, word_row
 from clipalign.runners.sources import Sample
+from clipalign.settings import ScanSettings, comparable
 
 METADATA_KEY = b"clipalign"
 
@@ -63,24 +64,26 @@ SCHEMA = pa.schema(
 
 Row = dict[str, Any]
 
+SCORE_COLUMNS = [name for name in SCHEMA.names if name not in ("index", "key", "caption", "error")]
+"""The columns taken from a scored pair's ``word_row`` (null when it could not be scored)."""
+
+SPAN_FIELDS = [f.name for f in SCHEMA.field("spans").type.value_type]
+"""What a span keeps in the Parquet output (not its word indices)."""
+
 
 def error_row(sample: Sample, error: str) -> Row:
     return {"index": sample.index, "key": sample.key, "caption": sample.caption, "error": error}
 
 
 def result_row(sample: Sample, result: WordAlignment) -> Row:
+    """The sample's row: the SCHEMA's columns selected from :func:`~clipalign.results.word_row`."""
+    row = word_row(result)
+    row["spans"] = [{k: s[k] for k in SPAN_FIELDS} for s in row["spans"]]
     return {
         "index": sample.index,
         "key": sample.key,
         "caption": sample.caption,
-        "cosine": result.cosine,
-        "clipscore": result.clipscore,
-        "f_clipscore": result.f_clipscore,
-        "misaligned_words": [w.word for w in result.words if w.misaligned],
-        "spans": [{k: v for k, v in s.to_dict().items() if k != "words"} for s in result.spans],
-        "words": [w.word for w in result.words],
-        "word_scores": [w.score for w in result.words],
-        "truncated_words": result.truncated_words,
+        **{name: row[name] for name in SCORE_COLUMNS},
         "error": None,
     }
 
@@ -100,7 +103,8 @@ def decode(sample: Sample) -> Image.Image | str:
 def score_batch(attributor: CLIP4DM, samples: list[Sample], images: list[Image.Image | str]) -> list[Row]:
     """Rows for one batch: one forward and one backward for every sample that decoded."""
     rows: list[Row | None] = [None] * len(samples)
-    todo = []
+    todo: list[int] = []
+    captions: list[str] = []
     for i, (sample, image) in enumerate(zip(samples, images, strict=True)):
         if isinstance(image, str):
             rows[i] = error_row(sample, image)
@@ -108,8 +112,9 @@ def score_batch(attributor: CLIP4DM, samples: list[Sample], images: list[Image.I
             rows[i] = error_row(sample, "no caption")
         else:
             todo.append(i)
+            captions.append(sample.caption)
     if todo:
-        results = attributor.attribute([images[i] for i in todo], [samples[i].caption for i in todo])
+        results = attributor.attribute([images[i] for i in todo], captions)
         for i, result in zip(todo, results, strict=True):
             rows[i] = (
                 error_row(samples[i], result.error)
@@ -123,43 +128,45 @@ class PartWriter:
     """Parquet parts covering contiguous input ranges, with the run's settings in each file's metadata.
 
     ``out`` is a directory of parts, or a ``.parquet`` file whose parts live in ``<out>.parts/`` until
-    :meth:`finish` merges them. ``overwrite`` discards earlier output; without it, a complete single
-    file is refused. :meth:`add` buffers rows and writes a part every ``part_size`` rows, then calls
-    ``on_part`` with its path.
+    :meth:`finish` merges them. ``options.overwrite`` discards earlier output; without it, a complete
+    single file is refused. :meth:`add` buffers rows and writes a part every ``options.part_size``
+    rows, then calls ``on_part`` with its path.
     """
 
     def __init__(
         self,
         out: str | Path,
-        settings: dict[str, Any],
-        overwrite: bool = False,
-        part_size: int = 4096,
+        metadata: dict[str, Any],
+        options: ScanSettings,
         on_part: Callable[[Path], None] | None = None,
     ) -> None:
         self.out = Path(out)
         self.single_file = self.out.suffix == ".parquet"
         self.directory = self.out.with_name(self.out.name + ".parts") if self.single_file else self.out
-        if overwrite:
+        if options.overwrite:
             shutil.rmtree(self.directory, ignore_errors=True)
             if self.single_file:
                 self.out.unlink(missing_ok=True)
         elif self.single_file and self.out.exists() and not self.directory.exists():
             raise ValueError(f"{self.out} already exists and is complete: use --overwrite to score again")
-        self.settings = settings
-        self.part_size = part_size
+        self.metadata = metadata
+        self.part_size = options.part_size
         self.on_part = on_part
         self.pending: list[Row] = []
-        self.schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(settings, sort_keys=True).encode()})
+        self.schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
 
     def parts(self) -> list[Path]:
         return sorted(self.directory.glob("part-*.parquet"))
 
     def completed(self) -> int:
-        """How many input samples the complete parts cover (they are contiguous from 0)."""
+        """How many input samples the complete parts cover (they are contiguous from 0).
+
+        A part's settings must match this run's; a setting it predates counts as its old implicit value.
+        """
         total = 0
         for part in self.parts():
             meta = pq.read_schema(part).metadata or {}
-            if json.loads(meta.get(METADATA_KEY, b"{}")) != self.settings:
+            if comparable(json.loads(meta.get(METADATA_KEY, b"{}"))) != comparable(self.metadata):
                 raise ValueError(
                     f"{part} was written with other settings; use --overwrite to start again or another --out"
                 )
@@ -224,23 +231,27 @@ def scan(
     samples: Iterable[Sample],
     attributor: CLIP4DM,
     out: str | Path,
-    settings: dict[str, Any],
-    batch_size: int = 32,
-    part_size: int = 4096,
-    workers: int = 4,
-    overwrite: bool = False,
-    progress: bool = True,
+    metadata: dict[str, Any],
+    *,
+    options: ScanSettings | None = None,
     total: int | None = None,
     on_part: Callable[[Path], None] | None = None,
 ) -> ScanResult:
-    """Score every sample into Parquet, resuming after the parts already written."""
-    writer = PartWriter(out, settings, overwrite, part_size, on_part)
+    """Score every sample into Parquet, resuming after the parts already written.
+
+    ``metadata`` is recorded in every part (a resumed run must match it); batches are
+    ``attributor.settings.batch_size`` pairs; ``total`` only sizes the progress bar.
+    """
+    options = options or ScanSettings()
+    writer = PartWriter(out, metadata, options, on_part)
     done = writer.completed()
     stream = itertools.islice(iter(samples), done, None)
-    bar = tqdm(total=total, initial=done, unit="pair", desc="scan", disable=not progress)
+    bar = tqdm(total=total, initial=done, unit="pair", desc="scan", disable=not options.progress)
     scored = 0
+    workers = options.workers
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for batch, futures in _prefetch(stream, batch_size, pool, depth=max(2, workers // 2 + 1)):
+        batches = _prefetch(stream, attributor.settings.batch_size, pool, depth=max(2, workers // 2 + 1))
+        for batch, futures in batches:
             writer.add(score_batch(attributor, batch, [f.result() for f in futures]))
             scored += len(batch)
             bar.update(len(batch))

@@ -4,12 +4,12 @@
 
 1. **read** — one Ray task runs the very sample stream of the local engine (``open_source``), so
    indices, keys, duplicates and unreadable rows are exactly the same, and cuts it into batches of
-   ``batch_size`` samples. Each batch travels as one Ray Data row holding the pickled samples (paths
+   ``words.batch_size`` samples. Each batch travels as one Ray Data row holding the pickled samples (paths
    for tables and image folders, encoded bytes for tar shards); Ray's streaming backpressure bounds
    how far the reader runs ahead, so nothing is materialised on the driver or in the object store.
 2. **score** — ``map_batches`` over a fixed pool of :class:`ScoreActor`, one per GPU (or
    ``concurrency`` CPU actors), each loading the model once and calling the local engine's
-   :func:`~clipalign.runners.local.decode` (in ``workers`` threads) and
+   :func:`~clipalign.runners.local.decode` (in ``options.workers`` threads) and
    :func:`~clipalign.runners.local.score_batch`.
 3. **write** — the driver receives the scored batches in input order (``preserve_order``) and writes
    them with the local engine's :class:`~clipalign.runners.local.PartWriter`: the same
@@ -23,6 +23,7 @@ be identical; reading is cheap next to scoring, which is what the actors paralle
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import pickle
@@ -30,6 +31,8 @@ import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +44,8 @@ from clipalign.attribution.words import CLIP4DM
 from clipalign.models import load_model
 from clipalign.runners.local import PartWriter, Row, ScanResult, decode, score_batch
 from clipalign.runners.sources import Sample
+from clipalign.settings import ModelSpec, RaySettings, ScanSettings, WordSettings
 from clipalign.text import CaptionTruncatedWarning
-from clipalign.text.alignment import DEFAULT_TEMPLATE
 
 SampleFactory = Callable[[], Iterable[Sample]]
 """A picklable zero-argument callable returning the sample stream, e.g.
@@ -80,18 +83,7 @@ def read_batches(
 class ScoreActor:
     """The score stage: holds the model; each call scores batches of samples into local-engine rows."""
 
-    def __init__(
-        self,
-        model: str,
-        dtype: str,
-        device: str,
-        layers: int,
-        epsilon: float,
-        template: str,
-        batch_size: int,
-        workers: int,
-        cwd: str,
-    ) -> None:
+    def __init__(self, spec: ModelSpec, words: WordSettings, workers: int, cwd: str) -> None:
         from huggingface_hub.utils import logging as hub_logging
         from transformers.utils import logging as hf_logging
 
@@ -101,14 +93,9 @@ class ScoreActor:
         hub_logging.set_verbosity_error()
         # truncation is recorded in each row's truncated_words; one warning per caption is noise here
         warnings.filterwarnings("ignore", category=CaptionTruncatedWarning)
-        self.attributor = CLIP4DM(
-            load_model(model, device=device, dtype=dtype),
-            layers=layers,
-            template=template,
-            epsilon=epsilon,
-            batch_size=batch_size,
-        )
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        model = load_model(spec.name, device=spec.device, dtype=spec.dtype)
+        self.attributor = CLIP4DM(model, settings=words)
+        self.pool = ThreadPoolExecutor(max_workers=workers)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         positions = batch.column("position").to_pylist()
@@ -141,116 +128,113 @@ def _unwrapped(batches: Iterable[pa.Table]) -> Iterator[pa.Table]:
         raise ValueError(f"a Ray scoring actor could not start: {reason}") from exc
 
 
+@contextmanager
+def _ray_data(address: str | None) -> Iterator[None]:
+    """Ray initialised (joined, or started and shut down afterwards), Ray Data set up for the scan.
+
+    One batch per block: a block is emitted as soon as the reader yields it (Ray would otherwise
+    gather rows up to 128 MiB first) and every actor call gets whole batches, as in the local engine.
+    The Data context is restored afterwards.
+    """
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        ray.init(address=address, include_dashboard=False)
+    try:
+        context = ray.data.DataContext.get_current()
+        options = context.execution_options
+        saved = (context.target_max_block_size, options.preserve_order, context.enable_progress_bars)
+        context.target_max_block_size = 1
+        options.preserve_order = True
+        context.enable_progress_bars = False
+        try:
+            yield
+        finally:
+            context.target_max_block_size, options.preserve_order, context.enable_progress_bars = saved
+    finally:
+        if own_ray:
+            ray.shutdown()
+
+
+def _pipeline(
+    samples: SampleFactory,
+    spec: ModelSpec,
+    words: WordSettings,
+    workers: int,
+    cluster: RaySettings,
+    skip: int,
+) -> ray.data.Dataset:
+    """The read and score stages, reading after the first ``skip`` samples."""
+    cwd = os.getcwd()
+    gpu = cluster.num_gpus > 0
+    return (
+        ray.data.from_items([{"start": skip}])
+        .map_batches(
+            functools.partial(read_batches, samples=samples, skip=skip, batch_size=words.batch_size, cwd=cwd),
+            batch_size=None,
+            batch_format="pyarrow",
+            num_cpus=0,
+        )
+        .map_batches(
+            ScoreActor,
+            batch_size=1,
+            batch_format="pyarrow",
+            fn_constructor_kwargs={"spec": spec, "words": words, "workers": workers, "cwd": cwd},
+            compute=ray.data.ActorPoolStrategy(size=cluster.num_gpus if gpu else cluster.concurrency),
+            num_gpus=1 if gpu else 0,
+            num_cpus=cluster.num_cpus,
+        )
+    )
+
+
+def _in_order(dataset: ray.data.Dataset, start: int) -> Iterator[list[Row]]:
+    """The scored rows, batch by batch, checked to arrive in input order from ``start``."""
+    expected = start
+    for block in _unwrapped(dataset.iter_batches(batch_size=None, batch_format="pyarrow")):
+        for position, blob in zip(
+            block.column("position").to_pylist(), block.column("payload").to_pylist(), strict=True
+        ):
+            if position != expected:
+                raise RuntimeError(f"Ray returned the batch at {position} where {expected} was due")
+            rows: list[Row] = pickle.loads(blob)
+            expected += len(rows)
+            yield rows
+
+
 def scan_ray(
     samples: SampleFactory,
-    model: str,
+    spec: ModelSpec,
     out: str | Path,
-    settings: dict[str, Any],
+    metadata: dict[str, Any],
     *,
-    dtype: str = "fp32",
-    device: str | None = None,
-    layers: int = 3,
-    epsilon: float = -5e-5,
-    template: str = DEFAULT_TEMPLATE,
-    batch_size: int = 32,
-    part_size: int = 4096,
-    workers: int = 4,
-    num_gpus: int = 0,
-    num_cpus: float = 1.0,
-    concurrency: int = 1,
-    address: str | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
+    words: WordSettings,
+    options: ScanSettings | None = None,
+    cluster: RaySettings | None = None,
     on_part: Callable[[Path], None] | None = None,
 ) -> ScanResult:
     """Score every sample on Ray into the local engine's output, resuming after the parts written.
 
     Args:
         samples: the sample stream's factory (it runs in a Ray task, so it must be picklable).
-        model: Hub name or directory, loaded by every actor (the directory must exist on every node).
-        num_gpus: total GPUs: that many actors with one GPU each; 0 for ``concurrency`` CPU actors.
-        num_cpus: CPUs reserved per actor (also its torch thread count).
-        workers: image decoding threads per actor.
-        address: Ray cluster to join; ``None`` uses ``RAY_ADDRESS``, a cluster started on this
-            machine with ``ray start``, or else a new local instance. An already initialised Ray is
-            used as it is.
+        spec: the model every actor loads (a directory must exist on every node); without a device,
+            actors use ``cuda`` when ``cluster.num_gpus`` > 0, else ``cpu``.
+        metadata: what every part records; a resumed run must match it.
+        words, options: as for the local engine (``options.workers`` decoding threads per actor).
+        cluster: where to run; an already initialised Ray is used as it is.
     """
-    if batch_size < 1 or part_size < 1:
-        raise ValueError("batch size and part size must be ≥ 1")
-    if num_gpus < 0 or concurrency < 1 or num_cpus <= 0:
-        raise ValueError("--num-gpus must be ≥ 0, --concurrency ≥ 1 and --num-cpus > 0")
-    writer = PartWriter(out, settings, overwrite, part_size, on_part)
+    options = options or ScanSettings()
+    cluster = cluster or RaySettings()
+    writer = PartWriter(out, metadata, options, on_part)
     done = writer.completed()
-
-    actors = num_gpus if num_gpus > 0 else concurrency
-    device = device or ("cuda" if num_gpus > 0 else "cpu")
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        ray.init(address=address, include_dashboard=False)
-    context = ray.data.DataContext.get_current()
-    saved = (
-        context.target_max_block_size,
-        context.execution_options.preserve_order,
-        context.enable_progress_bars,
-    )
-    # one batch per block: a block is emitted as soon as the reader yields it (Ray would otherwise
-    # gather rows up to 128 MiB first) and every actor call gets whole batches, as in the local engine
-    context.target_max_block_size = 1
-    context.execution_options.preserve_order = True
-    context.enable_progress_bars = False
-    cwd = os.getcwd()
-    bar = tqdm(initial=done, unit="pair", desc="scan", disable=not progress)
+    spec = replace(spec, device=spec.device or ("cuda" if cluster.num_gpus > 0 else "cpu"))
+    bar = tqdm(initial=done, unit="pair", desc="scan", disable=not options.progress)
     scored = 0
     try:
-        dataset = (
-            ray.data.from_items([{"start": done}])
-            .map_batches(
-                read_batches,
-                batch_size=None,
-                batch_format="pyarrow",
-                fn_kwargs={"samples": samples, "skip": done, "batch_size": batch_size, "cwd": cwd},
-                num_cpus=0,
-            )
-            .map_batches(
-                ScoreActor,
-                batch_size=1,
-                batch_format="pyarrow",
-                fn_constructor_kwargs={
-                    "model": model,
-                    "dtype": dtype,
-                    "device": device,
-                    "layers": layers,
-                    "epsilon": epsilon,
-                    "template": template,
-                    "batch_size": batch_size,
-                    "workers": workers,
-                    "cwd": cwd,
-                },
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                num_gpus=1 if num_gpus > 0 else 0,
-                num_cpus=num_cpus,
-            )
-        )
-        expected = done
-        for block in _unwrapped(dataset.iter_batches(batch_size=None, batch_format="pyarrow")):
-            for position, blob in zip(
-                block.column("position").to_pylist(), block.column("payload").to_pylist(), strict=True
-            ):
-                if position != expected:
-                    raise RuntimeError(f"Ray returned the batch at {position} where {expected} was due")
-                rows: list[Row] = pickle.loads(blob)
-                expected += len(rows)
+        with _ray_data(cluster.address):
+            for rows in _in_order(_pipeline(samples, spec, words, options.workers, cluster, done), done):
                 writer.add(rows)
                 scored += len(rows)
                 bar.update(len(rows))
     finally:
         bar.close()
-        (
-            context.target_max_block_size,
-            context.execution_options.preserve_order,
-            context.enable_progress_bars,
-        ) = saved
-        if own_ray:
-            ray.shutdown()
     writer.finish()
     return ScanResult(writer.out, scored, done)
