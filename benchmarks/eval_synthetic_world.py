@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from clipalign.cli.main import main as clipalign
-from clipalign.datasets.synthetic import load_synthetic, write_dataset
+from clipalign.datasets import load_synthetic
+from clipalign.synthetic import write_dataset
 from clipalign.text import split_words
 
 REPO = Path(__file__).resolve().parents[1]

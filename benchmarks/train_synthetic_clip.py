@@ -42,9 +42,9 @@ from PIL import Image
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
 
 from clipalign import CLIP4DM, WordAlignment, load_model
-from clipalign.datasets.synthetic import KINDS, Scene, generate_scenes, make_foil
 from clipalign.models.base import ClipAdapter
 from clipalign.models.random_init import CLIP_BOS, CLIP_EOS, CLIP_VOCAB_SIZE
+from clipalign.synthetic import KINDS, Scene, generate_scenes, make_foil
 from clipalign.text.alignment import DEFAULT_TEMPLATE, encode_caption
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipalign.datasets.synthetic import (
+from clipalign.datasets import load_synthetic, load_synthetic_pointing
+from clipalign.synthetic import (
     KINDS,
     POSITIONS,
     VOCABULARY,
@@ -19,8 +20,6 @@ from clipalign.datasets.synthetic import (
     caption_holds,
     generate_scene,
     generate_scenes,
-    load_synthetic,
-    load_synthetic_pointing,
     position_of,
     scene_rng,
     write_dataset,
