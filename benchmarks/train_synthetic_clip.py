@@ -1,4 +1,4 @@
-"""Train a small CLIP on the synthetic shapes world (clipalign.datasets.synthetic) on CPU, from a seed.
+"""Train a small CLIP on the synthetic shapes world (clipalign.synthetic) on CPU, from a seed.
 
 A Hugging Face ``CLIPModel`` built from a config, with the real CLIP tokenizer (49,408 tokens), is trained
 contrastively on freshly generated scenes (scene ``i`` of ``--seed``, in order: the data order is fixed by
@@ -10,12 +10,13 @@ N(0, 0.02) init the position words were still at chance after 1,500 steps.
 A held-out set (``--val-seed``) reports retrieval accuracy true-vs-foil (does the true caption score above
 each of its foils?) during and after training. From the repository root:
 
-    python benchmarks/train_synthetic_clip.py            # defaults: the committed models/synthetic-clip
+    python benchmarks/train_synthetic_clip.py            # defaults: the committed model
 
-The model is saved in fp16 (``save_pretrained``, safetensors) with the tokenizer's vocab/merges and a
-``CLIPImageProcessorPil`` config; ``clipalign.load_model(dir)`` upcasts it to fp32. A README.md in the
-model directory records the command, seed, config, wall time and final numbers, and a log goes to
-``benchmarks/results/synthetic_training.{json,md}``.
+By default the model goes to ``src/clipalign/checkpoints/synthetic-clip``, the checkpoint the package ships
+(``clipalign.checkpoints.SYNTHETIC_CLIP``). It is saved in fp16 (``save_pretrained``, safetensors) with
+the tokenizer's vocab/merges and a ``CLIPImageProcessorPil`` config; ``clipalign.load_model(dir)`` upcasts
+it to fp32. A README.md in the model directory records the command, seed, config, wall time and final
+numbers, and a log goes to ``benchmarks/results/synthetic_training.{json,md}``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from clipalign.text.alignment import DEFAULT_TEMPLATE, encode_caption
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = REPO.parent / "shared" / "data" / "clip-tokenizer"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json")
-DEFAULT_OUT = REPO / "models" / "synthetic-clip"
+DEFAULT_OUT = REPO / "src" / "clipalign" / "checkpoints" / "synthetic-clip"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -330,7 +331,7 @@ def write_readme(out: Path, cfg: TrainConfig, summary: dict[str, Any], command: 
 
 A small CLIP (Hugging Face `CLIPModel`, {summary["parameters"] / 1e6:.2f} M parameters, of which
 {CLIP_VOCAB_SIZE * cfg.width / 1e6:.2f} M are the token embedding) trained from scratch on CPU on the
-synthetic shapes world of `clipalign.datasets.synthetic`, with the real CLIP tokenizer. It exists so that
+synthetic shapes world of `clipalign.synthetic`, with the real CLIP tokenizer. It exists so that
 word-level misalignment (CLIP4DM) can be tested where the truth is known; it knows nothing else.
 
 Trained with (from the repository root):
