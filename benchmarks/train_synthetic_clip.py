@@ -38,14 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from common import cpu_model
 from PIL import Image
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
 
 from clipalign import CLIP4DM, WordAlignment, load_model
 from clipalign.models.base import ClipAdapter
-from clipalign.models.random_init import CLIP_BOS, CLIP_EOS, CLIP_VOCAB_SIZE
 from clipalign.synthetic import KINDS, Scene, generate_scenes, make_foil
+from clipalign.testing import CLIP_BOS, CLIP_EOS, CLIP_VOCAB_SIZE, cpu_model
 from clipalign.text.alignment import DEFAULT_TEMPLATE, encode_caption
 
 REPO = Path(__file__).resolve().parents[1]
