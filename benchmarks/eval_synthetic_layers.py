@@ -1,8 +1,9 @@
 """CLIP4DM word-level detection on held-out synthetic scenes, for every number of text layers.
 
-The trained synthetic CLIP (``src/clipalign/checkpoints/synthetic-clip``, see ``train_synthetic_clip.py``)
-scores held-out scenes of a new seed (``clipalign.synthetic``): each scene's true caption and its 4 one-word
-foils (colour, shape, size, position). For ``layers`` = 1 .. number of text layers:
+The trained synthetic CLIP (``src/clipalign/checkpoints/synthetic-clip``, see
+``tools/train_synthetic_clip.py``) scores held-out scenes of a new seed (``clipalign.synthetic``): each
+scene's true caption and its 4 one-word foils (colour, shape, size, position). For ``layers`` = 1 ..
+number of text layers:
 
 - **LA** (localisation accuracy): share of foil captions whose ``most_negative`` word is the changed word
   (by word index; the same word elsewhere in the caption does not count);

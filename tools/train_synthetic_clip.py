@@ -10,7 +10,7 @@ N(0, 0.02) init the position words were still at chance after 1,500 steps.
 A held-out set (``--val-seed``) reports retrieval accuracy true-vs-foil (does the true caption score above
 each of its foils?) during and after training. From the repository root:
 
-    python benchmarks/train_synthetic_clip.py            # defaults: the committed model
+    python tools/train_synthetic_clip.py            # defaults: the committed model
 
 By default the model goes to ``src/clipalign/checkpoints/synthetic-clip``, the checkpoint the package ships
 (``clipalign.checkpoints.SYNTHETIC_CLIP``). It is saved in fp16 (``save_pretrained``, safetensors) with
@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = REPO.parent / "shared" / "data" / "clip-tokenizer"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json")
 DEFAULT_OUT = REPO / "src" / "clipalign" / "checkpoints" / "synthetic-clip"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
 @dataclass
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
     command = " ".join(
         [
-            "python benchmarks/train_synthetic_clip.py",
+            "python tools/train_synthetic_clip.py",
             *map(shlex.quote, sys.argv[1:] if argv is None else argv),
         ]
     )
