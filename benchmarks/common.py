@@ -22,7 +22,7 @@ from transformers import CLIPConfig
 import clipalign
 from clipalign import load_model
 from clipalign.models.base import ClipAdapter
-from clipalign.models.random_init import save_random_clip, tiny_clip_config
+from clipalign.testing import cpu_model, save_random_clip, tiny_clip_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -60,17 +60,6 @@ def load_cpu_model(model_dir: Path) -> ClipAdapter:
 def load_average_1min() -> float:
     """The 1-minute load average: how busy the machine was around a measurement."""
     return os.getloadavg()[0]
-
-
-def cpu_model() -> str:
-    """The CPU's name from /proc/cpuinfo, or what ``platform`` knows elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info() -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """CLIP4DM word-level detection on held-out synthetic scenes, for every number of text layers.
 
-The trained synthetic CLIP (``models/synthetic-clip``, see ``train_synthetic_clip.py``) scores held-out
-scenes of a new seed (``clipalign.datasets.synthetic``): each scene's true caption and its 4 one-word
-foils (colour, shape, size, position). For ``layers`` = 1 .. number of text layers:
+The trained synthetic CLIP (``src/clipalign/checkpoints/synthetic-clip``, see
+``tools/train_synthetic_clip.py``) scores held-out scenes of a new seed (``clipalign.synthetic``): each
+scene's true caption and its 4 one-word foils (colour, shape, size, position). For ``layers`` = 1 ..
+number of text layers:
 
 - **LA** (localisation accuracy): share of foil captions whose ``most_negative`` word is the changed word
   (by word index; the same word elsewhere in the caption does not count);
@@ -42,11 +43,13 @@ from sklearn.metrics import average_precision_score
 
 from clipalign import CLIP4DM, WordAlignment, load_model
 from clipalign.attribution.words import DEFAULT_EPSILON, DEFAULT_LAYERS
+from clipalign.checkpoints import SYNTHETIC_CLIP
+from clipalign.datasets import load_synthetic
 from clipalign.datasets.base import MisalignmentItem
-from clipalign.datasets.synthetic import KINDS, load_synthetic, write_dataset
+from clipalign.synthetic import KINDS, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "models" / "synthetic-clip"
+DEFAULT_MODEL = SYNTHETIC_CLIP
 RESULTS = Path(__file__).resolve().parent / "results" / "synthetic_layers"
 NAMES = {"color": "colour", "shape": "shape", "size": "size", "position": "position"}
 

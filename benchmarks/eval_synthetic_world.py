@@ -2,7 +2,7 @@
 
 Writes held-out scenes (seed 2, never seen in training), runs ``clipalign eval synthetic`` (word-level
 LA and AP) and ``clipalign eval pointing-synthetic`` (pointing game) with the committed
-``models/synthetic-clip``, and tabulates them beside their baselines in
+``src/clipalign/checkpoints/synthetic-clip``, and tabulates them beside their baselines in
 ``benchmarks/results/synthetic_world.md``. Usage: ``python benchmarks/eval_synthetic_world.py``.
 """
 
@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.cli.main import main as clipalign
-from clipalign.datasets.synthetic import load_synthetic, write_dataset
+from clipalign.datasets import load_synthetic
+from clipalign.synthetic import write_dataset
 from clipalign.text import split_words
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "models" / "synthetic-clip"
+MODEL = SYNTHETIC_CLIP
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENES, SEED = 200, 2
 
@@ -41,7 +42,8 @@ def main() -> None:
     random_la = float(np.mean([1 / len(split_words(it.caption)) for it in foils]))
     command = "python benchmarks/eval_synthetic_world.py"
     lines = [
-        f"`{command}` · model `models/synthetic-clip` · {SCENES} held-out scenes (seed {SEED}): "
+        f"`{command}` · model `src/clipalign/checkpoints/synthetic-clip` · "
+        f"{SCENES} held-out scenes (seed {SEED}): "
         f"{reports[4]['items']} pairs, {len(foils)} one-word foils · {pointing['items']} object phrases",
         "",
         "| word level | LA | AP F-CLIPScore | AP CLIPScore |",

@@ -26,7 +26,7 @@ def tokenizer_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """A seeded random 4-layer CLIP with the real tokenizer, saved with ``save_pretrained``."""
-    from clipalign.models.random_init import save_random_clip, tiny_clip_config
+    from clipalign.testing import save_random_clip, tiny_clip_config
 
     return save_random_clip(tmp_path_factory.mktemp("tiny-clip"), tiny_clip_config(), tokenizer_dir, seed=0)
 

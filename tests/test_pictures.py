@@ -116,7 +116,7 @@ def test_words_cli_refuses_an_output_in_a_missing_directory(tiny_model_dir, tmp_
 
 
 def test_shipped_examples_are_what_the_script_renders():
-    spec = importlib.util.spec_from_file_location("make_examples", ROOT / "examples" / "make_examples.py")
+    spec = importlib.util.spec_from_file_location("make_examples", ROOT / "tools" / "make_examples.py")
     assert spec is not None and spec.loader is not None
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

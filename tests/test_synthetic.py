@@ -1,5 +1,6 @@
 """The synthetic shapes world: deterministic generation, correct one-word foils, loaders, and a real
-attribution signal from the committed small CLIP trained on it (models/synthetic-clip; never trained here)."""
+attribution signal from the small CLIP trained on it that ships in the package
+(clipalign.checkpoints.SYNTHETIC_CLIP; never trained here)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from clipalign.datasets.synthetic import (
+from clipalign.checkpoints import SYNTHETIC_CLIP
+from clipalign.datasets import load_synthetic, load_synthetic_pointing
+from clipalign.synthetic import (
     KINDS,
     POSITIONS,
     VOCABULARY,
@@ -19,15 +22,12 @@ from clipalign.datasets.synthetic import (
     caption_holds,
     generate_scene,
     generate_scenes,
-    load_synthetic,
-    load_synthetic_pointing,
     position_of,
     scene_rng,
     write_dataset,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL_DIR = REPO / "models" / "synthetic-clip"
+MODEL_DIR = SYNTHETIC_CLIP
 TEST_SEED = 3  # training used seed 0, its validation 1, benchmarks/eval_synthetic_layers.py 2
 # Measured on the committed model, 20 scenes (80 foils) per seed, seeds 3..12: LA − random-word LA from
 # 0.372 to 0.516 (0.376 on seed 3), true > foil retrieval from 0.938 to 0.988 (0.963 on seed 3).

@@ -1,12 +1,13 @@
 """Render the example scenes shipped with clipalign (drawn here with PIL, so we own them).
 
-Run ``python examples/make_examples.py`` to rebuild ``examples/apple_and_cup.png`` and the demo's
+Run ``python tools/make_examples.py`` to rebuild ``examples/apple_and_cup.png`` and the demo's
 examples in ``src/clipalign/examples/`` (each scene's PNG and ``examples.json``, which lists them with a
 suggested caption that gets one detail wrong) bit for bit.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from collections.abc import Callable
@@ -14,8 +15,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
-HERE = Path(__file__).resolve().parent
-PACKAGE_EXAMPLES = HERE.parent / "src" / "clipalign" / "examples"
+REPO = Path(__file__).resolve().parents[1]
+README_EXAMPLE = REPO / "examples" / "apple_and_cup.png"
+PACKAGE_EXAMPLES = REPO / "src" / "clipalign" / "examples"
 
 
 def apple_and_cup(size: tuple[int, int] = (640, 480)) -> Image.Image:
@@ -161,8 +163,10 @@ SCENES: dict[str, tuple[Callable[[], Image.Image], str, str]] = {
 """Name → (renderer, title, suggested caption) of every scene the package ships."""
 
 
-def main() -> None:
-    apple_and_cup().save(HERE / "apple_and_cup.png", optimize=True)
+def main(argv: list[str] | None = None) -> None:
+    """Render every scene over the committed files (``--help`` says what without writing anything)."""
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    apple_and_cup().save(README_EXAMPLE, optimize=True)
     PACKAGE_EXAMPLES.mkdir(parents=True, exist_ok=True)
     index = []
     for name, (render, title, caption) in SCENES.items():

@@ -1,4 +1,4 @@
-"""Train a small CLIP on the synthetic shapes world (clipalign.datasets.synthetic) on CPU, from a seed.
+"""Train a small CLIP on the synthetic shapes world (clipalign.synthetic) on CPU, from a seed.
 
 A Hugging Face ``CLIPModel`` built from a config, with the real CLIP tokenizer (49,408 tokens), is trained
 contrastively on freshly generated scenes (scene ``i`` of ``--seed``, in order: the data order is fixed by
@@ -10,12 +10,13 @@ N(0, 0.02) init the position words were still at chance after 1,500 steps.
 A held-out set (``--val-seed``) reports retrieval accuracy true-vs-foil (does the true caption score above
 each of its foils?) during and after training. From the repository root:
 
-    python benchmarks/train_synthetic_clip.py            # defaults: the committed models/synthetic-clip
+    python tools/train_synthetic_clip.py            # defaults: the committed model
 
-The model is saved in fp16 (``save_pretrained``, safetensors) with the tokenizer's vocab/merges and a
-``CLIPImageProcessorPil`` config; ``clipalign.load_model(dir)`` upcasts it to fp32. A README.md in the
-model directory records the command, seed, config, wall time and final numbers, and a log goes to
-``benchmarks/results/synthetic_training.{json,md}``.
+By default the model goes to ``src/clipalign/checkpoints/synthetic-clip``, the checkpoint the package ships
+(``clipalign.checkpoints.SYNTHETIC_CLIP``). It is saved in fp16 (``save_pretrained``, safetensors) with
+the tokenizer's vocab/merges and a ``CLIPImageProcessorPil`` config; ``clipalign.load_model(dir)`` upcasts
+it to fp32. A README.md in the model directory records the command, seed, config, wall time and final
+numbers, and a log goes to ``benchmarks/results/synthetic_training.{json,md}``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ import hashlib
 import json
 import math
 import shlex
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,160 +37,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from common import cpu_model
-from PIL import Image
-from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
+from synthetic_clip import (
+    TOKENIZER_DIR,
+    Pixels,
+    Texts,
+    TrainConfig,
+    build_config,
+    check_encoding,
+    dir_size,
+    encode_texts,
+    image_features,
+    image_processor,
+    init_vision_positions,
+    save,
+    text_features,
+)
+from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 
 from clipalign import CLIP4DM, WordAlignment, load_model
-from clipalign.datasets.synthetic import KINDS, Scene, generate_scenes, make_foil
 from clipalign.models.base import ClipAdapter
-from clipalign.models.random_init import CLIP_BOS, CLIP_EOS, CLIP_VOCAB_SIZE
-from clipalign.text.alignment import DEFAULT_TEMPLATE, encode_caption
+from clipalign.synthetic import KINDS, Scene, generate_scenes, make_foil
+from clipalign.testing import CLIP_VOCAB_SIZE, cpu_model
+from clipalign.text.alignment import DEFAULT_TEMPLATE
 
 REPO = Path(__file__).resolve().parents[1]
-TOKENIZER_DIR = REPO.parent / "shared" / "data" / "clip-tokenizer"
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json")
-DEFAULT_OUT = REPO / "models" / "synthetic-clip"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-@dataclass
-class TrainConfig:
-    """Everything that determines the trained weights (with the torch version and the CPU)."""
-
-    seed: int = 0
-    val_seed: int = 1
-    steps: int = 3000
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup: int = 150
-    weight_decay: float = 0.05
-    hard_weight: float = 1.0
-    extra_foils: int = 0
-    width: int = 64
-    text_layers: int = 4
-    vision_layers: int = 4
-    heads: int = 4
-    mlp_ratio: int = 2
-    projection_dim: int = 64
-    image_size: int = 64
-    patch_size: int = 8
-    pos_init: float = 0.3
-    val_scenes: int = 300
-    eval_every: int = 500
-    threads: int = 1
-
-
-def build_config(cfg: TrainConfig) -> CLIPConfig:
-    """The model architecture: real vocabulary and 77-token context, eager attention (for attribution)."""
-    text = {
-        "vocab_size": CLIP_VOCAB_SIZE,
-        "hidden_size": cfg.width,
-        "intermediate_size": cfg.mlp_ratio * cfg.width,
-        "num_hidden_layers": cfg.text_layers,
-        "num_attention_heads": cfg.heads,
-        "max_position_embeddings": 77,
-        "bos_token_id": CLIP_BOS,
-        "eos_token_id": CLIP_EOS,
-        "pad_token_id": CLIP_EOS,
-    }
-    vision = {
-        "hidden_size": cfg.width,
-        "intermediate_size": cfg.mlp_ratio * cfg.width,
-        "num_hidden_layers": cfg.vision_layers,
-        "num_attention_heads": cfg.heads,
-        "image_size": cfg.image_size,
-        "patch_size": cfg.patch_size,
-    }
-    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim)
-    config._attn_implementation = "eager"
-    return config
-
-
-def init_vision_positions(model: CLIPModel, scale: float) -> None:
-    """Initialise the (still learned) vision position embeddings with a 2-D sine-cosine pattern of
-    amplitude ``scale`` instead of N(0, 0.02) noise, so that where an object is shows from the first step
-    (the default init is ~10× weaker than patch content; position words were then not learned in budget).
-    The CLS position stays zero. ``scale`` 0 keeps Hugging Face's init."""
-    if scale == 0:
-        return
-    emb = model.vision_model.embeddings
-    width = emb.position_embedding.weight.shape[1]
-    side = model.config.vision_config.image_size // model.config.vision_config.patch_size
-    quarter = width // 4
-    omega = 16.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
-    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-    parts = []
-    for coord in (rows.reshape(-1), cols.reshape(-1)):
-        angle = coord[:, None].double() * omega[None]
-        parts += [angle.sin(), angle.cos()]
-    table = torch.zeros(1 + side * side, width, dtype=torch.float64)
-    table[1:, : 4 * quarter] = torch.cat(parts, dim=1)
-    with torch.no_grad():
-        emb.position_embedding.weight.copy_(scale * table)
-
-
-def image_processor(size: int) -> CLIPImageProcessorPil:
-    return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-
-
-class Pixels:
-    """Rendered scenes → normalised pixels, exactly as ``CLIPImageProcessorPil`` does at the model's size
-    (resize and crop are the identity there; checked against the processor at start-up)."""
-
-    def __init__(self, processor: CLIPImageProcessorPil) -> None:
-        self.mean = np.asarray(processor.image_mean, dtype=np.float32)
-        self.std = np.asarray(processor.image_std, dtype=np.float32)
-
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        array = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / np.float32(255.0)
-        return torch.from_numpy(((array - self.mean) / self.std).transpose(0, 3, 1, 2).copy())
-
-
-@dataclass
-class Texts:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    pool_index: torch.Tensor
-
-
-def encode_texts(tokenizer: PreTrainedTokenizerBase, captions: list[str]) -> Texts:
-    """SOT + template + caption + EOT, right-padded; pooled at EOT (what clipalign's adapter does)."""
-    enc = tokenizer([DEFAULT_TEMPLATE + c for c in captions], padding=True, return_tensors="pt")
-    mask = enc["attention_mask"]
-    return Texts(enc["input_ids"], mask, mask.sum(dim=1) - 1)
-
-
-def check_encoding(tokenizer: PreTrainedTokenizerBase) -> None:
-    """Training reads captions exactly as clipalign's adapter encodes them (same ids, same EOT position)."""
-    captions = [s.caption for s in generate_scenes(4, 0)]
-    got = encode_texts(tokenizer, captions)
-    for i, caption in enumerate(captions):
-        expected = encode_caption(
-            tokenizer,
-            caption,
-            template=DEFAULT_TEMPLATE,
-            prefix_ids=[CLIP_BOS],
-            suffix_ids=[CLIP_EOS],
-            max_length=77,
-        )
-        n = len(expected.input_ids)
-        assert got.input_ids[i, :n].tolist() == expected.input_ids, caption
-        assert int(got.pool_index[i]) == expected.pool_index, caption
-
-
-def text_features(model: CLIPModel, texts: Texts) -> torch.Tensor:
-    hidden = model.text_model(
-        input_ids=texts.input_ids, attention_mask=texts.attention_mask
-    ).last_hidden_state
-    pooled = hidden[torch.arange(hidden.shape[0]), texts.pool_index]
-    return F.normalize(model.text_projection(pooled), dim=-1)
-
-
-def image_features(model: CLIPModel, pixels: torch.Tensor) -> torch.Tensor:
-    pooled = model.vision_model(pixel_values=pixels).pooler_output
-    return F.normalize(model.visual_projection(pooled), dim=-1)
-
+DEFAULT_OUT = REPO / "src" / "clipalign" / "checkpoints" / "synthetic-clip"
+RESULTS_DIR = REPO / "benchmarks" / "results"
 
 EXTRA_KINDS = ("position", "shape", "size", "color")
 """Kinds of the extra training foils, in order (the hardest to learn first)."""
@@ -303,23 +175,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def save(model: CLIPModel, cfg: TrainConfig, out: Path) -> None:
-    """fp16 safetensors + the tokenizer's vocab/merges (1.5 MB; a saved tokenizer.json would add 3.6 MB)
-    + the image processor config."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model.to(torch.float16).save_pretrained(out)
-    model.to(torch.float32)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(TOKENIZER_DIR / name, out / name)
-    image_processor(cfg.image_size).save_pretrained(out)
-
-
-def dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def write_readme(out: Path, cfg: TrainConfig, summary: dict[str, Any], command: str) -> None:
     """The model card: command, seed, config, wall time, final loss and validation numbers."""
     final = summary["final"]
@@ -330,7 +185,7 @@ def write_readme(out: Path, cfg: TrainConfig, summary: dict[str, Any], command: 
 
 A small CLIP (Hugging Face `CLIPModel`, {summary["parameters"] / 1e6:.2f} M parameters, of which
 {CLIP_VOCAB_SIZE * cfg.width / 1e6:.2f} M are the token embedding) trained from scratch on CPU on the
-synthetic shapes world of `clipalign.datasets.synthetic`, with the real CLIP tokenizer. It exists so that
+synthetic shapes world of `clipalign.synthetic`, with the real CLIP tokenizer. It exists so that
 word-level misalignment (CLIP4DM) can be tested where the truth is known; it knows nothing else.
 
 Trained with (from the repository root):
@@ -394,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
     command = " ".join(
         [
-            "python benchmarks/train_synthetic_clip.py",
+            "python tools/train_synthetic_clip.py",
             *map(shlex.quote, sys.argv[1:] if argv is None else argv),
         ]
     )
