@@ -1,13 +1,12 @@
-"""clipalign.testing: the one-call tiny model builds offline, is seeded, and its docstring example runs."""
+"""clipalign.testing: the one-call tiny model builds offline and is seeded (its examples run in
+test_doctests.py)."""
 
 from __future__ import annotations
 
-import doctest
 from pathlib import Path
 
 import torch
 
-import clipalign.testing
 from clipalign.models import ClipAdapter
 from clipalign.testing import tiny_model
 from clipalign.text.alignment import DEFAULT_TEMPLATE
@@ -17,11 +16,6 @@ def _embedding(model: ClipAdapter) -> torch.Tensor:
     """The text embedding of one caption (the tokenizer must still work after its folder is gone)."""
     inputs = model.collate(model.encode_captions(["a red circle on the left"], DEFAULT_TEMPLATE))
     return model.text_embeddings(inputs).embeds
-
-
-def test_docstring_examples_run() -> None:
-    result = doctest.testmod(clipalign.testing)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_tiny_model_is_seeded_and_keeps_a_given_directory(tmp_path: Path) -> None:

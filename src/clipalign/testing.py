@@ -3,8 +3,8 @@
 Speed and memory depend on the architecture, not on the weights, so a random B/32 measures what a real
 one costs; a tiny one exercises every code path in milliseconds. :func:`tiny_model` builds and loads one
 in one call, with the CLIP tokenizer files that ship in :mod:`clipalign.checkpoints`, so an example needs
-no download. :func:`cpu_model` names the CPU that benchmarks and the training tool record beside their
-timings.
+no download; :func:`example_image` draws a picture to score. :func:`cpu_model` names the CPU that
+benchmarks and the training tool record beside their timings.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
 from clipalign.checkpoints import SYNTHETIC_CLIP
@@ -91,6 +92,21 @@ def tiny_model(directory: str | Path | None = None, *, seed: int = 0, **config: 
         return load_model(out, device="cpu")
     with tempfile.TemporaryDirectory(prefix="clipalign-tiny-") as tmp:
         return load_model(save_random_clip(tmp, tiny_clip_config(**config), SYNTHETIC_CLIP, seed=seed), "cpu")
+
+
+def example_image(width: int = 64, height: int = 48) -> Image.Image:
+    """A small deterministic picture for examples: a red ball on green grass under a blue sky.
+
+    >>> example_image().size
+    (64, 48)
+    """
+    image = Image.new("RGB", (width, height), (110, 170, 230))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, height * 2 // 3, width, height), fill=(60, 150, 60))
+    r = min(width, height) // 5
+    cx, cy = width // 2, height * 2 // 3 - r // 2
+    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(210, 30, 30))
+    return image
 
 
 def cpu_model() -> str:
