@@ -42,11 +42,14 @@ from PIL import Image
 from sklearn.metrics import average_precision_score
 
 from clipalign import CLIP4DM, WordAlignment, load_model
-from clipalign.attribution.words import DEFAULT_EPSILON, DEFAULT_LAYERS
 from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.datasets import load_synthetic
 from clipalign.datasets.base import MisalignmentItem
+from clipalign.settings import WordSettings
 from clipalign.synthetic import KINDS, write_dataset
+
+DEFAULT_EPSILON = WordSettings().epsilon
+DEFAULT_LAYERS = WordSettings().layers
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = SYNTHETIC_CLIP
