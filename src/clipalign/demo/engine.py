@@ -19,8 +19,8 @@ from clipalign.models.base import InteractionAdapter
 from clipalign.results import Interactions, WordAlignment
 from clipalign.text import CaptionTruncatedWarning
 from clipalign.text.alignment import DEFAULT_TEMPLATE
-from clipalign.viz.heatmap import CMAP, _norm
 from clipalign.viz.html import image_data_url
+from clipalign.viz.palette import CMAP, diverging_norm
 
 DISPLAY_SIDE = 1024
 """Longest side of the copy of an upload the page shows (and heatmaps are drawn at)."""
@@ -86,7 +86,7 @@ def heatmap_png(
     Colours as in :func:`clipalign.viz.heatmap.span_figure`: centred at 0, green supports, magenta against.
     """
     heat = grid_to_image(result.span_grid(words), replace(result.geometry, original=size))
-    norm = _norm(heat)
+    norm = diverging_norm(heat)
     rgba = colormaps[CMAP](norm(np.nan_to_num(heat)))
     rgba[..., 3] = np.where(np.isnan(heat), 0.0, alpha)
     buffer = io.BytesIO()

@@ -8,16 +8,24 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import TwoSlopeNorm, to_hex, to_rgb
 
-from clipalign.viz.heatmap import CMAP, _norm
+CMAP = "PiYG"
+"""The diverging colour map of every picture: magenta below 0 (contradicts), green above (supports)."""
 
 MISALIGNED_EDGE = "#111111"
 """Outline of a misaligned word, in every picture."""
 
 
+def diverging_norm(*maps: np.ndarray) -> TwoSlopeNorm:
+    """A colour scale centred at 0 and symmetric, shared by all maps: from −peak to +peak."""
+    peak = max(float(np.nanmax(np.abs(m))) for m in maps) if maps else 0.0
+    peak = peak if peak > 0 else 1.0
+    return TwoSlopeNorm(vmin=-peak, vcenter=0.0, vmax=peak)
+
+
 def score_norm(scores: Sequence[float]) -> TwoSlopeNorm:
     """The heatmaps' colour scale for ``scores``: centred at 0, from −peak to +peak (peak = max |score|)."""
     values = np.asarray(scores, dtype=np.float64)
-    return _norm(values) if values.size else _norm()
+    return diverging_norm(values) if values.size else diverging_norm()
 
 
 def score_colours(scores: Sequence[float]) -> list[str]:

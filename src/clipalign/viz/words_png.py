@@ -15,8 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from clipalign.results import WordAlignment
-from clipalign.viz.heatmap import CMAP
-from clipalign.viz.palette import MISALIGNED_EDGE, ink, score_colours, score_norm
+from clipalign.viz.palette import CMAP, MISALIGNED_EDGE, ink, score_colours, score_norm
 from clipalign.viz.terminal import score_line
 
 _FONT = 13.0
