@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
@@ -26,7 +27,7 @@ HIGHLIGHT = "#1b7837"
 
 def _caption_box(result: Interactions, highlighted: set[int], fontsize: float) -> HPacker:
     """The caption as written, the highlighted words bold and coloured."""
-    parts = []
+    parts: list[Artist] = []
     for i, w in enumerate(result.words):
         props = {"fontsize": fontsize, "color": HIGHLIGHT if i in highlighted else "0.15"}
         if i in highlighted:

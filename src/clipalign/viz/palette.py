@@ -15,14 +15,25 @@ MISALIGNED_EDGE = "#111111"
 """Outline of a misaligned word, in every picture."""
 
 
+def _peak(*maps: np.ndarray) -> float:
+    """The largest |value| over all maps (NaN ignored), or 1 when there are no maps or it is not > 0."""
+    peak = max(float(np.nanmax(np.abs(m))) for m in maps) if maps else 0.0
+    return peak if peak > 0 else 1.0
+
+
 def diverging_norm(*maps: np.ndarray) -> TwoSlopeNorm:
     """A colour scale centred at 0 and symmetric, shared by all maps: from −peak to +peak."""
-    peak = max(float(np.nanmax(np.abs(m))) for m in maps) if maps else 0.0
-    peak = peak if peak > 0 else 1.0
+    peak = _peak(*maps)
     return TwoSlopeNorm(vmin=-peak, vcenter=0.0, vmax=peak)
 
 
-def score_norm(scores: Sequence[float]) -> TwoSlopeNorm:
+def score_peak(scores: Sequence[float] | np.ndarray) -> float:
+    """The end of :func:`score_norm`'s scale for ``scores``: max |score|, or 1 if none is non-zero."""
+    values = np.asarray(scores, dtype=np.float64)
+    return _peak(values) if values.size else _peak()
+
+
+def score_norm(scores: Sequence[float] | np.ndarray) -> TwoSlopeNorm:
     """The heatmaps' colour scale for ``scores``: centred at 0, from −peak to +peak (peak = max |score|)."""
     values = np.asarray(scores, dtype=np.float64)
     return diverging_norm(values) if values.size else diverging_norm()

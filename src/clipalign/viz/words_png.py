@@ -102,6 +102,8 @@ def words_figure(image: Image.Image, result: WordAlignment, width: float = 7.0) 
         orientation="horizontal",
     )
     bar.set_label("word score (+ supports, − contradicts); boxed = misaligned", fontsize=9)
-    bar.set_ticks([norm.vmin, 0.0, norm.vmax], labels=[f"{norm.vmin:.1e}", "0", f"+{norm.vmax:.1e}"])
+    low, high = norm.vmin, norm.vmax  # read after the colour bar, which widens a degenerate scale
+    assert low is not None and high is not None  # score_norm sets both ends
+    bar.set_ticks([low, 0.0, high], labels=[f"{low:.1e}", "0", f"+{high:.1e}"])
     bar.ax.tick_params(labelsize=8)
     return fig
