@@ -7,9 +7,20 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
+
+
+class _Identified(Protocol):
+    """A dataclass item with an ``id``, which :func:`unique_ids` may replace."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    @property
+    def id(self) -> str: ...
+
 
 T = TypeVar("T")
+Item = TypeVar("Item", bound=_Identified)
 
 _WORD = re.compile(r"\S+")
 
@@ -101,28 +112,28 @@ def str_list(value: Any, path: Path, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def unique_ids(items: Sequence[T]) -> list[T]:
+def unique_ids(items: Sequence[Item]) -> list[Item]:
     """Make ``item.id`` unique in order: the 2nd, 3rd... repeat of an id gets ``#2``, ``#3``...
 
     An item's id depends only on the items before it, so ids do not change with ``limit``.
     """
     seen: set[str] = set()
     counts: dict[str, int] = {}
-    out = []
+    out: list[Item] = []
     for item in items:
-        base = item.id  # type: ignore[attr-defined]
+        base = item.id
         new = base
         while new in seen:
             counts[base] = counts.get(base, 1) + 1
             new = f"{base}#{counts[base]}"
         seen.add(new)
-        out.append(item if new == base else dataclasses.replace(item, id=new))  # type: ignore[type-var]
+        out.append(item if new == base else dataclasses.replace(item, id=new))
     return out
 
 
 def take(items: Iterable[T], limit: int | None) -> list[T]:
     """The first ``limit`` items (all when None)."""
-    out = []
+    out: list[T] = []
     for item in items:
         if limit is not None and len(out) >= limit:
             break

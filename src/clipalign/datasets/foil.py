@@ -9,6 +9,7 @@ caption it came from (the COCO caption id), so item ids add ``orig``/``foil-<wor
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from clipalign.datasets._common import (
@@ -63,7 +64,7 @@ def load_foil(
         file_names[field(img, "id", int, path, where)] = field(img, "file_name", str, path, where)
     refs = _coco_references(Path(coco_captions)) if coco_captions is not None else None
 
-    def items():
+    def items() -> Iterator[MisalignmentItem]:
         for i, ann in enumerate(anns):
             where = f"annotations[{i}]"
             ann_id = field(ann, "id", (int, str), path, where)
@@ -82,8 +83,9 @@ def load_foil(
             meta = {"annotation_id": ann_id, "image_id": image_id, "foil_word": foil_word}
             if target_word is not None:
                 meta["target_word"] = target_word
+            phrases: tuple[str, ...] = ()
             if is_orig:
-                item_id, phrases = f"{ann_id}-orig", ()
+                item_id = f"{ann_id}-orig"
             else:
                 phrase, _ = phrase_in_text(caption, foil_word)
                 meta["phrase_spans"] = find_phrase_spans(caption, foil_word)

@@ -8,6 +8,7 @@ words are the whitespace-split words of the caption (true for all 400 entries of
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def load_hat(annotations: str | Path, images: str | Path, limit: int | None = No
     path, images = Path(annotations), Path(images)
     data = load_json_list(path)
 
-    def items():
+    def items() -> Iterator[MisalignmentItem]:
         for i, entry in enumerate(data):
             where = f"entry {i}"
             sample_id = field(entry, "sample_id", str, path, where)

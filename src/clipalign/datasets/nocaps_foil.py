@@ -6,6 +6,7 @@ A JSON list of ``{"image_path", "references", "baseline", "foil", "replacement":
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from clipalign.datasets._common import (
@@ -36,7 +37,7 @@ def load_nocaps_foil(
     path, images = Path(annotations), Path(images)
     data = load_json_list(path)
 
-    def items():
+    def items() -> Iterator[MisalignmentItem]:
         for i, entry in enumerate(data):
             where = f"entry {i}"
             image_path = field(entry, "image_path", str, path, where)

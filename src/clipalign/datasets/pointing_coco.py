@@ -50,7 +50,7 @@ def _default_instances(captions: Path) -> Path:
 
 def find_mentions(caption: str, names: Mapping[int, Sequence[str]]) -> list[tuple[int, int, int]]:
     """``(category id, start, end)`` of the first non-overlapping mention of each category, by position."""
-    matches = []
+    matches: list[tuple[int, int, int]] = []
     for cat_id, cat_names in names.items():
         for name in cat_names:
             if name.split():

@@ -264,7 +264,7 @@ def load_richhf(
                 if len(spans) != len(token_labels)
                 else ""
             )
-        if problem:
+        if prompt is None or problem:
             if not skip_unmatched:
                 raise AnnotationFormatError(path, problem)
             skipped.append(uid)

@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from clipalign.demo.engine import DemoEngine, DemoInputError, Upload, check_upload, heatmap_png
 from clipalign.results import Interactions
 from clipalign.viz.html import CSS, caption_html, legend_html, scored_words_html, scores_html
-from clipalign.viz.palette import score_norm
+from clipalign.viz.palette import score_peak
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -140,7 +140,7 @@ class _Demo:
         caption = _field(data, "caption", str, "the caption (text)")
         result, warnings = await self.on_model(self.engine.words, upload, caption)
         key = self.analyses.add(_Analysis(upload, caption))
-        peak = float(score_norm([w.score for w in result.words]).vmax)
+        peak = score_peak([w.score for w in result.words])
         return JSONResponse(
             {
                 "analysis": key,
@@ -187,8 +187,9 @@ class _Demo:
         ):
             raise DemoInputError("Expected four numbers (x, y, width, height) in 'box'.")
         result = await self.interactions(analysis)
-        pairs = result.box_word_scores(tuple(float(v) for v in box))
-        peak = float(score_norm([s for _, s in pairs]).vmax)
+        x, y, width, height = (float(v) for v in box)
+        pairs = result.box_word_scores((x, y, width, height))
+        peak = score_peak([s for _, s in pairs])
         return JSONResponse(
             {
                 "words": [{"word": w, "score": s} for w, s in pairs],

@@ -38,78 +38,144 @@ def model_load_error(name: str, exc: BaseException) -> ModelLoadError:
 
 @dataclass
 class TextInputs:
-    """A padded batch of encoded captions on the model's device."""
+    """A right-padded batch of encoded captions on the model's device, built by ``ClipAdapter.collate``."""
 
     input_ids: torch.Tensor
+    """(B, T) int64 token ids, T the longest caption of the batch; padding uses the tokenizer's pad id."""
     attention_mask: torch.Tensor
+    """(B, T) int64: 1 on each caption's tokens, 0 on its padding."""
     pool_index: torch.Tensor
+    """(B,) int64: per row, the position whose output the text embedding is read from (CLIP: EOT)."""
 
 
 @dataclass
 class TextOutput:
-    """Text embeddings (unnormalised, fp32 or wider) and, when asked, each layer's post-softmax attention."""
+    """What ``ClipAdapter.text_embeddings`` returns for a :class:`TextInputs` batch."""
 
     embeds: torch.Tensor
+    """(B, D) text embeddings, unnormalised, in fp32 or wider (half-precision models are upcast)."""
     attentions: tuple[torch.Tensor, ...] | None = None
+    """When asked: one post-softmax (B, heads, T, T) map per text block, first to last, in the model's
+    dtype, part of the autograd graph of ``embeds``; None otherwise."""
 
 
 @runtime_checkable
 class ClipAdapter(Protocol):
-    """What attribution needs from a dual-encoder model; one implementation per model family."""
+    """What attribution needs from a dual-encoder model; one implementation per model family.
+
+    A new family (e.g. SigLIP) registers itself with :func:`clipalign.models.register_adapter` under
+    its config's ``model_type`` and keeps every shape and dtype below; what differs from CLIP (tokens,
+    pooling, padding) is noted on the member that must handle it.
+    """
 
     name: str
+    """The Hub name or local directory the model was loaded from; written into reports."""
     device: torch.device
+    """Where the parameters live; input tensors must be there (``collate`` and ``preprocess`` see to it)."""
     dtype: torch.dtype
+    """The parameters' dtype (fp32, fp16 or bf16); pixel values and hidden states are in it."""
 
     @property
-    def num_text_layers(self) -> int: ...
+    def num_text_layers(self) -> int:
+        """Number of text-encoder blocks, i.e. of attention maps in ``TextOutput.attentions``."""
+        ...
 
     @property
-    def max_text_tokens(self) -> int: ...
+    def max_text_tokens(self) -> int:
+        """The text context in tokens, special tokens included (77 for CLIP, 64 for SigLIP)."""
+        ...
 
-    def encode_captions(self, captions: Sequence[str], template: str) -> list[EncodedCaption]: ...
+    def encode_captions(self, captions: Sequence[str], template: str) -> list[EncodedCaption]:
+        """One :class:`EncodedCaption` per caption: ``template + caption`` with the family's special tokens,
+        whole words cut past ``max_text_tokens``, ``pool_index`` the pooled position (CLIP: EOT; SigLIP
+        pools its last position, not EOT, so must pad to the full context first). Raises CaptionError.
+        """
+        ...
 
-    def collate(self, encoded: Sequence[EncodedCaption]) -> TextInputs: ...
+    def collate(self, encoded: Sequence[EncodedCaption]) -> TextInputs:
+        """Pad a batch into :class:`TextInputs` on ``device``. Padding must not change any embedding: CLIP's
+        causal mask hides it from EOT; a bidirectional encoder must mask it or pad to a fixed length."""
+        ...
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Pixel values (B, 3, H, W) on ``device`` in ``dtype``, resized, cropped and normalised as the
+        family's image processor does (the crop must match ``image_geometry``)."""
+        ...
 
-    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor: ...
+    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, D) image embeddings, unnormalised, fp32 or wider, in the space of the text embeddings
+        (SigLIP: the attention-pooling head's output, as it has no projection)."""
+        ...
 
-    def text_embeddings(self, inputs: TextInputs, output_attentions: bool = False) -> TextOutput: ...
+    def text_embeddings(self, inputs: TextInputs, output_attentions: bool = False) -> TextOutput:
+        """Embeddings pooled at ``inputs.pool_index``; with ``output_attentions`` (and grad enabled) each text
+        block's attention, differentiable although the parameters are frozen: CLIP4DM takes ∂cos/∂A and
+        reads row ``pool_index``, so that row must be the one the embedding is computed from."""
+        ...
 
 
 @runtime_checkable
 class InteractionAdapter(ClipAdapter, Protocol):
-    """What second-order interactions need in addition: hidden states at a block and the network above it."""
+    """What second-order interactions need in addition: hidden states at a block and the network above it.
+
+    Heads must be differentiable by ``torch.func.jvp`` under ``vmap`` (no in-place writes to their input,
+    no data-dependent control flow), and ``text_head(text_states(ids, L), L, p)`` must reproduce
+    ``text_embeddings`` to rounding (images likewise): the completeness terms are those cosines.
+    """
 
     @property
-    def num_vision_layers(self) -> int: ...
+    def num_vision_layers(self) -> int:
+        """Number of vision-encoder blocks; ``image_states``/``image_head`` take a layer in 0..this − 1."""
+        ...
 
     @property
-    def patch_grid(self) -> tuple[int, int]: ...
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, cols) of patches in the model input; ``image_states`` holds rows·cols patch positions."""
+        ...
 
-    def image_geometry(self, width: int, height: int) -> ImageGeometry: ...
+    def image_geometry(self, width: int, height: int) -> ImageGeometry:
+        """How ``preprocess`` maps a ``width``×``height`` image to the model input (resize, centre crop),
+        so that patch scores can be drawn on the original image."""
+        ...
 
-    def text_reference_ids(self, length: int) -> list[int]: ...
+    def text_reference_ids(self, length: int) -> list[int]:
+        """``length`` token ids of the caption-free text reference (CLIP: SOT, one pad, EOT, then pads),
+        pooled at the input's ``pool_index``; a family with other special tokens defines its own."""
+        ...
 
-    def text_states(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor: ...
+    def text_states(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
+        """Hidden states (B, T, d) in ``dtype`` at the input of text block ``layer`` (0-based) for unpadded
+        ids (B, T) int64; ``text_head(·, layer, ·)`` continues from them."""
+        ...
 
-    def text_head(self, states: torch.Tensor, layer: int, pool_index: int) -> torch.Tensor: ...
+    def text_head(self, states: torch.Tensor, layer: int, pool_index: int) -> torch.Tensor:
+        """(M, D) text embeddings, unnormalised, fp32 or wider, from states (M, T, d) entering block
+        ``layer``: the remaining blocks, final norm and projection (SigLIP: its head), at ``pool_index``."""
+        ...
 
-    def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor: ...
+    def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
+        """Hidden states (B, 1 + rows·cols, d) in ``dtype`` at the input of vision block ``layer``: position
+        0 the class token, then the patches row-major. Interactions read column 0 as ``cls`` and the rest
+        as the grid, so a family without a class token (SigLIP) needs that split changed too."""
+        ...
 
-    def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor: ...
+    def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor:
+        """(M, D) image embeddings, unnormalised, fp32 or wider, from states (M, S, d) entering vision block
+        ``layer`` (CLIP: pooled at the class token; SigLIP: its attention-pooling head)."""
+        ...
 
     def text_head_jvps(
         self, layer: int, pool_index: int, post: Callable[[torch.Tensor], torch.Tensor]
     ) -> PositionJVPs | None:
-        """A faster :data:`PositionJVPs` of ``post(text_head(·, layer, pool_index))``, or None if none."""
+        """A faster :data:`PositionJVPs` of ``post(text_head(·, layer, pool_index))`` with the same numbers,
+        or None to use the generic ``torch.func`` JVPs (always correct, slower)."""
         ...
 
     def image_head_jvps(
         self, layer: int, post: Callable[[torch.Tensor], torch.Tensor]
     ) -> PositionJVPs | None:
-        """A faster :data:`PositionJVPs` of ``post(image_head(·, layer))``, or None if none."""
+        """A faster :data:`PositionJVPs` of ``post(image_head(·, layer))`` with the same numbers, or None to
+        use the generic ``torch.func`` JVPs (always correct, slower)."""
         ...
 
 

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPTextModel,
+    CLIPVisionModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoder, CLIPEncoderLayer
 
 from clipalign.images.geometry import ImageGeometry
 from clipalign.models.base import (
@@ -28,13 +36,13 @@ def _causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch
     return mask.triu(1)[None, None]
 
 
-def _split_heads(attn: torch.nn.Module, t: torch.Tensor) -> torch.Tensor:
+def _split_heads(attn: CLIPAttention, t: torch.Tensor) -> torch.Tensor:
     """(B, S, d) → (B, H, S, head_dim), as HF's attention splits its projections."""
     return t.view(t.shape[0], t.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)
 
 
 def _attention_at(
-    attn: torch.nn.Module, z: torch.Tensor, index: int, mask_row: torch.Tensor | None
+    attn: CLIPAttention, z: torch.Tensor, index: int, mask_row: torch.Tensor | None
 ) -> tuple[torch.Tensor, ...]:
     """Query row ``index`` of HF's eager attention over layer-normed states z (B, S, d), per head:
     q (B, H, 1, hd), k and v (B, H, S, hd), the weights (B, H, 1, S) and the output (B, H, 1, hd)."""
@@ -51,7 +59,7 @@ def _attention_at(
 
 
 def _block_output_at(
-    block: torch.nn.Module, states: torch.Tensor, index: int, mask_row: torch.Tensor | None = None
+    block: CLIPEncoderLayer, states: torch.Tensor, index: int, mask_row: torch.Tensor | None = None
 ) -> torch.Tensor:
     """One encoder block's output at a single position (B, d): the pooled position is all the last block
     has to produce, so only its query row is computed (what HF's eager block does, restricted to it)."""
@@ -62,7 +70,7 @@ def _block_output_at(
 
 
 def _block_position_jvps(
-    block: torch.nn.Module,
+    block: CLIPEncoderLayer,
     states: torch.Tensor,
     delta: torch.Tensor,
     index: int,
@@ -77,7 +85,8 @@ def _block_position_jvps(
     """
     attn = block.self_attn
     batch, length, width = states.shape
-    z, dz = torch.func.jvp(block.layer_norm1, (states,), (delta.expand_as(states),))  # row-wise: row i ↔ δ_i
+    # (output, JVP) — no aux; row-wise: row i ↔ δ_i
+    z, dz = torch.func.jvp(block.layer_norm1, (states,), (delta.expand_as(states),))[:2]
     q, k, v, a, out = _attention_at(attn, z, index, mask_row)  # out (M, H, 1, hd)
     dk = _split_heads(attn, torch.nn.functional.linear(dz, attn.k_proj.weight))
     dv = _split_heads(attn, torch.nn.functional.linear(dz, attn.v_proj.weight))
@@ -110,11 +119,11 @@ def _tail_jvps(
 
 
 def _last_block_jvps(
-    block: torch.nn.Module,
+    block: CLIPEncoderLayer,
     index: int,
     causal: bool,
-    final_norm: torch.nn.Module,
-    projection: torch.nn.Module,
+    final_norm: torch.nn.LayerNorm,
+    projection: torch.nn.Linear,
     post: Callable[[torch.Tensor], torch.Tensor],
 ) -> PositionJVPs:
     """Position JVPs of ``post(projection(final_norm(block output at index)))``, ``chunk`` tangents at a
@@ -136,6 +145,14 @@ def _last_block_jvps(
         return torch.cat(pieces)
 
     return jvps
+
+
+def _blocks(encoder: CLIPEncoder) -> list[CLIPEncoderLayer]:
+    """The encoder's blocks, typed as such (its ``ModuleList`` only promises modules)."""
+    blocks = [block for block in encoder.layers if isinstance(block, CLIPEncoderLayer)]
+    if len(blocks) != len(encoder.layers):
+        raise TypeError("every block of a CLIP encoder must be a CLIPEncoderLayer")
+    return blocks
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -200,16 +217,29 @@ class HFCLIPAdapter:
             processor = CLIPImageProcessorPil.from_pretrained(name, local_files_only=local_files_only)
         except (OSError, ValueError) as exc:
             raise model_load_error(name, exc) from exc
-        model.to(resolve_device(device)).eval().requires_grad_(False)
+        # moved through the base class's signature: transformers' ``@wraps`` on ``PreTrainedModel.to``
+        # hides the bound method's parameters from type checkers (the override still runs)
+        module: torch.nn.Module = model
+        module.to(resolve_device(device)).eval().requires_grad_(False)
         return cls(model, tokenizer, processor, name=name)
 
     @property
+    def _text_model(self) -> CLIPTextModel:
+        """The text tower (``CLIPModel`` builds it untyped through ``_from_config``)."""
+        return self.model.text_model
+
+    @property
+    def _vision_model(self) -> CLIPVisionModel:
+        """The vision tower (``CLIPModel`` builds it untyped through ``_from_config``)."""
+        return self.model.vision_model
+
+    @property
     def num_text_layers(self) -> int:
-        return self.model.config.text_config.num_hidden_layers
+        return self._text_model.config.num_hidden_layers
 
     @property
     def max_text_tokens(self) -> int:
-        return self.model.config.text_config.max_position_embeddings
+        return self._text_model.config.max_position_embeddings
 
     def encode_captions(self, captions: Sequence[str], template: str) -> list[EncodedCaption]:
         """Tokenize each caption as ``SOT + template + caption + EOT``, truncating whole words past 77."""
@@ -243,13 +273,13 @@ class HFCLIPAdapter:
         return pixels.to(self.device, self.dtype)
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.model.vision_model(pixel_values=pixel_values)
+        out = self._vision_model(pixel_values=pixel_values)
         return _at_least_fp32(self.model.visual_projection(out.pooler_output))
 
     def text_embeddings(self, inputs: TextInputs, output_attentions: bool = False) -> TextOutput:
         """Embeddings pooled at ``pool_index``; with ``output_attentions``, differentiable attention maps."""
         with self._activations_require_grad(output_attentions and torch.is_grad_enabled()):
-            out = self.model.text_model(
+            out = self._text_model(
                 input_ids=inputs.input_ids,
                 attention_mask=inputs.attention_mask,
                 output_attentions=output_attentions,
@@ -263,13 +293,16 @@ class HFCLIPAdapter:
 
     @property
     def num_vision_layers(self) -> int:
-        return self.model.config.vision_config.num_hidden_layers
+        return self._vision_model.config.num_hidden_layers
 
     @property
     def patch_grid(self) -> tuple[int, int]:
         """(rows, cols) of image patches the vision encoder sees."""
-        cfg = self.model.config.vision_config
-        side = cfg.image_size // cfg.patch_size
+        cfg = self._vision_model.config
+        size, patch = cfg.image_size, cfg.patch_size
+        if not isinstance(size, int) or not isinstance(patch, int):
+            raise ValueError(f"a square patch grid needs int image_size and patch_size: {size!r}, {patch!r}")
+        side = size // patch
         return side, side
 
     def image_geometry(self, width: int, height: int) -> ImageGeometry:
@@ -295,18 +328,18 @@ class HFCLIPAdapter:
 
     def text_states(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states entering text block ``layer`` (B, T, d), causal mask only (no padding)."""
-        text = self.model.text_model
+        text = self._text_model
         hidden = text.embeddings(input_ids=input_ids)
         mask = _causal_mask(input_ids.shape[1], hidden.dtype, self.device)
-        for block in text.encoder.layers[:layer]:
+        for block in _blocks(text.encoder)[:layer]:
             hidden = block(hidden, mask)
         return hidden
 
     def text_head(self, states: torch.Tensor, layer: int, pool_index: int) -> torch.Tensor:
         """Text embedding (unnormalised) from the states entering block ``layer``, pooled at a position."""
-        text = self.model.text_model
+        text = self._text_model
         mask = _causal_mask(states.shape[1], states.dtype, states.device)
-        *blocks, last = text.encoder.layers[layer:]
+        *blocks, last = _blocks(text.encoder)[layer:]
         for block in blocks:
             states = block(states, mask)
         pooled = _block_output_at(last, states, pool_index, mask[:, :, pool_index : pool_index + 1])
@@ -318,24 +351,24 @@ class HFCLIPAdapter:
         """Closed-form position JVPs of ``post(text_head(·))`` at the last block, else None."""
         if layer != self.num_text_layers - 1:
             return None
-        text = self.model.text_model
-        last = text.encoder.layers[layer]
+        text = self._text_model
+        last = _blocks(text.encoder)[layer]
         return _last_block_jvps(
             last, pool_index, True, text.final_layer_norm, self.model.text_projection, post
         )
 
     def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states entering vision block ``layer`` (B, 1 + patches, d); position 0 is CLS."""
-        vision = self.model.vision_model
+        vision = self._vision_model
         hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
-        for block in vision.encoder.layers[:layer]:
+        for block in _blocks(vision.encoder)[:layer]:
             hidden = block(hidden, None)
         return hidden
 
     def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor:
         """Image embedding (unnormalised) from the states entering vision block ``layer`` (CLS pooling)."""
-        vision = self.model.vision_model
-        *blocks, last = vision.encoder.layers[layer:]
+        vision = self._vision_model
+        *blocks, last = _blocks(vision.encoder)[layer:]
         for block in blocks:
             states = block(states, None)
         return _at_least_fp32(
@@ -348,8 +381,8 @@ class HFCLIPAdapter:
         """Closed-form position JVPs of ``post(image_head(·))`` at the last block, else None."""
         if layer != self.num_vision_layers - 1:
             return None
-        vision = self.model.vision_model
-        last = vision.encoder.layers[layer]
+        vision = self._vision_model
+        last = _blocks(vision.encoder)[layer]
         return _last_block_jvps(last, 0, False, vision.post_layernorm, self.model.visual_projection, post)
 
     @contextmanager
@@ -363,7 +396,7 @@ class HFCLIPAdapter:
         def hook(_module: torch.nn.Module, _args: object, output: torch.Tensor) -> torch.Tensor:
             return output if output.requires_grad else output.detach().requires_grad_(True)
 
-        handle = self.model.text_model.embeddings.register_forward_hook(hook)
+        handle = self._text_model.embeddings.register_forward_hook(hook)
         try:
             yield
         finally:

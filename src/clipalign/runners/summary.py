@@ -87,7 +87,10 @@ def summarize(path: str | Path, top: int = 15) -> ScanSummary:
     files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
     if not files:
         raise ValueError(f"no Parquet output found at {path}")
-    clip, fclip, words, kinds = [], [], Counter(), Counter()
+    clip: list[np.ndarray] = []
+    fclip: list[np.ndarray] = []
+    words: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
     items = 0
     settings: dict[str, Any] = {}
     for file in files:

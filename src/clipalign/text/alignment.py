@@ -133,11 +133,13 @@ def encode_caption(
 
     n_pre, n_suf = len(prefix_ids), len(suffix_ids)
     input_ids = [*prefix_ids, *ids, *suffix_ids]
+    tokens = tokenizer.convert_ids_to_tokens(input_ids)
+    assert isinstance(tokens, list)  # a list of ids gives a list of tokens
     return EncodedCaption(
         caption=caption,
         template=template,
         input_ids=input_ids,
-        tokens=tokenizer.convert_ids_to_tokens(input_ids),
+        tokens=tokens,
         token_spans=[(0, 0)] * n_pre + [(a - tlen, b - tlen) for a, b in spans] + [(0, 0)] * n_suf,
         token_word=np.concatenate([np.full(n_pre, -1), token_word, np.full(n_suf, -1)]).astype(np.int64),
         pool_index=n_pre + len(ids),

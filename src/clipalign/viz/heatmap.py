@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
@@ -19,21 +20,14 @@ from matplotlib.offsetbox import AnchoredOffsetbox, HPacker, TextArea
 from PIL import Image
 
 from clipalign.results import Interactions
+from clipalign.viz.palette import CMAP, diverging_norm
 
-CMAP = "PiYG"
 HIGHLIGHT = "#1b7837"
-
-
-def _norm(*maps: np.ndarray) -> TwoSlopeNorm:
-    """A colour scale centred at 0 and symmetric, shared by all maps."""
-    peak = max(float(np.nanmax(np.abs(m))) for m in maps) if maps else 0.0
-    peak = peak if peak > 0 else 1.0
-    return TwoSlopeNorm(vmin=-peak, vcenter=0.0, vmax=peak)
 
 
 def _caption_box(result: Interactions, highlighted: set[int], fontsize: float) -> HPacker:
     """The caption as written, the highlighted words bold and coloured."""
-    parts = []
+    parts: list[Artist] = []
     for i, w in enumerate(result.words):
         props = {"fontsize": fontsize, "color": HIGHLIGHT if i in highlighted else "0.15"}
         if i in highlighted:
@@ -64,7 +58,7 @@ def span_figure(
     width, height = image.size
     fig = Figure(figsize=(7, 7 * height / width + 0.9), dpi=110)
     ax = fig.subplots()
-    mappable = _overlay(ax, image, heat, _norm(heat), alpha)
+    mappable = _overlay(ax, image, heat, diverging_norm(heat), alpha)
     bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03)
     bar.set_label("interaction (+ supports, − contradicts)")
     box = AnchoredOffsetbox(
@@ -94,7 +88,7 @@ def word_grid_figure(
         figsize=(panel * columns + 1, panel * rows * height / width + 0.6), dpi=100, layout="constrained"
     )
     axes = fig.subplots(rows, columns, squeeze=False)
-    norm = _norm(*maps)
+    norm = diverging_norm(*maps)
     mappable = None
     for ax, i, heat in zip(axes.flat, indices, maps, strict=False):
         mappable = _overlay(ax, image, heat, norm, alpha)

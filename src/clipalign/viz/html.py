@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from clipalign.results import WordAlignment
-from clipalign.viz.palette import MISALIGNED_EDGE, gradient, ink, score_colours, score_norm
+from clipalign.viz.palette import MISALIGNED_EDGE, gradient, ink, score_colours, score_peak
 
 CSS = f"""
 .ca-caption {{ font-size: 1.35rem; line-height: 2.3; white-space: pre-wrap; margin: 0.4rem 0; }}
@@ -112,7 +112,7 @@ def image_data_url(image: Image.Image, max_side: int = 1024) -> str:
 
 def page_html(image: Image.Image, result: WordAlignment, model: str | None = None) -> str:
     """A complete HTML document: the image, the coloured caption, its legend and the scores."""
-    peak = float(score_norm([w.score for w in result.words]).vmax)
+    peak = score_peak([w.score for w in result.words])
     source = result.source or "image"
     meta = f"ε = {result.epsilon:g}, mode {result.mode}" + (f", model {model}" if model else "")
     return (

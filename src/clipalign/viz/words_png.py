@@ -15,8 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from clipalign.results import WordAlignment
-from clipalign.viz.heatmap import CMAP
-from clipalign.viz.palette import MISALIGNED_EDGE, ink, score_colours, score_norm
+from clipalign.viz.palette import CMAP, MISALIGNED_EDGE, ink, score_colours, score_norm
 from clipalign.viz.terminal import score_line
 
 _FONT = 13.0
@@ -103,6 +102,8 @@ def words_figure(image: Image.Image, result: WordAlignment, width: float = 7.0) 
         orientation="horizontal",
     )
     bar.set_label("word score (+ supports, − contradicts); boxed = misaligned", fontsize=9)
-    bar.set_ticks([norm.vmin, 0.0, norm.vmax], labels=[f"{norm.vmin:.1e}", "0", f"+{norm.vmax:.1e}"])
+    low, high = norm.vmin, norm.vmax  # read after the colour bar, which widens a degenerate scale
+    assert low is not None and high is not None  # score_norm sets both ends
+    bar.set_ticks([low, 0.0, high], labels=[f"{low:.1e}", "0", f"+{high:.1e}"])
     bar.ax.tick_params(labelsize=8)
     return fig
