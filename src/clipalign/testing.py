@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
-from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel
+from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig
 
 from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.models import ClipAdapter, load_model
@@ -59,11 +59,14 @@ def save_random_clip(
     out_dir: str | Path, config: CLIPConfig, tokenizer_dir: str | Path, seed: int = 0
 ) -> Path:
     """Write a seeded random ``CLIPModel`` (safetensors), the tokenizer and a matching image processor."""
+    vision = config.vision_config
+    if not isinstance(vision, CLIPVisionConfig):
+        raise TypeError(f"config.vision_config must be a CLIPVisionConfig, got {type(vision).__name__}")
     out = Path(out_dir)
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
-    size = config.vision_config.image_size
+    size = vision.image_size
     CLIPImageProcessorPil(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     ).save_pretrained(out)
