@@ -13,9 +13,11 @@ from typing import Any, get_args
 from rich.console import Console
 
 from clipalign.attribution import CLIP4DM
-from clipalign.models import ClipAdapter, load_model
+from clipalign.images import ImageLoadError
+from clipalign.models import ClipAdapter, ModelLoadError, load_model
 from clipalign.results import WordAlignment
 from clipalign.settings import DType, InteractionSettings, Mode, ModelSpec, Normalize, Rule, WordSettings
+from clipalign.text import CaptionError
 
 stderr = Console(stderr=True)
 
@@ -169,10 +171,6 @@ def warnings_to_stderr() -> Iterator[None]:
 
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command with warnings on stderr; expected failures become one line and exit status 1."""
-    from clipalign.images import ImageLoadError
-    from clipalign.models import ModelLoadError
-    from clipalign.text import CaptionError
-
     try:
         with warnings_to_stderr():
             return func(args)

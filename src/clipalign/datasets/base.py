@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-Box = tuple[float, float, float, float]
-"""(x, y, width, height) in original-image pixels."""
+from clipalign.images.geometry import Box
 
 
 @dataclass(frozen=True)

@@ -217,9 +217,7 @@ class HFCLIPAdapter:
             processor = CLIPImageProcessorPil.from_pretrained(name, local_files_only=local_files_only)
         except (OSError, ValueError) as exc:
             raise model_load_error(name, exc) from exc
-        # moved through the base class's signature: transformers' ``@wraps`` on ``PreTrainedModel.to``
-        # hides the bound method's parameters from type checkers (the override still runs)
-        module: torch.nn.Module = model
+        module: torch.nn.Module = model  # PreTrainedModel.to's @wraps hides its signature from mypy
         module.to(resolve_device(device)).eval().requires_grad_(False)
         return cls(model, tokenizer, processor, name=name)
 
@@ -244,15 +242,9 @@ class HFCLIPAdapter:
     def encode_captions(self, captions: Sequence[str], template: str) -> list[EncodedCaption]:
         """Tokenize each caption as ``SOT + template + caption + EOT``, truncating whole words past 77."""
         tok = self.tokenizer
+        bos, eos, limit = [tok.bos_token_id], [tok.eos_token_id], self.max_text_tokens
         return [
-            encode_caption(
-                tok,
-                c,
-                template=template,
-                prefix_ids=[tok.bos_token_id],
-                suffix_ids=[tok.eos_token_id],
-                max_length=self.max_text_tokens,
-            )
+            encode_caption(tok, c, template=template, prefix_ids=bos, suffix_ids=eos, max_length=limit)
             for c in captions
         ]
 

@@ -10,10 +10,9 @@ colour and shape is.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
+from clipalign.images.geometry import Box
 from clipalign.synthetic.scenes import Background, Foil, Scene, SceneObject, caption_words
 from clipalign.synthetic.vocabulary import (
     COLORS,
@@ -25,9 +24,6 @@ from clipalign.synthetic.vocabulary import (
     WORD_OFFSET,
     WORDS_PER_OBJECT,
 )
-
-if TYPE_CHECKING:
-    from clipalign.datasets.base import Box
 
 BACKGROUNDS = ("plain", "stripes", "checker", "noise")
 RADIUS = {"small": (0.09, 0.11), "large": (0.15, 0.17)}

@@ -9,16 +9,14 @@ scene (:func:`caption_holds`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from clipalign.images.geometry import Box
 from clipalign.synthetic.render import SUPERSAMPLE, background_pixels, render_scene, shape_polygon
 from clipalign.synthetic.vocabulary import WORD_OFFSET, WORDS_PER_OBJECT
-
-if TYPE_CHECKING:
-    from clipalign.datasets.base import Box
 
 
 @dataclass(frozen=True)
