@@ -2,7 +2,8 @@
 
 from clipalign.models.base import ClipAdapter, ModelLoadError, TextInputs, TextOutput
 from clipalign.models.hf_clip import HFCLIPAdapter
-from clipalign.models.registry import DEFAULT_MODEL, load_model, register_adapter, supported_model_types
+from clipalign.models.registry import load_model, register_adapter, supported_model_types
+from clipalign.settings import DEFAULT_MODEL
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -10,8 +10,7 @@ from transformers import AutoConfig
 
 from clipalign.models.base import ClipAdapter, ModelLoadError, model_load_error
 from clipalign.models.hf_clip import HFCLIPAdapter
-
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+from clipalign.settings import DEFAULT_MODEL
 
 
 class AdapterFactory(Protocol):
