@@ -10,8 +10,12 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 from PIL import Image
+
+pytest.importorskip("ray", reason="the Ray engine tests need Ray: pip install 'clipalign[ray]'")
+pytest.importorskip("ray.data", reason="the Ray engine tests need Ray Data: pip install 'clipalign[ray]'")
+
+import ray
 
 from clipalign import CLIP4DM, load_model
 from clipalign.cli.main import main
@@ -19,7 +23,7 @@ from clipalign.runners.local import METADATA_KEY, scan
 from clipalign.runners.ray_engine import scan_ray
 from clipalign.runners.sources import Columns, open_source
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")]
 
 
 @pytest.fixture(scope="module")
