@@ -39,6 +39,7 @@ def test_console_script_is_declared():
     assert any(ep.name == "clipalign" for ep in entry_points(group="console_scripts"))
 
 
+@pytest.mark.slow
 def test_words_json_end_to_end(tiny_model_dir, photo, adapter):
     caption = "a cup of coke, snowboarder!"
     proc = run_cli("words", photo, caption, "--model", str(tiny_model_dir), "--json", "--device", "cpu")
@@ -53,6 +54,7 @@ def test_words_json_end_to_end(tiny_model_dir, photo, adapter):
     assert data["truncated_words"] == [] and data["model"] == str(tiny_model_dir)
 
 
+@pytest.mark.slow
 def test_score_json_with_references(tiny_model_dir, photo, adapter, capsys):
     refs = ["a dog lies on a sofa", "a puppy on a couch"]
     argv = ["score", photo, "a dog on a couch", "--model", str(tiny_model_dir), "--json"]
@@ -108,6 +110,7 @@ def test_missing_local_model_says_what_to_do(tmp_path, photo, capsys):
     assert "does not exist" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_hub_model_offline_gives_a_one_line_error(photo):
     proc = run_cli(
         "words", photo, "a dog", "--model", "someone/not-a-cached-clip", env={"HF_HUB_OFFLINE": "1"}

@@ -25,6 +25,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+pytest.importorskip("starlette", reason="the web demo tests need starlette: pip install 'clipalign[demo]'")
+pytest.importorskip("uvicorn", reason="the web demo tests need uvicorn: pip install 'clipalign[demo]'")
+
 from clipalign import CLIP4DM
 from clipalign.cli.main import main
 from clipalign.demo import DemoEngine, create_app
@@ -62,6 +65,7 @@ def data_url_image(url: str) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def client(adapter) -> Iterator:
+    pytest.importorskip("httpx", reason="starlette's TestClient needs httpx: pip install 'clipalign[test]'")
     from starlette.testclient import TestClient
 
     app = create_app(DemoEngine(adapter), "tiny", max_pixels=40_000_000, max_upload_bytes=2**20)
@@ -195,6 +199,7 @@ def request(url: str, body: bytes | None = None, content_type: str = "applicatio
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.slow
 def test_model_calls_queue_on_one_worker_while_the_page_stays_responsive(adapter):
     import uvicorn
 
@@ -256,6 +261,7 @@ def demo_server(tiny_model_dir, tmp_path_factory) -> Iterator[tuple[str, float]]
         proc.wait(timeout=15)
 
 
+@pytest.mark.slow
 def test_demo_server_answers_concurrent_requests(demo_server):
     url, startup = demo_server
     assert startup < 30
@@ -271,8 +277,12 @@ def test_demo_server_answers_concurrent_requests(demo_server):
     assert request(f"{url}api/info")[0] == 200
 
 
+@pytest.mark.slow
 def test_browser_end_to_end(demo_server, tmp_path):
     """Pick an example, check a caption, click words for heatmaps, drag a box; bad input shows a message."""
+    pytest.importorskip(
+        "playwright", reason="the browser test needs playwright: pip install 'clipalign[test]'"
+    )
     from playwright.sync_api import expect, sync_playwright
 
     assert Path(CHROMIUM).exists(), f"Chromium not found at {CHROMIUM}: apt-get install chromium"

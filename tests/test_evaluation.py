@@ -251,6 +251,7 @@ def test_nli_metric_uses_spans_as_hypotheses(tiny_nli_dir, items, adapter):
     assert 0.0 <= metrics["NLI"] <= 1.0
 
 
+@pytest.mark.slow
 def test_cli_eval_on_real_hat_annotations(tiny_model_dir, tmp_path, capsys):
     """The real HAT file with generated stand-in images: report, failures counted, resume from cache."""
     from conftest import SHARED, require

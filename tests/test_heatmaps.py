@@ -137,6 +137,7 @@ def test_span_rows_of_a_real_result(adapter):
     assert result.span_rows("a") == [1, 5]
 
 
+@pytest.mark.slow
 def test_cli_interactions_json_png_and_grid(tiny_model_dir, tmp_path, capsys):
     path = tmp_path / "dogs.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(path)
@@ -166,6 +167,7 @@ def test_cli_interactions_json_png_and_grid(tiny_model_dir, tmp_path, capsys):
     assert "not in the caption" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_importing_the_heatmaps_leaves_the_matplotlib_backend_alone():
     code = (
         "import matplotlib, clipalign.viz.heatmap as h; from PIL import Image; "

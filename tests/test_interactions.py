@@ -61,7 +61,9 @@ def oracle_matrix(adapter, image, caption, layer, nodes, weights, normalize):
 
 @pytest.mark.parametrize("rule", ["gauss", "riemann"])
 @pytest.mark.parametrize("normalize", ["cosine", "exclip"])
-@pytest.mark.parametrize("layer", [2, 3], ids=["generic-jvp", "closed-form-last-block"])
+@pytest.mark.parametrize(
+    "layer", [pytest.param(2, marks=pytest.mark.slow), 3], ids=["generic-jvp", "closed-form-last-block"]
+)
 def test_matches_per_dimension_backward_oracle(adapter, rule, normalize, layer):
     method = TokenPatchInteractions(
         adapter, text_block=layer, image_block=layer, steps=4, rule=rule, normalize=normalize
@@ -75,7 +77,10 @@ def test_matches_per_dimension_backward_oracle(adapter, rule, normalize, layer):
 
 
 @pytest.mark.parametrize("normalize", ["cosine", "exclip"])
-@pytest.mark.parametrize("layers", [(-1, -1), (0, 2), (1, 0)])
+@pytest.mark.parametrize(
+    "layers",
+    [(-1, -1), pytest.param((0, 2), marks=pytest.mark.slow), pytest.param((1, 0), marks=pytest.mark.slow)],
+)
 def test_completeness(adapter, normalize, layers):
     method = TokenPatchInteractions(
         adapter, text_block=layers[0], image_block=layers[1], steps=20, normalize=normalize
@@ -112,6 +117,7 @@ def test_exclip_completeness_is_the_bilinear_form_of_embedding_differences(adapt
     assert result.completeness.sum == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_gauss_beats_riemann_and_error_falls_with_steps(adapter):
     def error(rule, steps):
         [r] = TokenPatchInteractions(adapter, steps=steps, rule=rule).attribute(photo(seed=3), CAPTION)
@@ -200,7 +206,9 @@ def test_closed_form_last_block_jvps_equal_generic_jvps(adapter, monkeypatch, no
         adapter.model.float()
 
 
-@pytest.mark.parametrize("layer", [1, -1], ids=["generic-jvp", "closed-form-last-block"])
+@pytest.mark.parametrize(
+    "layer", [pytest.param(1, marks=pytest.mark.slow), -1], ids=["generic-jvp", "closed-form-last-block"]
+)
 def test_chunk_size_does_not_change_the_result(adapter, layer):
     a = TokenPatchInteractions(adapter, text_block=layer, image_block=layer, chunk=7).attribute(
         photo(), CAPTION

@@ -35,6 +35,7 @@ def test_dtype_choice(tiny_model_dir, dtype, expected):
     assert np.isfinite(result.cosine) and all(np.isfinite(w.score) for w in result.words)
 
 
+@pytest.mark.slow
 def test_bf16_scores_track_fp32(tiny_model_dir):
     fp32 = CLIP4DM(load_model(tiny_model_dir, dtype="fp32")).attribute([scene()], ["a dog on a red couch"])[0]
     bf16 = CLIP4DM(load_model(tiny_model_dir, dtype="bf16")).attribute([scene()], ["a dog on a red couch"])[0]

@@ -157,6 +157,7 @@ def test_scan_output_schema_errors_and_metadata(adapter, folder):
         )
 
 
+@pytest.mark.slow
 def test_resume_skips_written_parts_and_rejects_other_settings(adapter, folder, monkeypatch):
     write_jsonl(folder / "p.jsonl", [{"image": f"{i}.png", "caption": f"a ball {i}"} for i in range(12)])
     out = folder / "scores"
@@ -225,6 +226,7 @@ def run_scan(args, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_without_duplicates_or_gaps(tiny_model_dir, folder):
     write_jsonl(
         folder / "p.jsonl",
@@ -261,6 +263,7 @@ def test_killed_process_resumes_without_duplicates_or_gaps(tiny_model_dir, folde
     assert len(indices) == 3000 and sorted(indices) == list(range(3000))
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_regardless_of_size(tiny_model_dir, folder):
     """Peak RSS of a 20,000-pair scan stays within a small margin of a 2,000-pair scan's."""
 

@@ -10,8 +10,12 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 from PIL import Image
+
+pytest.importorskip("ray", reason="the Ray engine tests need Ray: pip install 'clipalign[ray]'")
+pytest.importorskip("ray.data", reason="the Ray engine tests need Ray Data: pip install 'clipalign[ray]'")
+
+import ray
 
 from clipalign import CLIP4DM, load_model
 from clipalign.cli.main import main
@@ -20,7 +24,7 @@ from clipalign.runners.ray_engine import scan_ray
 from clipalign.runners.sources import Columns, open_source
 from clipalign.settings import ModelSpec, ScanSettings, WordSettings
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")]
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,7 @@ def test_f_clipscore_is_zero_without_misaligned_words(adapter):
     assert result.f_clipscore == 0.0
 
 
+@pytest.mark.slow
 def test_most_negative_never_reports_punctuation(adapter):
     caption = "dog . . . ! ; , —"
     for seed in range(5):
