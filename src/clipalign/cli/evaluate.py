@@ -27,6 +27,7 @@ from clipalign.evaluation.benchmark import (
     load_items,
     run_benchmark,
 )
+from clipalign.settings import WordSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(p)
     others = ", ".join(f"{e} for {b}" for b, e in BENCHMARK_EPSILON.items())
-    add_word_options(p, epsilon_help=f"CLIP4DM threshold (default −5e-5; {others})")
+    add_word_options(p, epsilon_help=f"CLIP4DM threshold (default {WordSettings().epsilon}; {others})")
     add_interaction_options(p, steps_only=True)
     p.set_defaults(func=run)
 
