@@ -1,4 +1,9 @@
-"""Shared fixtures: the real CLIP tokenizer from ../shared and tiny seeded random CLIP checkpoints."""
+"""Shared fixtures: the real CLIP tokenizer (shipped with the package) and tiny seeded random CLIPs.
+
+The tokenizer files come from the packaged synthetic checkpoint, byte-identical to
+``../shared/data/clip-tokenizer``, so these tests run in a plain clone; only annotation files and
+photos are read from ``../shared`` (tests that need them skip with the path when it is absent).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from clipalign.checkpoints import SYNTHETIC_CLIP
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-TOKENIZER_DIR = SHARED / "clip-tokenizer"
+TOKENIZER_DIR = SYNTHETIC_CLIP
 IMAGES_DIR = SHARED / "images"
 
 
@@ -20,7 +27,8 @@ def require(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> Path:
-    return require(TOKENIZER_DIR)
+    """The real 49,408-token CLIP tokenizer (vocab.json, merges.txt, tokenizer_config.json)."""
+    return TOKENIZER_DIR
 
 
 @pytest.fixture(scope="session")
