@@ -35,19 +35,30 @@ class DemoInputError(ValueError):
         self.status = status
 
 
+MAX_ASPECT = 50
+"""Longest side over shortest side accepted: the processor scales the short side up to the model's input,
+so a long thin image would become huge once resized."""
+
+
 @dataclass(frozen=True)
 class Upload:
-    """A checked image upload: the file as received, its size after EXIF rotation, a copy to display."""
+    """A checked image upload: the file as received and its size after EXIF rotation.
+
+    Only the encoded bytes are kept (not decoded pixels) so that stored uploads stay small; the model's
+    calls decode them again.
+    """
 
     data: bytes
     width: int
     height: int
-    display: str
     display_size: tuple[int, int]
 
 
-def check_upload(data: bytes, max_pixels: int) -> Upload:
-    """Accept an image file: its size is read from the header and checked before anything is decoded."""
+def check_upload(data: bytes, max_pixels: int) -> tuple[Upload, str]:
+    """Accept an image file and return it with a ``data:`` URL of a copy to display.
+
+    Its size and aspect ratio are read from the header and checked before anything is decoded.
+    """
     if not data:
         raise DemoInputError("The file is empty.")
     try:
@@ -65,10 +76,16 @@ def check_upload(data: bytes, max_pixels: int) -> Upload:
             f"{max_pixels / 1e6:.0f} megapixels. Shrink it and upload it again.",
             413,
         )
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
+        raise DemoInputError(
+            f"The image is {width}×{height}, too long and thin: the demo accepts sides up to "
+            f"{MAX_ASPECT}:1. Crop it and upload it again.",
+            413,
+        )
     image = decode(data)
-    display = image.copy()
-    display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
-    return Upload(data, image.width, image.height, image_data_url(display, DISPLAY_SIDE), display.size)
+    size = image.size
+    image.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
+    return Upload(data, size[0], size[1], image.size), image_data_url(image, DISPLAY_SIDE)
 
 
 def decode(data: bytes) -> Image.Image:
