@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
+import io
 import struct
 import threading
 import time
@@ -14,6 +16,7 @@ from contextlib import contextmanager
 from importlib.resources import files
 
 import pytest
+from PIL import ExifTags, Image
 
 pytest.importorskip("starlette", reason="the web demo tests need starlette: pip install 'clipalign[demo]'")
 pytest.importorskip("httpx", reason="starlette's TestClient needs httpx: pip install 'clipalign[test]'")
@@ -122,6 +125,50 @@ def test_a_result_does_not_keep_an_evicted_upload_alive(adapter):
         assert response.status_code == 404 and "expired" in response.json()["error"]
         computed = client.post("/api/heatmap", json={"analysis": early, "words": [5, 6]})
         assert computed.status_code == 200, computed.text
+
+
+def encoded(image: Image.Image, kind: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind, **options)
+    return buffer.getvalue()
+
+
+def rotated_jpeg() -> bytes:
+    """A 3000×1000 JPEG, left half red, whose EXIF orientation (6) turns it into 1000×3000 on display."""
+    image = Image.new("RGB", (3000, 1000), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 1500, 1000))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    return encoded(image, "JPEG", exif=exif)
+
+
+@pytest.mark.parametrize(
+    ("data", "size", "display"),
+    [
+        (rotated_jpeg(), (1000, 3000), (341, 1024)),
+        (encoded(Image.new("P", (2048, 1024), 3), "GIF"), (2048, 1024), (1024, 512)),
+        (encoded(Image.new("LA", (4000, 3000), (128, 0)), "PNG"), (4000, 3000), (1024, 768)),
+        (encoded(Image.new("I;16", (1600, 1600), 40_000), "PNG"), (1600, 1600), (1024, 1024)),
+    ],
+    ids=["exif-rotated-jpeg", "palette-gif", "transparent-png", "16-bit-png"],
+)
+def test_uploads_report_their_full_size_and_show_a_small_rgb_copy(client, data, size, display):
+    response = client.post("/api/images", content=data, headers={"Content-Type": "application/octet-stream"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["width"], body["height"]) == size
+    shown = Image.open(io.BytesIO(base64.b64decode(body["display"].split(",", 1)[1])))
+    assert shown.size == display and shown.mode == "RGB"
+    if size == (1000, 3000):
+        assert shown.getpixel((170, 100))[0] > 200 and shown.getpixel((170, 900))[2] > 200
+
+
+def test_each_upload_hands_its_decode_buffers_back(client, monkeypatch):
+    calls: list[None] = []
+    monkeypatch.setattr(demo_app, "release_memory", lambda: calls.append(None))
+    upload(client)
+    client.post("/api/images", content=b"not an image", headers=PNG)
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from clipalign.demo.engine import DemoEngine, DemoInputError, Upload, check_upload, heatmap_png
+from clipalign.demo.engine import (
+    DemoEngine,
+    DemoInputError,
+    Upload,
+    check_upload,
+    heatmap_png,
+    release_memory,
+)
 from clipalign.demo.guard import LOCAL_HOSTS, HostGuard, require_image_type, require_json
 from clipalign.results import Interactions
 from clipalign.viz.html import CSS, caption_html, legend_html, scored_words_html, scores_html
@@ -120,6 +127,14 @@ def _finite(value: object) -> bool:
         return False
 
 
+def _checked_upload(data: bytes, max_pixels: int) -> tuple[Upload, str]:
+    """:func:`check_upload`, then its decode buffers handed back to the OS (on a decoder thread)."""
+    try:
+        return check_upload(data, max_pixels)
+    finally:
+        release_memory()
+
+
 def _amount(size: int) -> str:
     """A byte count for messages, in MiB or (below one MiB) KiB."""
     return f"{size / 2**20:.3g} MiB" if size >= 2**20 else f"{size / 2**10:.3g} KiB"
@@ -191,7 +206,7 @@ class _Demo:
         require_image_type(request)
         data = await self.body(request, self.max_upload_bytes, "file")
         loop = asyncio.get_running_loop()
-        upload, display = await loop.run_in_executor(self.decoder, check_upload, data, self.max_pixels)
+        upload, display = await loop.run_in_executor(self.decoder, _checked_upload, data, self.max_pixels)
         key = self.uploads.add(upload)
         return JSONResponse(
             {"image": key, "width": upload.width, "height": upload.height, "display": display}

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import ctypes
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import cast
 
 import numpy as np
 from matplotlib import colormaps
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.attribution.words import CLIP4DM
@@ -35,6 +37,10 @@ class DemoInputError(ValueError):
         self.status = status
 
 
+_TRANSPOSED = frozenset({5, 6, 7, 8})
+"""EXIF orientations that swap width and height."""
+_NEAREST_MODES = frozenset({"1", "P", "PA"})
+"""Modes PIL resizes by nearest neighbour: converted to RGB at full size before shrinking."""
 MAX_ASPECT = 50
 """Longest side over shortest side accepted: the processor scales the short side up to the model's input,
 so a long thin image would become huge once resized."""
@@ -82,10 +88,31 @@ def check_upload(data: bytes, max_pixels: int) -> tuple[Upload, str]:
             f"{MAX_ASPECT}:1. Crop it and upload it again.",
             413,
         )
-    image = decode(data)
-    size = image.size
-    image.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
-    return Upload(data, size[0], size[1], image.size), image_data_url(image, DISPLAY_SIDE)
+    display, (width, height) = _display_copy(data)
+    return Upload(data, width, height, display.size), image_data_url(display, DISPLAY_SIDE)
+
+
+def _display_copy(data: bytes) -> tuple[Image.Image, tuple[int, int]]:
+    """The upload decoded in full (so broken files fail here), kept as an RGB copy of at most
+    ``DISPLAY_SIDE`` pixels, and its full size after EXIF rotation.
+
+    It is shrunk (JPEG: decoded at a reduced scale) before rotation and conversion, so a decode holds one
+    full-size buffer rather than three.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if image.getexif().get(ExifTags.Base.Orientation, 1) in _TRANSPOSED:
+                width, height = height, width
+            image.draft(None, (DISPLAY_SIDE, DISPLAY_SIDE))
+            image.load()
+            if image.mode not in _NEAREST_MODES:
+                image.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
+            display = load_image(image)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DemoInputError(f"This image cannot be read: {exc}") from None
+    display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
+    return display, (width, height)
 
 
 def decode(data: bytes) -> Image.Image:
@@ -94,6 +121,24 @@ def decode(data: bytes) -> Image.Image:
         return load_image(Image.open(io.BytesIO(data)))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DemoInputError(f"This image cannot be read: {exc}") from None
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS, Windows)."""
+    try:
+        return cast(Callable[[int], int], ctypes.CDLL(None).malloc_trim)
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the OS: glibc keeps a large decode's buffers in its per-thread arenas,
+    so a burst of big uploads would otherwise leave the server hundreds of MB larger."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def heatmap_png(
