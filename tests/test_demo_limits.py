@@ -275,3 +275,15 @@ def test_local_host_headers_are_answered_without_allowed_hosts(adapter, host):
 )
 def test_host_name_drops_port_brackets_and_case(header, name):
     assert host_name(header) == name
+
+
+def test_demo_command_answers_to_its_host_and_allowed_hosts(tiny_model_dir, monkeypatch):
+    served: list = []
+    monkeypatch.setattr("clipalign.demo.listen", lambda host, port: None)
+    monkeypatch.setattr("clipalign.demo.serve", lambda app, sock: served.append(app))
+    argv = ["demo", "--model", str(tiny_model_dir), "--device", "cpu", "--host", "0.0.0.0"]
+    assert main([*argv, "--allow-host", "box.lan", "--allow-host", "[fe80::1]"]) == 0
+    with TestClient(served[0]) as client:
+        for host in ("box.lan:7860", "0.0.0.0:7860", "[fe80::1]:7860", "localhost:7860"):
+            assert client.get("/api/info", headers={"Host": host}).status_code == 200, host
+        assert client.get("/api/info", headers={"Host": "evil.example:7860"}).status_code == 400
