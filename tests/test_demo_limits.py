@@ -73,7 +73,7 @@ def analyze(client: TestClient, image: str) -> str:
 
 def test_concurrent_uploads_decode_at_most_two_at_once(adapter, monkeypatch):
     lock, counts = threading.Lock(), {"active": 0, "most": 0}
-    check_upload = demo_app.check_upload
+    read_upload = demo_app.read_upload
 
     def counted(data: bytes, max_pixels: int):
         with lock:
@@ -81,12 +81,12 @@ def test_concurrent_uploads_decode_at_most_two_at_once(adapter, monkeypatch):
             counts["most"] = max(counts["most"], counts["active"])
         time.sleep(0.05)
         try:
-            return check_upload(data, max_pixels)
+            return read_upload(data, max_pixels)
         finally:
             with lock:
                 counts["active"] -= 1
 
-    monkeypatch.setattr(demo_app, "check_upload", counted)
+    monkeypatch.setattr(demo_app, "read_upload", counted)
     app = create_app(DemoEngine(adapter), "tiny")
 
     async def burst() -> list[int]:

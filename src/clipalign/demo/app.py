@@ -34,8 +34,8 @@ from clipalign.demo.engine import (
     DemoEngine,
     DemoInputError,
     Upload,
-    check_upload,
     heatmap_png,
+    read_upload,
     release_memory,
 )
 from clipalign.demo.guard import LOCAL_HOSTS, HostGuard, require_image_type, require_json
@@ -127,10 +127,10 @@ def _finite(value: object) -> bool:
         return False
 
 
-def _checked_upload(data: bytes, max_pixels: int) -> tuple[Upload, str]:
-    """:func:`check_upload`, then its decode buffers handed back to the OS (on a decoder thread)."""
+def _read_upload(data: bytes, max_pixels: int) -> tuple[Upload, str]:
+    """:func:`read_upload`, then its decode buffers handed back to the OS (on a decoder thread)."""
     try:
-        return check_upload(data, max_pixels)
+        return read_upload(data, max_pixels)
     finally:
         release_memory()
 
@@ -206,7 +206,7 @@ class _Demo:
         require_image_type(request)
         data = await self.body(request, self.max_upload_bytes, "file")
         loop = asyncio.get_running_loop()
-        upload, display = await loop.run_in_executor(self.decoder, _checked_upload, data, self.max_pixels)
+        upload, display = await loop.run_in_executor(self.decoder, _read_upload, data, self.max_pixels)
         key = self.uploads.add(upload)
         return JSONResponse(
             {"image": key, "width": upload.width, "height": upload.height, "display": display}

@@ -60,7 +60,12 @@ class Upload:
     display_size: tuple[int, int]
 
 
-def check_upload(data: bytes, max_pixels: int) -> tuple[Upload, str]:
+def check_upload(data: bytes, max_pixels: int) -> Upload:
+    """Accept an image file (see :func:`read_upload`), without its copy to display."""
+    return read_upload(data, max_pixels)[0]
+
+
+def read_upload(data: bytes, max_pixels: int) -> tuple[Upload, str]:
     """Accept an image file and return it with a ``data:`` URL of a copy to display.
 
     Its size and aspect ratio are read from the header and checked before anything is decoded.
