@@ -68,7 +68,13 @@ def client(adapter) -> Iterator:
     pytest.importorskip("httpx", reason="starlette's TestClient needs httpx: pip install 'clipalign[test]'")
     from starlette.testclient import TestClient
 
-    app = create_app(DemoEngine(adapter), "tiny", max_pixels=40_000_000, max_upload_bytes=2**20)
+    app = create_app(
+        DemoEngine(adapter),
+        "tiny",
+        max_pixels=40_000_000,
+        max_upload_bytes=2**20,
+        allowed_hosts=["testserver"],
+    )
     with TestClient(app) as test_client:
         yield test_client
 

@@ -14,6 +14,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="web page: pick or upload an image, check a caption, see heatmaps")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer to this host name (repeatable; localhost and --host always are), e.g. the "
+        "machine's name when --host is 0.0.0.0; other Host headers are refused against DNS rebinding",
+    )
     steps = InteractionSettings().steps
     p.add_argument(
         "--steps",
@@ -41,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(model, InteractionAdapter):
         raise ValueError(f"{model.name}: the demo's heatmaps need a model that supports interactions")
     engine = DemoEngine(model, words=word_settings(args), interactions=InteractionSettings(steps=args.steps))
-    app = create_app(engine, model.name, args.max_pixels, int(args.max_upload_mb * 2**20))
+    app = create_app(
+        engine,
+        model.name,
+        args.max_pixels,
+        int(args.max_upload_mb * 2**20),
+        allowed_hosts=[args.host, *args.allow_host],
+    )
     serve(app, sock)
     return 0

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import ctypes
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import cast
 
 import numpy as np
 from matplotlib import colormaps
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.attribution.words import CLIP4DM
@@ -35,19 +37,39 @@ class DemoInputError(ValueError):
         self.status = status
 
 
+_TRANSPOSED = frozenset({5, 6, 7, 8})
+"""EXIF orientations that swap width and height."""
+_NEAREST_MODES = frozenset({"1", "P", "PA"})
+"""Modes PIL resizes by nearest neighbour: converted to RGB at full size before shrinking."""
+MAX_ASPECT = 50
+"""Longest side over shortest side accepted: the processor scales the short side up to the model's input,
+so a long thin image would become huge once resized."""
+
+
 @dataclass(frozen=True)
 class Upload:
-    """A checked image upload: the file as received, its size after EXIF rotation, a copy to display."""
+    """A checked image upload: the file as received and its size after EXIF rotation.
+
+    Only the encoded bytes are kept (not decoded pixels) so that stored uploads stay small; the model's
+    calls decode them again.
+    """
 
     data: bytes
     width: int
     height: int
-    display: str
     display_size: tuple[int, int]
 
 
 def check_upload(data: bytes, max_pixels: int) -> Upload:
-    """Accept an image file: its size is read from the header and checked before anything is decoded."""
+    """Accept an image file (see :func:`read_upload`), without its copy to display."""
+    return read_upload(data, max_pixels)[0]
+
+
+def read_upload(data: bytes, max_pixels: int) -> tuple[Upload, str]:
+    """Accept an image file and return it with a ``data:`` URL of a copy to display.
+
+    Its size and aspect ratio are read from the header and checked before anything is decoded.
+    """
     if not data:
         raise DemoInputError("The file is empty.")
     try:
@@ -65,10 +87,37 @@ def check_upload(data: bytes, max_pixels: int) -> Upload:
             f"{max_pixels / 1e6:.0f} megapixels. Shrink it and upload it again.",
             413,
         )
-    image = decode(data)
-    display = image.copy()
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
+        raise DemoInputError(
+            f"The image is {width}×{height}, too long and thin: the demo accepts sides up to "
+            f"{MAX_ASPECT}:1. Crop it and upload it again.",
+            413,
+        )
+    display, (width, height) = _display_copy(data)
+    return Upload(data, width, height, display.size), image_data_url(display, DISPLAY_SIDE)
+
+
+def _display_copy(data: bytes) -> tuple[Image.Image, tuple[int, int]]:
+    """The upload decoded in full (so broken files fail here), kept as an RGB copy of at most
+    ``DISPLAY_SIDE`` pixels, and its full size after EXIF rotation.
+
+    It is shrunk (JPEG: decoded at a reduced scale) before rotation and conversion, so a decode holds one
+    full-size buffer rather than three.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if image.getexif().get(ExifTags.Base.Orientation, 1) in _TRANSPOSED:
+                width, height = height, width
+            image.draft(None, (DISPLAY_SIDE, DISPLAY_SIDE))
+            image.load()
+            if image.mode not in _NEAREST_MODES:
+                image.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
+            display = load_image(image)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DemoInputError(f"This image cannot be read: {exc}") from None
     display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
-    return Upload(data, image.width, image.height, image_data_url(display, DISPLAY_SIDE), display.size)
+    return display, (width, height)
 
 
 def decode(data: bytes) -> Image.Image:
@@ -77,6 +126,24 @@ def decode(data: bytes) -> Image.Image:
         return load_image(Image.open(io.BytesIO(data)))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DemoInputError(f"This image cannot be read: {exc}") from None
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS, Windows)."""
+    try:
+        return cast(Callable[[int], int], ctypes.CDLL(None).malloc_trim)
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the OS: glibc keeps a large decode's buffers in its per-thread arenas,
+    so a burst of big uploads would otherwise leave the server hundreds of MB larger."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def heatmap_png(

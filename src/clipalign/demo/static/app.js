@@ -55,7 +55,8 @@ async function useImage(blob) {
   say("");
   status("Uploading the image…");
   try {
-    state.image = await api("api/images", blob, blob.type || "application/octet-stream");
+    // Always octet-stream: the server refuses types other sites could send without asking (text/plain).
+    state.image = await api("api/images", blob, "application/octet-stream");
   } catch (error) {
     status("");
     say(error.message);
