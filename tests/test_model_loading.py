@@ -11,11 +11,13 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
 
 from clipalign import ModelLoadError, load_model
 from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.cli.main import main
 from clipalign.models import ClipAdapter
+from clipalign.models.checkpoint import check_tokenizer_size
 from clipalign.testing import save_random_clip, tiny_clip_config
 
 WEIGHTS = "model.safetensors"
@@ -76,6 +78,36 @@ def test_vocab_and_merges_are_enough(broken, source):
         shutil.copy(SYNTHETIC_CLIP / name, broken)
     ids = load_model(broken, device="cpu").encode_captions(["a dog"], "")[0].input_ids
     assert ids == load_model(source, device="cpu").encode_captions(["a dog"], "")[0].input_ids
+
+
+def test_missing_preprocessor_config(broken):
+    (broken / "preprocessor_config.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"no preprocessor_config.json in .*broken"):
+        load_model(broken, device="cpu")
+
+
+def test_unreadable_config_in_a_directory_has_a_local_hint(broken):
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="complete checkpoint written by save_pretrained") as info:
+        load_model(broken, device="cpu")
+    assert "hf download" not in str(info.value)
+
+
+def test_tokenizer_larger_than_the_embeddings(broken):
+    tokenizer = AutoTokenizer.from_pretrained(broken)
+    tokenizer.add_tokens(["<new-token>"])
+    tokenizer.save_pretrained(broken)
+    with pytest.raises(ModelLoadError, match="has 49409 tokens for a model with 49408 token embeddings"):
+        load_model(broken, device="cpu")
+
+
+@pytest.mark.parametrize(("tokens", "ok"), [(2, False), (24703, False), (24704, True), (49408, True)])
+def test_tokenizer_size_check(tokens, ok):
+    if ok:
+        check_tokenizer_size("m", tokens, 49408)
+    else:
+        with pytest.raises(ModelLoadError, match="tokenizer files are missing or belong to another model"):
+            check_tokenizer_size("m", tokens, 49408)
 
 
 def test_renamed_tensor(broken):

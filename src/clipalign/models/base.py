@@ -27,12 +27,16 @@ class ModelLoadError(RuntimeError):
 def model_load_error(name: str, exc: BaseException) -> ModelLoadError:
     """A one-line error saying why loading failed and how to point ``--model`` at a local directory."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    hint = (
-        f"the path {name!r} does not exist"
-        if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()
-        else "if you are offline or the Hub is unreachable, download it where you can "
-        f"(`hf download {name} --local-dir DIR`) and pass --model DIR (HF_HUB_OFFLINE=1 fails at once)"
-    )
+    local = Path(name).expanduser()
+    if local.is_dir():
+        hint = "check that this directory holds a complete checkpoint written by save_pretrained"
+    elif name.startswith((".", "/", "~")) and not local.exists():
+        hint = f"the path {name!r} does not exist"
+    else:
+        hint = (
+            "if you are offline or the Hub is unreachable, download it where you can "
+            f"(`hf download {name} --local-dir DIR`) and pass --model DIR (HF_HUB_OFFLINE=1 fails at once)"
+        )
     return ModelLoadError(f"cannot load model {name!r}: {reason} — {hint}")
 
 

@@ -22,6 +22,7 @@ ModelT = TypeVar("ModelT", bound=PreTrainedModel)
 
 TOKENIZER_FILES: tuple[tuple[str, ...], ...] = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 """Either group is enough for a fast CLIP tokenizer."""
+PREPROCESSOR_FILE = "preprocessor_config.json"
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 _SHOWN = 3
@@ -29,19 +30,31 @@ _SHOWN = 3
 
 
 def check_local_files(name: str, allow_pickle: bool) -> None:
-    """When ``name`` is a local directory: tokenizer files present, weights in safetensors unless
-    ``allow_pickle``. Runs before anything is loaded, so a broken folder fails at once."""
+    """When ``name`` is a local directory: tokenizer and image processor files present, weights in
+    safetensors unless ``allow_pickle``. Runs before anything is loaded, so a broken folder fails at once."""
     path = Path(name).expanduser()
     if not path.is_dir():
         return
     if not any(all((path / f).is_file() for f in group) for group in TOKENIZER_FILES):
         raise ModelLoadError(f"no tokenizer files in {path} (vocab.json/merges.txt or tokenizer.json)")
+    if not (path / PREPROCESSOR_FILE).is_file():
+        raise ModelLoadError(f"no {PREPROCESSOR_FILE} in {path}: the image preprocessing is unknown")
     has_safe = any((path / f).is_file() for f in SAFE_WEIGHTS)
     pickles = [f for f in PICKLE_WEIGHTS if (path / f).is_file()]
     if pickles and not has_safe and not allow_pickle:
         raise ModelLoadError(
             f"{path} has pickle weights only ({pickles[0]}), and a pickle can run code when loaded: "
             "convert them to model.safetensors, or pass allow_pickle=True if you trust their source"
+        )
+
+
+def check_tokenizer_size(name: str, tokens: int, embeddings: int) -> None:
+    """The tokenizer must fit the model's token embeddings and cover most of them: ids past the table
+    fail or wrap, and a tokenizer built without its files (e.g. an incomplete Hub cache) has two tokens."""
+    if tokens > embeddings or tokens < embeddings // 2:
+        raise ModelLoadError(
+            f"the tokenizer of {name} has {tokens} tokens for a model with {embeddings} token embeddings: "
+            "its tokenizer files are missing or belong to another model"
         )
 
 

@@ -27,7 +27,7 @@ from clipalign.models.base import (
     resolve_device,
     resolve_dtype,
 )
-from clipalign.models.checkpoint import check_local_files, load_checkpoint
+from clipalign.models.checkpoint import check_local_files, check_tokenizer_size, load_checkpoint
 from clipalign.text.alignment import EncodedCaption, encode_caption
 
 
@@ -220,6 +220,7 @@ class HFCLIPAdapter:
             processor = CLIPImageProcessorPil.from_pretrained(name, local_files_only=local_files_only)
         except (OSError, ValueError) as exc:
             raise model_load_error(name, exc) from exc
+        check_tokenizer_size(name, len(tokenizer), model.text_model.embeddings.token_embedding.num_embeddings)
         module: torch.nn.Module = model  # PreTrainedModel.to's @wraps hides its signature from mypy
         module.to(torch_device).eval().requires_grad_(False)
         return cls(model, tokenizer, processor, name=name)
