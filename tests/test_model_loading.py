@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ from transformers import AutoTokenizer
 from clipalign import ModelLoadError, load_model
 from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.cli.main import main
-from clipalign.models import ClipAdapter
+from clipalign.models import CheckpointError, ClipAdapter, registry
 from clipalign.models.checkpoint import check_tokenizer_size
 from clipalign.testing import save_random_clip, tiny_clip_config
 
@@ -110,6 +111,22 @@ def test_tokenizer_size_check(tokens, ok):
             check_tokenizer_size("m", tokens, 49408)
 
 
+def test_hub_cache_without_tokenizer_files_is_not_asked_again(broken, tmp_path, monkeypatch):
+    """A Hub name whose cached snapshot lacks the tokenizer: refused at once, with no second, online try."""
+    (broken / "tokenizer.json").unlink()
+    repo = tmp_path / "hub" / "models--acme--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    shutil.copytree(broken, repo / "snapshots" / "abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    tries = []
+    load = registry._load
+    monkeypatch.setattr(registry, "_load", lambda *args, **kw: tries.append(kw) or load(*args, **kw))
+    with pytest.raises(CheckpointError, match="has 2 tokens for a model with 49408 token embeddings"):
+        load_model("acme/tiny", device="cpu")
+    assert tries == [{"local_files_only": True}]
+
+
 def test_renamed_tensor(broken):
     rewrite_weights(broken, lambda s: s.__setitem__("foo.bar", s.pop("text_model.final_layer_norm.weight")))
     with pytest.raises(ModelLoadError) as info:
@@ -177,6 +194,12 @@ def test_corrupt_safetensors(broken, damage):
     with pytest.raises(ModelLoadError, match="weights file is corrupt or truncated") as info:
         load_model(broken, device="cpu")
     assert len(str(info.value).splitlines()) == 1
+
+
+def test_non_finite_weights(broken):
+    rewrite_weights(broken, lambda s: s["text_projection.weight"].view(-1)[3:5].fill_(float("nan")))
+    with pytest.raises(ModelLoadError, match=r"NaN or inf values in 1 \(text_projection.weight\)"):
+        load_model(broken, device="cpu")
 
 
 def test_truncated_pickle_when_allowed(pickled):

@@ -20,6 +20,12 @@ from clipalign.models.base import ModelLoadError, model_load_error
 
 ModelT = TypeVar("ModelT", bound=PreTrainedModel)
 
+
+class CheckpointError(ModelLoadError):
+    """The checkpoint's files were found but are incomplete, corrupt or do not fit together: asking the Hub
+    again would not help."""
+
+
 TOKENIZER_FILES: tuple[tuple[str, ...], ...] = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 """Either group is enough for a fast CLIP tokenizer."""
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -36,13 +42,13 @@ def check_local_files(name: str, allow_pickle: bool) -> None:
     if not path.is_dir():
         return
     if not any(all((path / f).is_file() for f in group) for group in TOKENIZER_FILES):
-        raise ModelLoadError(f"no tokenizer files in {path} (vocab.json/merges.txt or tokenizer.json)")
+        raise CheckpointError(f"no tokenizer files in {path} (vocab.json/merges.txt or tokenizer.json)")
     if not (path / PREPROCESSOR_FILE).is_file():
-        raise ModelLoadError(f"no {PREPROCESSOR_FILE} in {path}: the image preprocessing is unknown")
+        raise CheckpointError(f"no {PREPROCESSOR_FILE} in {path}: the image preprocessing is unknown")
     has_safe = any((path / f).is_file() for f in SAFE_WEIGHTS)
     pickles = [f for f in PICKLE_WEIGHTS if (path / f).is_file()]
     if pickles and not has_safe and not allow_pickle:
-        raise ModelLoadError(
+        raise CheckpointError(
             f"{path} has pickle weights only ({pickles[0]}), and a pickle can run code when loaded: "
             "convert them to model.safetensors, or pass allow_pickle=True if you trust their source"
         )
@@ -52,7 +58,7 @@ def check_tokenizer_size(name: str, tokens: int, embeddings: int) -> None:
     """The tokenizer must fit the model's token embeddings and cover most of them: ids past the table
     fail or wrap, and a tokenizer built without its files (e.g. an incomplete Hub cache) has two tokens."""
     if tokens > embeddings or tokens < embeddings // 2:
-        raise ModelLoadError(
+        raise CheckpointError(
             f"the tokenizer of {name} has {tokens} tokens for a model with {embeddings} token embeddings: "
             "its tokenizer files are missing or belong to another model"
         )
@@ -82,7 +88,7 @@ def check_loading_info(name: str, info: dict[str, Collection[object]]) -> None:
     if errors := info.get("error_msgs", ()):
         problems.append(f"errors {_some(str(e).splitlines()[0] for e in errors)}")
     if problems:
-        raise ModelLoadError(
+        raise CheckpointError(
             f"the weights in {name} do not match its config.json: "
             + "; ".join(problems)
             + " — the checkpoint is broken or was saved for another architecture"
@@ -97,7 +103,7 @@ def load_checkpoint(
 
     Safetensors only unless ``allow_pickle`` (then safetensors first, else a ``.bin`` read weights-only).
     Shape mismatches come back in the loading info instead of as an error pointing to a hidden log
-    report, and a corrupt or truncated weights file is a one-line :class:`ModelLoadError`.
+    report, and a corrupt or truncated weights file is a one-line :class:`CheckpointError`.
     """
     try:
         # output_loading_info=True makes it return (model, info), which its annotation does not say
@@ -114,9 +120,20 @@ def load_checkpoint(
         raise model_load_error(name, exc) from exc
     except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(
+        raise CheckpointError(
             f"cannot load model {name!r}: its weights file is corrupt or truncated ({reason})"
         ) from exc
     model: ModelT = loaded[0]
     check_loading_info(name, loaded[1])
+    check_finite(name, model)
     return model
+
+
+def check_finite(name: str, model: torch.nn.Module) -> None:
+    """Raise if a parameter holds NaN or inf: safetensors has no checksum, so damaged tensor bytes load
+    without error, and this catches the damage that shows (flips that stay finite cannot be told apart)."""
+    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise CheckpointError(
+            f"the weights in {name} hold NaN or inf values in {_some(bad)}: the weights file is corrupt"
+        )

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoConfig
 
 from clipalign.models.base import ClipAdapter, ModelLoadError, model_load_error, resolve_device, resolve_dtype
+from clipalign.models.checkpoint import CheckpointError
 from clipalign.models.hf_clip import HFCLIPAdapter
 from clipalign.settings import DEFAULT_MODEL
 
@@ -59,6 +60,8 @@ def load_model(
     try:
         # the local cache first: offline, a Hub request would retry for ~20 s before failing
         return _load(name, torch_device, torch_dtype, allow_pickle, local_files_only=True)
+    except CheckpointError:
+        raise
     except ModelLoadError:
         if Path(name).expanduser().exists():
             raise
