@@ -27,12 +27,16 @@ class ModelLoadError(RuntimeError):
 def model_load_error(name: str, exc: BaseException) -> ModelLoadError:
     """A one-line error saying why loading failed and how to point ``--model`` at a local directory."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    hint = (
-        f"the path {name!r} does not exist"
-        if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()
-        else "if you are offline or the Hub is unreachable, download it where you can "
-        f"(`hf download {name} --local-dir DIR`) and pass --model DIR (HF_HUB_OFFLINE=1 fails at once)"
-    )
+    local = Path(name).expanduser()
+    if local.is_dir():
+        hint = "check that this directory holds a complete checkpoint written by save_pretrained"
+    elif name.startswith((".", "/", "~")) and not local.exists():
+        hint = f"the path {name!r} does not exist"
+    else:
+        hint = (
+            "if you are offline or the Hub is unreachable, download it where you can "
+            f"(`hf download {name} --local-dir DIR`) and pass --model DIR (HF_HUB_OFFLINE=1 fails at once)"
+        )
     return ModelLoadError(f"cannot load model {name!r}: {reason} — {hint}")
 
 
@@ -179,11 +183,32 @@ class InteractionAdapter(ClipAdapter, Protocol):
         ...
 
 
+_DEVICE_HELP = "use cpu, cuda, cuda:N or mps"
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` picks CUDA when available, else CPU."""
+    """``None`` picks CUDA when available, else CPU; an unknown or unavailable device is a ValueError,
+    raised before anything is loaded rather than deep inside ``model.to``."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"unknown device {str(device)!r}: {_DEVICE_HELP}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"device {str(device)!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+    elif resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {str(device)!r}: MPS is not available on this machine")
+    elif resolved.type != "cpu":
+        raise ValueError(f"unknown device {str(device)!r}: {_DEVICE_HELP}")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

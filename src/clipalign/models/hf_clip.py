@@ -27,6 +27,7 @@ from clipalign.models.base import (
     resolve_device,
     resolve_dtype,
 )
+from clipalign.models.checkpoint import check_local_files, check_tokenizer_size, load_checkpoint
 from clipalign.text.alignment import EncodedCaption, encode_caption
 
 
@@ -201,24 +202,27 @@ class HFCLIPAdapter:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype = "fp32",
         local_files_only: bool = False,
+        allow_pickle: bool = False,
     ) -> HFCLIPAdapter:
         """Load model, tokenizer and image processor from a Hub name or a local directory.
 
-        ``local_files_only`` uses the Hugging Face cache without asking the Hub. The model is put in
-        eval mode with gradients off for its parameters (attribution differentiates activations only).
+        ``local_files_only`` uses the Hugging Face cache without asking the Hub. Weights must be
+        safetensors unless ``allow_pickle`` (then a ``pytorch_model.bin`` is read weights-only) and must
+        match the config; a folder without tokenizer files is refused (see :mod:`.checkpoint`). The model
+        is put in eval mode with gradients off for its parameters (attribution differentiates activations).
         """
         name = str(name_or_path)
-        torch_dtype = resolve_dtype(dtype)
+        torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+        check_local_files(name, allow_pickle)
+        model = load_checkpoint(CLIPModel, name, torch_dtype, local_files_only, allow_pickle)
         try:
-            model = CLIPModel.from_pretrained(
-                name, attn_implementation="eager", dtype=torch_dtype, local_files_only=local_files_only
-            )
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
             processor = CLIPImageProcessorPil.from_pretrained(name, local_files_only=local_files_only)
         except (OSError, ValueError) as exc:
             raise model_load_error(name, exc) from exc
+        check_tokenizer_size(name, len(tokenizer), model.text_model.embeddings.token_embedding.num_embeddings)
         module: torch.nn.Module = model  # PreTrainedModel.to's @wraps hides its signature from mypy
-        module.to(resolve_device(device)).eval().requires_grad_(False)
+        module.to(torch_device).eval().requires_grad_(False)
         return cls(model, tokenizer, processor, name=name)
 
     @property

@@ -8,7 +8,8 @@ from typing import Protocol
 import torch
 from transformers import AutoConfig
 
-from clipalign.models.base import ClipAdapter, ModelLoadError, model_load_error
+from clipalign.models.base import ClipAdapter, ModelLoadError, model_load_error, resolve_device, resolve_dtype
+from clipalign.models.checkpoint import CheckpointError
 from clipalign.models.hf_clip import HFCLIPAdapter
 from clipalign.settings import DEFAULT_MODEL
 
@@ -20,6 +21,7 @@ class AdapterFactory(Protocol):
         device: str | torch.device | None = ...,
         dtype: str | torch.dtype = ...,
         local_files_only: bool = ...,
+        allow_pickle: bool = ...,
     ) -> ClipAdapter: ...
 
 
@@ -39,6 +41,7 @@ def load_model(
     name_or_path: str | Path = DEFAULT_MODEL,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "fp32",
+    allow_pickle: bool = False,
 ) -> ClipAdapter:
     """Load a CLIP-family model by Hub name or local directory, choosing the adapter from its config.
 
@@ -46,19 +49,27 @@ def load_model(
         name_or_path: e.g. ``openai/clip-vit-base-patch32`` or a directory written by ``save_pretrained``.
         device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` picks CUDA when available.
         dtype: ``fp32``, ``fp16`` or ``bf16``.
+        allow_pickle: also accept ``pytorch_model.bin`` weights (read weights-only) when there are no
+            safetensors; off by default because a pickle from an untrusted source can run code.
+
+    An unknown or unavailable device or dtype is a ValueError before anything is read; a folder without
+    tokenizer files, or whose weights do not match its config, is a :class:`ModelLoadError`.
     """
     name = str(name_or_path)
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     try:
         # the local cache first: offline, a Hub request would retry for ~20 s before failing
-        return _load(name, device, dtype, local_files_only=True)
+        return _load(name, torch_device, torch_dtype, allow_pickle, local_files_only=True)
+    except CheckpointError:
+        raise
     except ModelLoadError:
         if Path(name).expanduser().exists():
             raise
-    return _load(name, device, dtype, local_files_only=False)
+    return _load(name, torch_device, torch_dtype, allow_pickle, local_files_only=False)
 
 
 def _load(
-    name: str, device: str | torch.device | None, dtype: str | torch.dtype, local_files_only: bool
+    name: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool, local_files_only: bool
 ) -> ClipAdapter:
     try:
         model_type = AutoConfig.from_pretrained(name, local_files_only=local_files_only).model_type
@@ -69,4 +80,6 @@ def _load(
         raise ModelLoadError(
             f"model {name!r} has model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
         )
-    return factory.from_pretrained(name, device=device, dtype=dtype, local_files_only=local_files_only)
+    return factory.from_pretrained(
+        name, device=device, dtype=dtype, local_files_only=local_files_only, allow_pickle=allow_pickle
+    )
