@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -16,8 +17,9 @@ from PIL import Image
 from clipalign import CLIP4DM, CaptionTruncatedWarning, ItemError, TokenPatchInteractions, WordSettings
 from clipalign.cli.main import main
 from clipalign.runners import local
-from clipalign.runners.local import SCHEMA, decode, score_batch
+from clipalign.runners.local import SCHEMA, decode, scan, score_batch
 from clipalign.runners.sources import Sample
+from clipalign.settings import ScanSettings
 from clipalign.text import CaptionError, validate_caption
 
 SURROGATE = "a \ud800 cat"
@@ -206,6 +208,20 @@ def test_score_batch_gives_error_rows_for_bad_captions_and_scores_the_rest(adapt
     pa.Table.from_pylist(rows, schema=SCHEMA)  # every row can be written to Parquet
     [alone] = attributor.attribute([images[3]], ["a red car"])
     assert rows[3]["cosine"] == pytest.approx(alone.cosine, abs=1e-6)
+
+
+def test_a_scan_with_a_surrogate_caption_finishes_with_an_error_row(adapter, tmp_path):
+    for i in range(4):
+        scene(i).save(tmp_path / f"{i}.png")
+    captions = ["a dog", SURROGATE, "a cat", "a red car"]
+    samples = [Sample(i, f"k{i}", tmp_path / f"{i}.png", c) for i, c in enumerate(captions)]
+    options = ScanSettings(part_size=2, progress=False)
+    out = tmp_path / "scores.parquet"
+    result = scan(samples, CLIP4DM(adapter, batch_size=2), out, {"test": 1}, options=options)
+    rows = pq.read_table(result.output).to_pylist()
+    assert [r["index"] for r in rows] == [0, 1, 2, 3]
+    assert [r["error"] is None for r in rows] == [True, False, True, True]
+    assert "lone surrogate" in rows[1]["error"]
 
 
 def test_score_batch_falls_back_to_one_pair_at_a_time(adapter, monkeypatch):
