@@ -8,6 +8,7 @@ speed or memory only and are left out of it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
@@ -97,6 +98,8 @@ class WordSettings:
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, Mode)
+        if not math.isfinite(self.epsilon):
+            raise ValueError(f"epsilon must be a finite number, got {self.epsilon}")
         if self.layers < 1:
             raise ValueError(f"layers must be ≥ 1, got {self.layers}")
         if self.batch_size < 1:

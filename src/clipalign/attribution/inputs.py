@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from clipalign.images import ImageInput, describe_source
+from clipalign.images import ImageInput, ImageLoadError, describe_source
 from clipalign.results import ItemError
+from clipalign.text.alignment import CaptionError
 
 
 def pair_up(
@@ -21,6 +22,16 @@ def pair_up(
     return image_list, caption_list
 
 
+def reason(exc: BaseException) -> str:
+    """Why a pair failed, on one line: the message of an expected error (unreadable image, bad caption);
+    for any other exception its type too, since messages such as a tokenizer's TypeError say little alone."""
+    if isinstance(exc, (ImageLoadError, CaptionError)):
+        return str(exc)
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def item_error(index: int, image: ImageInput, caption: object, exc: Exception) -> ItemError:
     """The record of a pair that could not be scored: which one (input index, source) and why."""
-    return ItemError(index, describe_source(image), caption if isinstance(caption, str) else None, str(exc))
+    text = caption if isinstance(caption, str) else None
+    return ItemError(index, describe_source(image), text, reason(exc))

@@ -21,11 +21,10 @@ import torch
 
 from clipalign.attribution.inputs import item_error, pair_up
 from clipalign.attribution.quadrature import quadrature
-from clipalign.images import ImageInput, ImageLoadError, describe_source, load_image
+from clipalign.images import ImageInput, describe_source, load_image
 from clipalign.models.base import ClipAdapter, InteractionAdapter, PositionJVPs
 from clipalign.results import Completeness, Interactions, ItemError, TokenGroup
 from clipalign.settings import InteractionSettings
-from clipalign.text.alignment import CaptionError
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 
@@ -148,16 +147,16 @@ class TokenPatchInteractions:
     ) -> list[Interactions] | list[Interactions | ItemError]:
         """One :class:`Interactions` per pair, in input order.
 
-        As in :meth:`clipalign.CLIP4DM.attribute`, with ``on_error="record"`` an unreadable image or an
-        empty caption becomes an :class:`ItemError` for that pair and the others are still computed;
-        ``on_error="raise"`` raises instead.
+        As in :meth:`clipalign.CLIP4DM.attribute`, with ``on_error="record"`` a pair that fails (an
+        unreadable image, an invalid caption, any error while computing it) becomes an
+        :class:`ItemError` saying why and the others are still computed; ``on_error="raise"`` raises.
         """
         image_list, caption_list = pair_up(images, captions)
         results: list[Interactions | ItemError] = []
         for index, (image, caption) in enumerate(zip(image_list, caption_list, strict=True)):
             try:
                 results.append(self._pair(image, caption))
-            except (ImageLoadError, CaptionError) as exc:
+            except Exception as exc:
                 if on_error == "raise":
                     raise
                 results.append(item_error(index, image, caption, exc))

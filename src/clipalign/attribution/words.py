@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 
 from clipalign.attribution.inputs import item_error, pair_up
-from clipalign.images import ImageInput, ImageLoadError, describe_source, load_image
+from clipalign.images import ImageInput, describe_source, load_image
 from clipalign.metrics.functional import clip_score, f_clip_score
 from clipalign.models.base import ClipAdapter
 from clipalign.results import ItemError, Span, TokenScore, Word, WordAlignment, eligible
 from clipalign.settings import Mode, WordSettings
-from clipalign.text.alignment import CaptionError, EncodedCaption
+from clipalign.text.alignment import EncodedCaption
 
 
 @dataclass
@@ -92,6 +92,15 @@ def merge_spans(caption: str, words: Sequence[Word]) -> list[Span]:
             )
             run = []
     return spans
+
+
+@dataclass
+class Prepared:
+    """A pair ready to score: its position in the batch, its decoded image, its encoded caption."""
+
+    position: int
+    image: Image.Image
+    encoded: EncodedCaption
 
 
 class CLIP4DM:
@@ -176,8 +185,9 @@ class CLIP4DM:
 
         ``mode`` and ``epsilon`` override the settings for this call: ``threshold`` marks words below ε,
         ``most_negative`` the single lowest word; F-CLIPScore always uses the threshold rule. With
-        ``on_error="record"`` an unreadable image or an empty caption becomes an :class:`ItemError` for
-        that pair and the rest are still scored; ``on_error="raise"`` raises instead.
+        ``on_error="record"`` a pair that fails (an unreadable image, an empty or invalid caption, any
+        error while scoring it) becomes an :class:`ItemError` saying why and the rest are still scored;
+        ``on_error="raise"`` raises instead.
         """
         mode = self.settings.mode if mode is None else mode
         if mode not in get_args(Mode):
@@ -202,28 +212,47 @@ class CLIP4DM:
         epsilon: float,
         on_error: str,
     ) -> list[WordAlignment | ItemError]:
+        """Prepare each pair on its own (a failure there is that pair's), then score the rest at once.
+
+        When scoring the batch fails, each pair is scored alone: one bad pair, or a batch too large for
+        memory, then costs only its own result, and a genuine model failure is recorded for every pair.
+        """
         slots: list[WordAlignment | ItemError | None] = [None] * len(captions)
-        loaded: list[Image.Image] = []
-        encoded: list[EncodedCaption] = []
-        positions: list[int] = []
+
+        def failed(i: int, exc: Exception) -> None:
+            if on_error == "raise":
+                raise exc
+            slots[i] = item_error(first_index + i, images[i], captions[i], exc)
+
+        prepared: list[Prepared] = []
         for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
             try:
                 [enc] = self.model.encode_captions([caption], self.settings.template)
-                pil = load_image(image)
-            except (ImageLoadError, CaptionError) as exc:
-                if on_error == "raise":
-                    raise
-                slots[i] = item_error(first_index + i, image, caption, exc)
+                prepared.append(Prepared(i, load_image(image), enc))
+            except Exception as exc:
+                failed(i, exc)
+        groups = [prepared] if prepared else []
+        while groups:
+            group = groups.pop(0)
+            try:
+                results = self._score(group, images, mode, epsilon)
+            except Exception as exc:
+                if len(group) == 1:
+                    failed(group[0].position, exc)
+                else:
+                    groups = [[item] for item in group] + groups
                 continue
-            loaded.append(pil)
-            encoded.append(enc)
-            positions.append(i)
-        if encoded:
-            raw = self.attribute_tokens(self.model.preprocess(loaded), encoded)
-            built = self._build(raw, encoded, [images[i] for i in positions], mode, epsilon)
-            for i, result in zip(positions, built, strict=True):
-                slots[i] = result
+            for item, result in zip(group, results, strict=True):
+                slots[item.position] = result
         return [s for s in slots if s is not None]
+
+    def _score(
+        self, group: Sequence[Prepared], images: Sequence[ImageInput], mode: Mode, epsilon: float
+    ) -> list[WordAlignment]:
+        """One forward and one backward for the prepared pairs of ``group``, in its order."""
+        encoded = [item.encoded for item in group]
+        raw = self.attribute_tokens(self.model.preprocess([item.image for item in group]), encoded)
+        return self._build(raw, encoded, [images[item.position] for item in group], mode, epsilon)
 
     def _build(
         self,

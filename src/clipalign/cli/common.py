@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, get_args
 
+from PIL import Image
 from rich.console import Console
+from rich.markup import escape
 
 from clipalign.attribution import CLIP4DM
-from clipalign.images import ImageLoadError
+from clipalign.images import ImageLoadError, load_image
 from clipalign.models import ClipAdapter, ModelLoadError, load_model
-from clipalign.results import WordAlignment
+from clipalign.results import ItemError, WordAlignment
 from clipalign.settings import DType, InteractionSettings, Mode, ModelSpec, Normalize, Rule, WordSettings
-from clipalign.text import CaptionError
+from clipalign.text import CaptionError, validate_caption
 
 stderr = Console(stderr=True)
 
@@ -146,12 +150,52 @@ def open_model(spec: ModelSpec) -> ClipAdapter:
     return load_model(spec.name, device=spec.device, dtype=spec.dtype)
 
 
-def attribute_pair(args: argparse.Namespace) -> tuple[ClipAdapter, WordSettings, WordAlignment]:
-    """Load the model and score the one (image, caption) pair named on the command line."""
-    model = open_model(model_spec(args))
+class PairError(ValueError):
+    """The pair named on the command line could not be scored (the message says why)."""
+
+
+def attribute_pair(
+    args: argparse.Namespace,
+) -> tuple[ClipAdapter, WordSettings, WordAlignment, Image.Image]:
+    """Score the one (image, caption) pair named on the command line; also return the decoded image.
+
+    The settings, caption and image are checked before the model loads, so a mistake fails at once;
+    any failure of the pair itself becomes one error saying why (see :func:`run_guarded`).
+    """
     settings = word_settings(args)
-    [result] = CLIP4DM(model, settings=settings).attribute([args.image], [args.caption], on_error="raise")
-    return model, settings, result
+    validate_caption(args.caption)
+    image = load_image(args.image)
+    model = open_model(model_spec(args))
+    [result] = CLIP4DM(model, settings=settings).attribute([args.image], [args.caption])
+    if isinstance(result, ItemError):
+        raise PairError(result.error)
+    return model, settings, result, image
+
+
+def check_output(path: str | None) -> None:
+    """Refuse an output path that cannot be written, before any slow work: its folder must exist and
+    be writable, and the path itself must not be a folder or a read-only file."""
+    if not path:
+        return
+    out = Path(path)
+    folder = out.resolve().parent
+    if out.is_dir():
+        raise ValueError(f"cannot write {path}: it is a directory")
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {path}: its directory does not exist")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise ValueError(f"cannot write {path}: the file is not writable")
+    if not out.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: its directory is not writable")
+
+
+@contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` (disk full, permission denied...) into a one-line error."""
+    try:
+        yield
+    except OSError as exc:
+        raise ValueError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def print_json(obj: dict[str, Any]) -> None:
@@ -166,7 +210,13 @@ def warnings_to_stderr() -> Iterator[None]:
         yield
     for w in caught:
         if issubclass(w.category, UserWarning) and w.filename and "clipalign" in w.filename:
-            stderr.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+            stderr.print(f"[yellow]warning:[/] {printable(w.message)}", highlight=False, soft_wrap=True)
+
+
+def printable(message: object) -> str:
+    """``message`` safe to print: rich markup escaped, lone surrogates (from undecodable command-line
+    bytes) written as ``\\udcff`` instead of failing to encode."""
+    return escape(str(message).encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -175,5 +225,5 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
         with warnings_to_stderr():
             return func(args)
     except (ModelLoadError, ImageLoadError, CaptionError, ValueError) as exc:
-        stderr.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        stderr.print(f"[red]error:[/] {printable(exc)}", highlight=False, soft_wrap=True)
         return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from rich.console import Console
 from rich.table import Table
@@ -10,23 +11,33 @@ from rich.text import Text
 
 from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.cli.common import (
+    PairError,
     add_interaction_options,
     add_model_options,
+    check_output,
     interaction_settings,
     model_spec,
     open_model,
     print_json,
+    printable,
+    writing,
 )
 from clipalign.images import load_image
-from clipalign.results import Interactions
+from clipalign.results import Interactions, ItemError
+from clipalign.text import validate_caption
 from clipalign.viz.terminal import scored_words
 
 
 def _box(value: str) -> tuple[float, float, float, float]:
+    """--box x,y,w,h: four finite numbers, width and height > 0 (NaN would give all-NaN scores)."""
     try:
         x, y, w, h = (float(v) for v in value.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected x,y,w,h (four numbers), got {value!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise argparse.ArgumentTypeError(f"box values must be finite numbers, got {value!r}")
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"box width and height must be > 0, got {value!r}")
     return x, y, w, h
 
 
@@ -61,10 +72,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--grid draws one heatmap per word: give --out FILE.png")
     if args.out and not (args.span or args.words or args.grid):
         raise ValueError("--out needs --span, --words or --grid to know what to draw")
-    model = open_model(model_spec(args))
-    method = TokenPatchInteractions(model, settings=interaction_settings(args))
+    check_output(args.out)
+    settings = interaction_settings(args)
+    validate_caption(args.caption)
     image = load_image(args.image)
-    [result] = method.attribute([image], [args.caption], on_error="raise")
+    model = open_model(model_spec(args))
+    method = TokenPatchInteractions(model, settings=settings)
+    [result] = method.attribute([image], [args.caption])
+    if isinstance(result, ItemError):
+        raise PairError(result.error)
     span = args.span if args.span is not None else args.words
     report: dict = {"model": model.name, **result.to_dict()}
     if span is not None:
@@ -89,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
             if args.grid
             else span_figure(image, result, span, args.occurrence)
         )
-        report["out"] = str(save(fig, args.out))
+        with writing(args.out):
+            report["out"] = str(save(fig, args.out))
     if args.json:
         print_json(report)
     else:
@@ -120,4 +137,4 @@ def _print_summary(result: Interactions, report: dict) -> None:
         pairs = [(w["word"], w["score"]) for w in report["box"]["words"]]
         console.print(Text(f"box {tuple(report['box']['box'])}: ").append(scored_words(pairs)))
     if "out" in report:
-        console.print(f"wrote {report['out']}")
+        console.print(f"wrote {printable(report['out'])}")

@@ -11,6 +11,7 @@ from rich.table import Table
 from clipalign.cli.common import add_pair_arguments, attribute_pair, print_json
 from clipalign.metrics import ref_clip_score, reference_cosines
 from clipalign.results import word_row
+from clipalign.text import CaptionError, validate_caption
 from clipalign.viz.terminal import coloured_caption
 
 
@@ -30,7 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, settings, result = attribute_pair(args)
+    for reference in args.reference:
+        try:
+            validate_caption(reference)
+        except CaptionError as exc:
+            raise CaptionError(f"--reference {reference!r}: {exc}") from None
+    model, settings, result, _ = attribute_pair(args)
     ref = None
     if args.reference:
         ref_cos, mask = reference_cosines(model, [args.caption], [args.reference], settings.template)

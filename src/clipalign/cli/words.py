@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from PIL import Image
 from rich.console import Console
 
-from clipalign.cli.common import add_pair_arguments, attribute_pair, print_json, stderr
-from clipalign.images import load_image
+from clipalign.cli.common import (
+    add_pair_arguments,
+    attribute_pair,
+    check_output,
+    print_json,
+    printable,
+    stderr,
+    writing,
+)
 from clipalign.results import WordAlignment
 from clipalign.viz.terminal import score_line, word_table
 
@@ -22,12 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for out in (args.html, args.png):
-        if out and not Path(out).resolve().parent.is_dir():
-            raise ValueError(f"cannot write {out}: its directory does not exist")
-    model, settings, result = attribute_pair(args)
+    check_output(args.html)
+    check_output(args.png)
+    model, settings, result, image = attribute_pair(args)
     if args.html or args.png:
-        _write_pictures(args, result, model.name)
+        _write_pictures(args, image, result, model.name)
     if args.json:
         print_json(
             {
@@ -44,14 +50,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_pictures(args: argparse.Namespace, result: WordAlignment, model_name: str) -> None:
+def _write_pictures(
+    args: argparse.Namespace, image: Image.Image, result: WordAlignment, model_name: str
+) -> None:
     """--html / --png: the image, the caption coloured word by word, and the scores."""
     from clipalign.viz.heatmap import save
     from clipalign.viz.html import save_html
     from clipalign.viz.words_png import words_figure
 
-    image = load_image(args.image)
     if args.html:
-        stderr.print(f"wrote {save_html(image, result, args.html, model_name)}", highlight=False)
+        with writing(args.html):
+            written = save_html(image, result, args.html, model_name)
+        stderr.print(f"wrote {printable(written)}", highlight=False)
     if args.png:
-        stderr.print(f"wrote {save(words_figure(image, result), args.png)}", highlight=False)
+        with writing(args.png):
+            written = save(words_figure(image, result), args.png)
+        stderr.print(f"wrote {printable(written)}", highlight=False)

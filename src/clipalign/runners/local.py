@@ -8,6 +8,7 @@ complete part with no duplicate and no missing item. A ``.parquet`` output path 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shutil
@@ -23,8 +24,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from clipalign.attribution.inputs import item_error, reason
 from clipalign.attribution.words import CLIP4DM
-from clipalign.images import ImageLoadError, load_image
+from clipalign.images import load_image
 from clipalign.results import ItemError, WordAlignment, word_row
 from clipalign.runners.sources import Sample
 from clipalign.settings import ScanSettings, comparable
@@ -71,8 +73,21 @@ SPAN_FIELDS = [f.name for f in SCHEMA.field("spans").type.value_type]
 """What a span keeps in the Parquet output (not its word indices)."""
 
 
+def _text(value: object) -> str | None:
+    """A string column's value: None for a non-string, lone surrogates escaped (Parquet needs UTF-8)."""
+    if not isinstance(value, str):
+        return None
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_row(sample: Sample, error: str) -> Row:
-    return {"index": sample.index, "key": sample.key, "caption": sample.caption, "error": error}
+    """The row of a sample that could not be scored; any caption, key or reason is stored as valid text."""
+    return {
+        "index": sample.index,
+        "key": _text(sample.key),
+        "caption": _text(sample.caption),
+        "error": _text(error),
+    }
 
 
 def result_row(sample: Sample, result: WordAlignment) -> Row:
@@ -81,7 +96,7 @@ def result_row(sample: Sample, result: WordAlignment) -> Row:
     row["spans"] = [{k: s[k] for k in SPAN_FIELDS} for s in row["spans"]]
     return {
         "index": sample.index,
-        "key": sample.key,
+        "key": _text(sample.key),
         "caption": sample.caption,
         **{name: row[name] for name in SCORE_COLUMNS},
         "error": None,
@@ -89,22 +104,26 @@ def result_row(sample: Sample, result: WordAlignment) -> Row:
 
 
 def decode(sample: Sample) -> Image.Image | str:
-    """The sample's RGB image, or the reason it cannot be used (runs in worker threads)."""
+    """The sample's RGB image, or the reason it cannot be used (runs in worker threads; never raises)."""
     if sample.error is not None:
         return sample.error
     if sample.image is None:
         return "no image"
     try:
         return load_image(sample.image)
-    except ImageLoadError as exc:
-        return str(exc)
+    except Exception as exc:
+        return reason(exc)
 
 
 def score_batch(attributor: CLIP4DM, samples: list[Sample], images: list[Image.Image | str]) -> list[Row]:
-    """Rows for one batch: one forward and one backward for every sample that decoded."""
+    """Rows for one batch: one forward and one backward for every sample that decoded.
+
+    Every failure of one sample becomes its error row (CLIP4DM records them per pair); should scoring
+    the batch still raise, each sample is scored alone so that the scan always gets one row per sample.
+    """
     rows: list[Row | None] = [None] * len(samples)
     todo: list[int] = []
-    captions: list[str] = []
+    pairs: list[tuple[Image.Image, str]] = []
     for i, (sample, image) in enumerate(zip(samples, images, strict=True)):
         if isinstance(image, str):
             rows[i] = error_row(sample, image)
@@ -112,16 +131,33 @@ def score_batch(attributor: CLIP4DM, samples: list[Sample], images: list[Image.I
             rows[i] = error_row(sample, "no caption")
         else:
             todo.append(i)
-            captions.append(sample.caption)
-    if todo:
-        results = attributor.attribute([images[i] for i in todo], captions)
-        for i, result in zip(todo, results, strict=True):
-            rows[i] = (
-                error_row(samples[i], result.error)
-                if isinstance(result, ItemError)
-                else result_row(samples[i], result)
-            )
+            pairs.append((image, sample.caption))
+    results: list[WordAlignment | ItemError] | None = None
+    # a batch that raises is retried pair by pair after the handler, once its memory is released
+    with contextlib.suppress(Exception):
+        results = attributor.attribute([image for image, _ in pairs], [caption for _, caption in pairs])
+    if results is None:
+        results = [
+            _score_alone(attributor, samples[i].index, *pair) for i, pair in zip(todo, pairs, strict=True)
+        ]
+    for i, result in zip(todo, results, strict=True):
+        rows[i] = (
+            error_row(samples[i], result.error)
+            if isinstance(result, ItemError)
+            else result_row(samples[i], result)
+        )
     return [r for r in rows if r is not None]
+
+
+def _score_alone(
+    attributor: CLIP4DM, index: int, image: Image.Image, caption: str
+) -> WordAlignment | ItemError:
+    """One pair scored on its own, its failure recorded (the fallback when a whole batch raised)."""
+    try:
+        [result] = attributor.attribute([image], [caption])
+    except Exception as exc:
+        return item_error(index, image, caption, exc)
+    return result
 
 
 class PartWriter:

@@ -22,8 +22,12 @@ DEFAULT_TEMPLATE = "A photo depicts "
 _WORD = re.compile(r"\S+")
 
 
+_TRUNCATION_PREVIEW_WORDS = 5
+_TRUNCATION_PREVIEW_CHARS = 80
+
+
 class CaptionError(ValueError):
-    """A caption that cannot be scored (empty, whitespace only, or not a string)."""
+    """A caption that cannot be scored (not a string, not valid text, empty or invisible only)."""
 
 
 class CaptionTruncatedWarning(UserWarning):
@@ -81,9 +85,28 @@ def validate_caption(caption: object) -> str:
     """Return the caption if it can be scored, else raise :class:`CaptionError` saying why."""
     if not isinstance(caption, str):
         raise CaptionError(f"caption must be a string, got {type(caption).__name__}")
-    if not caption.strip():
-        raise CaptionError("caption is empty (or only whitespace): nothing to score")
+    try:
+        caption.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CaptionError(
+            f"caption is not valid Unicode text: lone surrogate {caption[exc.start]!r} at character "
+            f"{exc.start} (undecodable bytes?)"
+        ) from None
+    if all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in caption):
+        raise CaptionError(
+            "caption is empty (or only whitespace, control or zero-width characters): nothing to score"
+        )
     return caption
+
+
+def _dropped_preview(caption: str, dropped: Sequence[WordSpan]) -> str:
+    """The first few dropped words (at most a line of text), then how many more: a short warning."""
+    shown = dropped[:_TRUNCATION_PREVIEW_WORDS]
+    text = caption[shown[0].start : shown[-1].end]
+    if len(text) > _TRUNCATION_PREVIEW_CHARS:
+        text = text[:_TRUNCATION_PREVIEW_CHARS] + "…"
+    more = len(dropped) - len(shown)
+    return f"{text!r}" + (f" … and {more} more words" if more else "")
 
 
 def encode_caption(
@@ -113,6 +136,8 @@ def encode_caption(
     tlen = len(template)
     starts = np.array([a for a, _ in spans], dtype=np.int64) - tlen
     token_word = np.where(starts >= 0, np.searchsorted(word_starts, starts, side="right") - 1, -1)
+    if not (token_word >= 0).any():
+        raise CaptionError("caption has no characters the tokenizer reads: nothing to score")
 
     capacity = max_length - len(prefix_ids) - len(suffix_ids)
     truncated: list[WordSpan] = []
@@ -124,9 +149,9 @@ def encode_caption(
         truncated = words[first_cut_word:]
         words = words[:first_cut_word]
         ids, spans, token_word = ids[:cut], spans[:cut], token_word[:cut]
-        dropped = caption[truncated[0].start :]
         warnings.warn(
-            f"caption longer than {max_length} tokens: dropped its last {len(truncated)} words: {dropped!r}",
+            f"caption longer than {max_length} tokens: dropped its last {len(truncated)} words: "
+            f"{_dropped_preview(caption, truncated)}",
             CaptionTruncatedWarning,
             stacklevel=3,
         )
