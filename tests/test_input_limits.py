@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import tarfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,8 @@ import torch
 from PIL import Image
 
 from clipalign.images import MAX_ASPECT_RATIO, ImageLoadError, load_image
+from clipalign.runners import sources
+from clipalign.runners.sources import Columns, Sample, tar_samples
 
 
 def _png(size: tuple[int, int]) -> bytes:
@@ -127,3 +130,116 @@ def test_missing_file_and_directory_messages_are_unchanged(tmp_path: Path) -> No
         load_image(tmp_path / "none.png")
     with pytest.raises(ImageLoadError, match=re.escape(f"{tmp_path}: cannot read image: is a directory")):
         load_image(tmp_path)
+
+
+def _tar_bytes(prefix: str, count: int) -> bytes:
+    """An uncompressed shard of ``count`` samples, each a PNG and a caption."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for i in range(count):
+            for name, data in [
+                (f"{prefix}{i}.png", _png((4 + i, 4))),
+                (f"{prefix}{i}.txt", f"{prefix} {i}".encode()),
+            ]:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _offset(data: bytes, name: str) -> int:
+    """Byte offset of member ``name``'s header in an uncompressed tar."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return tar.getmember(name).offset
+
+
+def _summary(samples: list[Sample]) -> list[tuple[int, str, str | None, str | None]]:
+    return [(s.index, s.key, s.caption, s.error) for s in samples]
+
+
+def test_broken_shards_become_error_rows_and_later_shards_are_read(tmp_path: Path) -> None:
+    good = _tar_bytes("a", 3)
+    truncated = _tar_bytes("b", 3)
+    cut = _offset(truncated, "b1.png") + 512 + 10  # inside b1.png's data
+    corrupt = bytearray(_tar_bytes("c", 3))
+    bad_header = _offset(bytes(corrupt), "c1.png")
+    corrupt[bad_header : bad_header + 20] = b"\xff" * 20
+    (tmp_path / "0.tar").write_bytes(good)
+    (tmp_path / "1.tar").write_bytes(truncated[:cut])
+    (tmp_path / "2.tar").write_bytes(bytes(corrupt))
+    (tmp_path / "3.tar").write_bytes(b"not a tar archive\n" * 100)
+    (tmp_path / "4.tar").write_bytes(_tar_bytes("e", 2))
+    pattern = str(tmp_path / "{0..4}.tar")
+
+    samples = list(tar_samples(pattern, Columns()))
+    assert _summary(samples) == _summary(list(tar_samples(pattern, Columns())))
+    assert [s.index for s in samples] == list(range(len(samples)))
+    by_key = {s.key: s for s in samples}
+    for key in ["a0", "a1", "a2", "b0", "c0", "c2", "e0", "e1"]:
+        assert by_key[key].error is None and isinstance(by_key[key].image, bytes), key
+        assert by_key[key].caption == f"{key[0]} {key[1]}"
+    shard = {i: str(tmp_path / f"{i}.tar") for i in range(5)}
+    assert (
+        by_key["b1"].error == f"{shard[1]}: member b1.png is truncated or unreadable (unexpected end of data)"
+    )
+    assert "b2" not in by_key
+    damaged = by_key[f"{shard[2]}@{bad_header}"]
+    assert damaged.image is None
+    assert damaged.error is not None and damaged.error.startswith(
+        f"{shard[2]}: unreadable tar data at bytes {bad_header}–"
+    )
+    assert by_key["c1"].error == "no image member"
+    not_tar = [s for s in samples if s.key.startswith(shard[3])]
+    assert len(not_tar) == 1 and not_tar[0].error.startswith(f"{shard[3]}: unreadable tar data at bytes 0–")
+    assert [s.key for s in samples] == [
+        "a0", "a1", "a2", "b0", "b1", "c0", damaged.key, "c1", "c2", not_tar[0].key, "e0", "e1",
+    ]  # fmt: skip
+
+
+def test_shard_cut_inside_a_header(tmp_path: Path) -> None:
+    data = _tar_bytes("a", 3)
+    cut = _offset(data, "a1.txt") + 100
+    (tmp_path / "0.tar").write_bytes(data[:cut])
+    (tmp_path / "1.tar").write_bytes(_tar_bytes("b", 1))
+    samples = list(tar_samples(str(tmp_path / "{0..1}.tar"), Columns()))
+    assert [(s.key, s.error) for s in samples] == [
+        ("a0", None),
+        ("a1", "no .txt or .json caption member"),
+        (
+            f"{tmp_path / '0.tar'}@{cut - 100}",
+            f"{tmp_path / '0.tar'}: unreadable tar data at bytes {cut - 100}–{cut} (truncated header)",
+        ),
+        ("b0", None),
+    ]
+
+
+@pytest.mark.parametrize("content", [b"", None])
+def test_unopenable_shard_is_one_error_row(tmp_path: Path, content: bytes | None) -> None:
+    bad = tmp_path / "0.tar"
+    if content is None:
+        bad.mkdir()
+    else:
+        bad.write_bytes(content)
+    (tmp_path / "1.tar").write_bytes(_tar_bytes("b", 1))
+    samples = list(tar_samples(str(tmp_path / "{0..1}.tar"), Columns()))
+    assert [s.key for s in samples] == [str(bad), "b0"]
+    assert samples[0].error is not None and samples[0].error.startswith(f"{bad}: cannot read tar shard (")
+
+
+def test_missing_shard_fails_before_the_first_sample(tmp_path: Path) -> None:
+    (tmp_path / "0.tar").write_bytes(_tar_bytes("a", 1))
+    (tmp_path / "2.tar").write_bytes(_tar_bytes("c", 1))
+    samples = tar_samples(str(tmp_path / "{0..2}.tar"), Columns())
+    with pytest.raises(ValueError, match=re.escape(f"tar shard not found: {tmp_path / '1.tar'}")):
+        next(samples)
+
+
+def test_long_unreadable_stretch_gives_up_on_the_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources, "_MAX_SKIPPED_BYTES", 4 * tarfile.BLOCKSIZE)
+    (tmp_path / "0.tar").write_bytes(_tar_bytes("a", 1)[:1024] + b"\x01" * 512 * 20 + _tar_bytes("b", 1))
+    (tmp_path / "1.tar").write_bytes(_tar_bytes("c", 1))
+    samples = list(tar_samples(str(tmp_path / "{0..1}.tar"), Columns()))
+    assert [s.key for s in samples] == ["a0", f"{tmp_path / '0.tar'}@1024", "c0"]
+    assert "cannot read tar shard (no valid tar header" in str(samples[1].error)
