@@ -120,8 +120,8 @@ def _check_aspect(width: int, height: int, name: str, max_aspect_ratio: float | 
         ratio = f"{longest / shortest:.1f}".removesuffix(".0")
         limit = f"{max_aspect_ratio:.1f}".removesuffix(".0")
         raise ImageLoadError(
-            f"{name}: image is {width}×{height} (aspect {ratio}:1), more than {limit}:1; the model would "
-            "scale its short side up to the input size (pass max_aspect_ratio=None if this is intended)"
+            f"{name}: image is {width}×{height} (aspect {ratio}:1), more than {limit}:1 (max_aspect_ratio); "
+            "scaling its short side up to the model input would take too much memory"
         )
 
 
