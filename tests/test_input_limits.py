@@ -67,7 +67,7 @@ def test_decoded_inputs_are_checked_too(source: object) -> None:
         load_image(source)  # type: ignore[arg-type]
 
 
-def test_limit_is_a_keyword(tmp_path: Path) -> None:
+def test_limit_is_a_keyword() -> None:
     assert MAX_ASPECT_RATIO == 50
     image = Image.new("RGB", (510, 10), (1, 2, 3))
     with pytest.raises(ImageLoadError, match=r"aspect 51:1\), more than 50:1"):
