@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from typing import TypeAlias
 
 import numpy as np
@@ -18,6 +19,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 ImageInput: TypeAlias = str | os.PathLike[str] | bytes | Image.Image | np.ndarray | torch.Tensor
 """Everything ``load_image`` accepts: a file path, encoded file bytes, a PIL image, or an HWC / CHW / HW
 numpy array or tensor."""
+
+MAX_ASPECT_RATIO = 50.0
+"""Default limit on longest side ÷ shortest side, checked from the header before decoding.
+
+CLIP processors scale the shortest edge up to the model input (224–336 px) before the centre crop,
+so a 100000×1 file of a few hundred bytes would become a 22-gigapixel array. Capping the aspect at
+50:1 bounds the resized image at 50 × input² pixels (16800×336 for a 336-px model); the crop of a
+50:1 image already shows the model only 2% of it, so nothing wider is worth scoring."""
 
 _BACKGROUND = (255, 255, 255)
 _ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa"})
@@ -29,6 +38,12 @@ _READ_REASONS: tuple[tuple[type[Exception], str], ...] = (
     (IsADirectoryError, "is a directory"),
     (PermissionError, "permission denied"),
     (UnidentifiedImageError, "not an image file, or a format PIL cannot read"),
+)
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
 )
 
 
@@ -51,38 +66,75 @@ def describe_source(source: object) -> str:
     return f"<{type(source).__name__}>"
 
 
-def load_image(source: ImageInput) -> Image.Image:
+def load_image(source: ImageInput, *, max_aspect_ratio: float | None = MAX_ASPECT_RATIO) -> Image.Image:
     """Load ``source`` as a new, fully decoded RGB image, raising ``ImageLoadError`` for anything unusable.
 
     A PIL image is used at its current frame, so frames from ``ImageSequence`` can be scored one by one.
+    Files must be regular files (a FIFO would block), and images whose longest side exceeds
+    ``max_aspect_ratio`` × the shortest are refused before decoding (``None`` allows any shape); the
+    pixel-count limit is PIL's ``Image.MAX_IMAGE_PIXELS`` decompression-bomb check.
     """
+    if max_aspect_ratio is not None and not max_aspect_ratio >= 1:
+        raise ValueError(f"max_aspect_ratio must be at least 1 or None, got {max_aspect_ratio!r}")
     name = describe_source(source)
     if isinstance(source, (str, os.PathLike)):
-        return _to_rgb(_read_file(source, name), name)
+        _require_regular_file(source, name)
+        return _to_rgb(_read_file(source, name, max_aspect_ratio), name)
     if isinstance(source, bytes):
-        return _to_rgb(_read_file(io.BytesIO(source), name), name)
+        return _to_rgb(_read_file(io.BytesIO(source), name, max_aspect_ratio), name)
     if isinstance(source, Image.Image):
+        _check_aspect(source.width, source.height, name, max_aspect_ratio)
         return _to_rgb(_decode(source, name), name)
     if isinstance(source, torch.Tensor):
         tensor = source.detach().cpu()
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()
-        return _from_array(tensor.numpy(), name)
+        return _from_array(tensor.numpy(), name, max_aspect_ratio)
     if isinstance(source, np.ndarray):
-        return _from_array(source, name)
+        return _from_array(source, name, max_aspect_ratio)
     raise ImageLoadError(
         f"{name}: unsupported image input; expected a file path "
         "(str or os.PathLike), encoded bytes, a PIL.Image.Image, a numpy.ndarray or a torch.Tensor"
     )
 
 
-def _read_file(path: str | os.PathLike[str] | io.BytesIO, name: str) -> Image.Image:
-    """Open an image file and fully decode its first frame, so truncated files fail here."""
+def _require_regular_file(path: str | os.PathLike[str], name: str) -> None:
+    """Refuse directories, FIFOs, sockets and devices before opening: reading a FIFO with no writer hangs."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise _read_error(name, exc) from exc
+    if stat.S_ISDIR(mode):
+        raise _read_error(name, IsADirectoryError(path))
+    if not stat.S_ISREG(mode):
+        kind = next((k for test, k in _SPECIAL_FILES if test(mode)), "special file")
+        raise ImageLoadError(f"{name}: cannot read image: not a regular file (a {kind})")
+
+
+def _check_aspect(width: int, height: int, name: str, max_aspect_ratio: float | None) -> None:
+    """Refuse a long thin image, which the processor's shortest-edge resize would blow up in memory."""
+    if max_aspect_ratio is None or width == 0 or height == 0:
+        return
+    longest, shortest = max(width, height), min(width, height)
+    if longest > max_aspect_ratio * shortest:
+        ratio = f"{longest / shortest:.1f}".removesuffix(".0")
+        limit = f"{max_aspect_ratio:.1f}".removesuffix(".0")
+        raise ImageLoadError(
+            f"{name}: image is {width}×{height} (aspect {ratio}:1), more than {limit}:1 (max_aspect_ratio); "
+            "scaling its short side up to the model input would take too much memory"
+        )
+
+
+def _read_file(
+    path: str | os.PathLike[str] | io.BytesIO, name: str, max_aspect_ratio: float | None
+) -> Image.Image:
+    """Open an image file, check its header size, then decode the first frame (truncation fails here)."""
     try:
         image = Image.open(path)
     except Exception as exc:
         raise _read_error(name, exc) from exc
     with image:
+        _check_aspect(image.width, image.height, name, max_aspect_ratio)
         return _decode(image, name)
 
 
@@ -188,7 +240,7 @@ def _array_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     raise ImageLoadError(f"{name}: unsupported pixel dtype; expected uint8, uint16, bool or float in [0, 1]")
 
 
-def _from_array(array: np.ndarray, name: str) -> Image.Image:
+def _from_array(array: np.ndarray, name: str, max_aspect_ratio: float | None) -> Image.Image:
     """Build an RGB image from an HxW, HxWxC or CxHxW array (C in 1, 3, 4; CHW only if the last dim isn't)."""
     if array.size == 0:
         raise ImageLoadError(f"{name}: empty array")
@@ -200,4 +252,5 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
         raise ImageLoadError(
             f"{name}: unsupported array shape; expected HxW, HxWxC or CxHxW with C in 1, 3 or 4"
         )
+    _check_aspect(array.shape[1], array.shape[0], name, max_aspect_ratio)
     return _to_rgb(Image.fromarray(np.ascontiguousarray(_array_to_uint8(array, name))), name)

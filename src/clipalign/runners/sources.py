@@ -15,6 +15,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow.parquet as pq
 from braceexpand import braceexpand
@@ -145,32 +146,126 @@ def tar_samples(pattern: str, columns: Columns) -> Iterator[Sample]:
 
     Members are grouped by key (the name up to the first dot); the image is the member with an image
     extension, the caption the ``.txt`` member or the ``columns.caption`` field of the ``.json`` one.
+    A missing shard fails before the first sample (the pattern is likely wrong); a damaged or unreadable
+    shard gives error samples and reading goes on, so the stream is the same on every run.
     """
+    shards = list(braceexpand(pattern))
+    missing = [shard for shard in shards if not Path(shard).exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"tar shard not found: {missing[0]}{more}")
     index = 0
     seen = _SeenKeys()
-    for shard in braceexpand(pattern):
-        if not Path(shard).exists():
-            raise ValueError(f"tar shard not found: {shard}")
-        group: dict[str, bytes] = {}
-        current: str | None = None
-        with tarfile.open(shard, mode="r|*") as tar:
+    for shard in shards:
+        for key, content in _shard_groups(shard):
+            if isinstance(content, str):
+                yield Sample(index, key, None, None, content)
+            else:
+                yield _tar_sample(index, key, content, columns, seen)
+            index += 1
+
+
+_Info = TypeVar("_Info", bound=tarfile.TarInfo)
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError)
+_BAD_HEADER_ERRORS: tuple[type[tarfile.HeaderError], ...] = tuple(
+    vars(tarfile)[name] for name in ("InvalidHeaderError", "TruncatedHeaderError")
+)
+"""A garbled or cut-off member header (not in tarfile's typed API; zero blocks and EOF are fine)."""
+_MAX_SKIPPED_BYTES = 64 << 20
+"""Unreadable bytes to scan for the next valid tar header before giving up on the rest of a shard."""
+
+
+class _Damage:
+    """Header blocks that tarfile skipped as unreadable (``ignore_zeros``) since the last good member."""
+
+    def __init__(self) -> None:
+        self.start: int | None = None
+        self.end = 0
+        self.reason = ""
+
+    def note(self, start: int, end: int, reason: str) -> None:
+        """Record a bad header at bytes ``start``–``end``; give up once too much in a row is unreadable."""
+        if self.start is None:
+            self.start, self.reason = start, reason
+        self.end = end
+        if self.end - self.start > _MAX_SKIPPED_BYTES:
+            raise tarfile.ReadError(f"no valid tar header in {_MAX_SKIPPED_BYTES >> 20} MiB; rest skipped")
+
+    def take(self, shard: str) -> tuple[str, str] | None:
+        """The pending damage as an error item (key, message), clearing it; None when there is none."""
+        if self.start is None:
+            return None
+        item = (
+            f"{shard}@{self.start}",
+            f"{shard}: unreadable tar data at bytes {self.start}–{self.end} ({self.reason})",
+        )
+        self.start = None
+        return item
+
+
+def _recording_tarinfo(damage: _Damage) -> type[tarfile.TarInfo]:
+    """A TarInfo class that reports unreadable header blocks to ``damage`` (tarfile skips them silently)."""
+
+    class RecordingTarInfo(tarfile.TarInfo):
+        @classmethod
+        def fromtarfile(cls: type[_Info], tar: tarfile.TarFile) -> _Info:
+            assert tar.fileobj is not None, "an open archive has a file object"
+            start = tar.fileobj.tell()
+            try:
+                return super().fromtarfile(tar)
+            except _BAD_HEADER_ERRORS as exc:
+                damage.note(start, tar.fileobj.tell(), str(exc))
+                raise
+
+    return RecordingTarInfo
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _shard_groups(shard: str) -> Iterator[tuple[str, dict[str, bytes] | str]]:
+    """(key, members by extension) per sample of one shard in archive order, or (key, error message)
+    for a member cut short, a damaged stretch (skipped up to the next readable header) or a shard that
+    cannot be opened at all."""
+    damage = _Damage()
+    group: dict[str, bytes] = {}
+    current: str | None = None
+    try:
+        with tarfile.open(shard, mode="r|*", ignore_zeros=True, tarinfo=_recording_tarinfo(damage)) as tar:
             for member in tar:
+                skipped = damage.take(shard)
+                if skipped is not None:
+                    if current is not None:
+                        yield current, group
+                    group, current = {}, None
+                    yield skipped
                 if not member.isfile():
                     continue
                 base = Path(member.name)
                 key = str(base.parent / base.name.split(".", 1)[0])
                 if current is not None and key != current:
-                    yield _tar_sample(index, current, group, columns, seen)
-                    index += 1
+                    yield current, group
                     group = {}
                 current = key
-                extracted = tar.extractfile(member)
-                group[base.name.split(".", 1)[1].lower() if "." in base.name else ""] = (
-                    extracted.read() if extracted else b""
-                )
+                try:
+                    extracted = tar.extractfile(member)
+                    data = extracted.read() if extracted else b""
+                except _TAR_ERRORS as exc:
+                    yield key, f"{shard}: member {member.name} is truncated or unreadable ({_reason(exc)})"
+                    return
+                group[base.name.split(".", 1)[1].lower() if "." in base.name else ""] = data
+    except _TAR_ERRORS as exc:
         if current is not None:
-            yield _tar_sample(index, current, group, columns, seen)
-            index += 1
+            yield current, group
+        skipped = damage.take(shard)
+        yield (skipped[0] if skipped else shard), f"{shard}: cannot read tar shard ({_reason(exc)})"
+        return
+    if current is not None:
+        yield current, group
+    skipped = damage.take(shard)
+    if skipped is not None:
+        yield skipped
 
 
 def _tar_sample(index: int, key: str, group: dict[str, bytes], columns: Columns, seen: _SeenKeys) -> Sample:
