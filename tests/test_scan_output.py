@@ -193,6 +193,20 @@ def test_resume_refuses_gaps_and_changed_parts(adapter, tmp_path):
         run(adapter, pairs, out)
 
 
+def test_part_missing_from_the_manifest_is_scored_again(adapter, tmp_path):
+    """A kill between a part's rename and the manifest's leaves a part that was never committed."""
+    pairs = write_pairs(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run(adapter, pairs, out, on_part=stop_after(3))
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["parts"].pop()
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    result = run(adapter, pairs, out)
+    assert result.resumed_from == 6 and result.scored_now == 6
+    assert pq.read_table(out).column("index").to_pylist() == list(range(12))
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
 def test_read_only_directory_is_refused(tmp_path, capsys):
     pairs = write_pairs(tmp_path)
