@@ -19,6 +19,7 @@ from clipalign.cli.common import (
     word_settings,
 )
 from clipalign.runners.local import scan
+from clipalign.runners.output import PartWriter
 from clipalign.runners.sources import Columns, open_source
 from clipalign.runners.summary import ScanSummary, histogram, summarize
 from clipalign.settings import ModelSpec, RaySettings, ScanSettings, WordSettings
@@ -143,18 +144,22 @@ def run_scan(args: argparse.Namespace) -> int:
     metadata = _metadata(args, columns, spec, words)
     # a missing input fails here, before any model loads (Ray's read task opens the source again)
     samples = open_source(args.input, columns, args.captions, args.base_dir)
-    if args.engine == "ray":
-        try:
-            from clipalign.runners.ray_engine import scan_ray
-        except ImportError as exc:
-            raise ValueError(f"--engine ray needs Ray Data: pip install 'clipalign[ray]' ({exc})") from exc
-        # the sample stream is rebuilt in a Ray task
-        source = functools.partial(open_source, args.input, columns, args.captions, args.base_dir)
-        cluster = _ray_settings(args)
-        result = scan_ray(source, spec, args.out, metadata, words=words, options=options, cluster=cluster)
-    else:
-        attributor = CLIP4DM(open_model(spec), settings=words)
-        result = scan(samples, attributor, args.out, metadata, options=options)
+    # so does a bad, busy or complete --out: the writer checks and locks it now
+    with PartWriter(args.out, metadata, options) as writer:
+        if args.engine == "ray":
+            try:
+                from clipalign.runners.ray_engine import scan_ray
+            except ImportError as exc:
+                raise ValueError(
+                    f"--engine ray needs Ray Data: pip install 'clipalign[ray]' ({exc})"
+                ) from exc
+            # the sample stream is rebuilt in a Ray task
+            source = functools.partial(open_source, args.input, columns, args.captions, args.base_dir)
+            cluster = _ray_settings(args)
+            result = scan_ray(source, spec, writer, metadata, words=words, options=options, cluster=cluster)
+        else:
+            attributor = CLIP4DM(open_model(spec), settings=words)
+            result = scan(samples, attributor, writer, metadata, options=options)
     console = Console()
     if result.resumed_from:
         console.print(f"resumed after {result.resumed_from} items already written")

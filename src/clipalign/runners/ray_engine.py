@@ -12,7 +12,7 @@
    :func:`~clipalign.runners.local.decode` (in ``options.workers`` threads) and
    :func:`~clipalign.runners.local.score_batch`.
 3. **write** — the driver receives the scored batches in input order (``preserve_order``) and writes
-   them with the local engine's :class:`~clipalign.runners.local.PartWriter`: the same
+   them with the local engine's :class:`~clipalign.runners.output.PartWriter`: the same
    ``part-NNNNN.parquet`` parts, settings metadata, atomic writes, merge into one ``.parquet`` file,
    and the same resume after the last complete part. Only scores (no images) reach the driver.
 
@@ -42,7 +42,8 @@ from tqdm import tqdm
 
 from clipalign.attribution.words import CLIP4DM
 from clipalign.models import load_model
-from clipalign.runners.local import PartWriter, Row, ScanResult, decode, score_batch
+from clipalign.runners.local import Row, ScanResult, decode, score_batch
+from clipalign.runners.output import PartWriter, writing
 from clipalign.runners.sources import Sample
 from clipalign.settings import ModelSpec, RaySettings, ScanSettings, WordSettings
 from clipalign.text import CaptionTruncatedWarning
@@ -203,7 +204,7 @@ def _in_order(dataset: ray.data.Dataset, start: int) -> Iterator[list[Row]]:
 def scan_ray(
     samples: SampleFactory,
     spec: ModelSpec,
-    out: str | Path,
+    out: str | Path | PartWriter,
     metadata: dict[str, Any],
     *,
     words: WordSettings,
@@ -217,24 +218,25 @@ def scan_ray(
         samples: the sample stream's factory (it runs in a Ray task, so it must be picklable).
         spec: the model every actor loads (a directory must exist on every node); without a device,
             actors use ``cuda`` when ``cluster.num_gpus`` > 0, else ``cpu``.
+        out: the output path, or a :class:`~clipalign.runners.output.PartWriter` already opened.
         metadata: what every part records; a resumed run must match it.
         words, options: as for the local engine (``options.workers`` decoding threads per actor).
         cluster: where to run; an already initialised Ray is used as it is.
     """
     options = options or ScanSettings()
     cluster = cluster or RaySettings()
-    writer = PartWriter(out, metadata, options, on_part)
-    done = writer.completed()
     spec = replace(spec, device=spec.device or ("cuda" if cluster.num_gpus > 0 else "cpu"))
-    bar = tqdm(initial=done, unit="pair", desc="scan", disable=not options.progress)
-    scored = 0
-    try:
-        with _ray_data(cluster.address):
-            for rows in _in_order(_pipeline(samples, spec, words, options.workers, cluster, done), done):
-                writer.add(rows)
-                scored += len(rows)
-                bar.update(len(rows))
-    finally:
-        bar.close()
-    writer.finish()
+    with writing(out, metadata, options, on_part) as writer:
+        done = writer.completed()
+        bar = tqdm(initial=done, unit="pair", desc="scan", disable=not options.progress)
+        scored = 0
+        try:
+            with _ray_data(cluster.address):
+                for rows in _in_order(_pipeline(samples, spec, words, options.workers, cluster, done), done):
+                    writer.add(rows)
+                    scored += len(rows)
+                    bar.update(len(rows))
+        finally:
+            bar.close()
+        writer.finish()
     return ScanResult(writer.out, scored, done)

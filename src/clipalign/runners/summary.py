@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from clipalign.runners.local import METADATA_KEY
+from clipalign.runners.output import read_manifest
+from clipalign.runners.schema import METADATA_KEY
 
 FAILURE_KINDS = (
     ("duplicate", "duplicate"),
@@ -79,31 +81,59 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(values.mean()), "p5": p5, "p25": p25, "p50": p50, "p75": p75, "p95": p95}
 
 
-def summarize(path: str | Path, top: int = 15) -> ScanSummary:
-    """Read a scan output (one Parquet file or a directory of parts) column by column, batch by batch."""
-    path = Path(path)
+COLUMNS = ["clipscore", "f_clipscore", "misaligned_words", "error"]
+"""What a summary reads; a Parquet file without them is not a scan output."""
+
+
+def output_files(path: Path) -> list[Path]:
+    """The Parquet files of a scan output: the file itself, or a directory's committed parts."""
     if not path.exists():
         raise ValueError(f"no scan output at {path}")
-    files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+    if not path.is_dir():
+        return [path]
+    manifest = read_manifest(path)
+    if manifest is not None:
+        return [path / part["file"] for part in manifest["parts"]]
+    files = sorted(path.glob("part-*.parquet"))
     if not files:
         raise ValueError(f"no Parquet output found at {path}")
-    clip: list[np.ndarray] = []
-    fclip: list[np.ndarray] = []
+    return files
+
+
+def _open(file: Path) -> pq.ParquetFile:
+    """A scan output file, or a one-line ValueError when it is unreadable or not a scan output."""
+    try:
+        parquet = pq.ParquetFile(file, page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"cannot read {file} as Parquet: {str(exc).splitlines()[0]}") from exc
+    missing = [c for c in COLUMNS if c not in parquet.schema_arrow.names]
+    if missing:
+        raise ValueError(f"{file} is not a clipalign scan output (no {missing[0]!r} column)")
+    return parquet
+
+
+def summarize(path: str | Path, top: int = 15) -> ScanSummary:
+    """Read a scan output (one Parquet file or a directory of parts) column by column, batch by batch."""
+    clip: list[np.ndarray] = [np.zeros(0)]
+    fclip: list[np.ndarray] = [np.zeros(0)]
     words: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     items = 0
     settings: dict[str, Any] = {}
-    for file in files:
-        parquet = pq.ParquetFile(file)
+    for file in output_files(Path(path)):
+        parquet = _open(file)
         settings = json.loads((parquet.schema_arrow.metadata or {}).get(METADATA_KEY, b"{}"))
-        for batch in parquet.iter_batches(columns=["clipscore", "f_clipscore", "misaligned_words", "error"]):
-            data = batch.to_pydict()
-            items += batch.num_rows
-            kinds.update(failure_kind(e) for e in data["error"] if e is not None)
-            ok = [i for i, e in enumerate(data["error"]) if e is None]
-            clip.append(np.array([data["clipscore"][i] for i in ok], dtype=np.float64))
-            fclip.append(np.array([data["f_clipscore"][i] for i in ok], dtype=np.float64))
-            words.update(w.lower().strip(".,;:!?\"'") for i in ok for w in data["misaligned_words"][i])
+        try:
+            for batch in parquet.iter_batches(columns=COLUMNS):
+                data = batch.to_pydict()
+                items += batch.num_rows
+                kinds.update(failure_kind(e) for e in data["error"] if e is not None)
+                ok = [i for i, e in enumerate(data["error"]) if e is None]
+                clip.append(np.array([data["clipscore"][i] for i in ok], dtype=np.float64))
+                fclip.append(np.array([data["f_clipscore"][i] for i in ok], dtype=np.float64))
+                words.update(w.lower().strip(".,;:!?\"'") for i in ok for w in data["misaligned_words"][i])
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(f"cannot read {file}: {str(exc).splitlines()[0]}") from exc
     clip_all, f_all = np.concatenate(clip), np.concatenate(fclip)
     return ScanSummary(
         items=items,
