@@ -246,3 +246,22 @@ def test_long_unreadable_stretch_gives_up_on_the_shard(
     samples = list(tar_samples(str(tmp_path / "{0..1}.tar"), Columns()))
     assert [s.key for s in samples] == ["a0", f"{tmp_path / '0.tar'}@1024", "c0"]
     assert "cannot read tar shard (no valid tar header" in str(samples[1].error)
+
+
+def test_scan_summary_names_the_new_failure_kinds(tmp_path):
+    """A scan's failure table says what went wrong with thin images, non-files and broken shards."""
+    from clipalign.runners.summary import failure_kind
+
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (5000, 1)).save(thin)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    kinds = []
+    for path in (thin, fifo):
+        with pytest.raises(ImageLoadError) as info:
+            load_image(path)
+        kinds.append(failure_kind(str(info.value)))
+    assert kinds == ["image too thin", "not a file"]
+    assert failure_kind("s.tar: member b1.png is truncated or unreadable (unexpected end of data)") == (
+        "corrupt shard"
+    )

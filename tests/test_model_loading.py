@@ -263,3 +263,29 @@ def test_cli_renamed_tensor_is_one_line(broken, photo, capsys):
 def test_cli_unknown_device_is_one_line(source, photo, capsys):
     assert main(["words", photo, "a dog", "--model", str(source), "--device", "foo"]) == 1
     assert "unknown device 'foo'" in one_error_line(capsys)
+
+
+def test_cli_allow_pickle_loads_pickle_weights(pickled, tmp_path, capsys):
+    """The CLI's --allow-pickle reaches load_model: refused without it, scored with it."""
+    from PIL import Image
+
+    from clipalign.cli.main import main
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 30), (200, 20, 20)).save(image)
+    argv = ["words", str(image), "a red square", "--model", str(pickled), "--json"]
+    assert main(argv) == 1
+    assert "--allow-pickle" in capsys.readouterr().err
+    assert main([*argv, "--allow-pickle"]) == 0
+    assert '"cosine"' in capsys.readouterr().out
+
+
+def test_library_box_must_be_finite(adapter):
+    from clipalign import TokenPatchInteractions
+    from clipalign.testing import example_image
+
+    [result] = TokenPatchInteractions(adapter, steps=2).attribute(
+        [example_image()], ["a ball"], on_error="raise"
+    )
+    with pytest.raises(ValueError, match="four finite numbers"):
+        result.box_word_scores((float("nan"), float("nan"), 5.0, 5.0))

@@ -107,7 +107,8 @@ def test_one_writer_per_output(tmp_path):
 
 @pytest.mark.slow
 def test_concurrent_scan_is_refused_and_the_first_completes(tiny_model_dir, tmp_path):
-    pairs = write_pairs(tmp_path, n=600)
+    # long enough (~25 s on 2 idle cores) that the first scan still runs once the second has started
+    pairs = write_pairs(tmp_path, n=8000)
     out = tmp_path / "scores.parquet"
     argv = [sys.executable, "-m", "clipalign", "scan", str(pairs), "--out", str(out)]
     argv += ["--model", str(tiny_model_dir), "--part-size", "20", "--batch-size", "10", "--no-progress"]
@@ -122,7 +123,7 @@ def test_concurrent_scan_is_refused_and_the_first_completes(tiny_model_dir, tmp_
     assert f"being written by another scan (pid {first.pid})" in second.stderr
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr
-    assert pq.read_table(out).column("index").to_pylist() == list(range(600))
+    assert pq.read_table(out).column("index").to_pylist() == list(range(8000))
 
 
 def test_interrupted_clean_up_keeps_the_complete_file(adapter, tmp_path, monkeypatch):

@@ -57,11 +57,13 @@ def _check_choice(name: str, value: object, kind: Any) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """Which checkpoint to load and how: Hub name or local directory, device, compute dtype."""
+    """Which checkpoint to load and how: Hub name or local directory, device, compute dtype, formats."""
 
     name: str = DEFAULT_MODEL
     device: str | None = field(default=None, metadata=RUNTIME)
     dtype: DType = "fp32"
+    allow_pickle: bool = field(default=False, metadata=RUNTIME)
+    """Also accept pickle weights (``pytorch_model.bin``, read weights-only); safetensors otherwise."""
 
     def __post_init__(self) -> None:
         _check_choice("dtype", self.dtype, DType)

@@ -36,7 +36,7 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --device, --dtype: what :func:`model_spec` reads."""
+    """--model, --device, --dtype, --allow-pickle: what :func:`model_spec` reads."""
     default = ModelSpec()
     group = parser.add_argument_group("model")
     group.add_argument(
@@ -46,6 +46,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     group.add_argument("--dtype", default=default.dtype, choices=get_args(DType), help="compute dtype")
+    group.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also load pickle weights (pytorch_model.bin, read weights-only); safetensors otherwise",
+    )
 
 
 def add_word_options(
@@ -126,7 +131,9 @@ def interaction_settings(args: argparse.Namespace) -> InteractionSettings:
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
     """The model options as one :class:`ModelSpec`."""
-    return ModelSpec(name=str(args.model), device=args.device, dtype=args.dtype)
+    return ModelSpec(
+        name=str(args.model), device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle
+    )
 
 
 def word_settings(args: argparse.Namespace, **defaults: Any) -> WordSettings:
@@ -147,7 +154,7 @@ def open_model(spec: ModelSpec) -> ClipAdapter:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     hub_logging.set_verbosity_error()
-    return load_model(spec.name, device=spec.device, dtype=spec.dtype)
+    return load_model(spec.name, device=spec.device, dtype=spec.dtype, allow_pickle=spec.allow_pickle)
 
 
 class PairError(ValueError):

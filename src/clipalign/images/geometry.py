@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,8 @@ def box_patch_weights(box: Box, geometry: ImageGeometry, grid: tuple[int, int]) 
     """
     x, y, w, h = box
     width, height = geometry.original
+    if not all(math.isfinite(v) for v in box):
+        raise ValueError(f"box {box} must be four finite numbers (x, y, w, h)")
     if w <= 0 or h <= 0:
         raise ValueError(f"box {box} is empty: width and height must be > 0")
     if x < 0 or y < 0 or x + w > width or y + h > height:

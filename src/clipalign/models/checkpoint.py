@@ -50,7 +50,8 @@ def check_local_files(name: str, allow_pickle: bool) -> None:
     if pickles and not has_safe and not allow_pickle:
         raise CheckpointError(
             f"{path} has pickle weights only ({pickles[0]}), and a pickle can run code when loaded: "
-            "convert them to model.safetensors, or pass allow_pickle=True if you trust their source"
+            "convert them to model.safetensors, or pass allow_pickle=True (--allow-pickle) if you trust "
+            "their source"
         )
 
 

@@ -94,7 +94,7 @@ class ScoreActor:
         hub_logging.set_verbosity_error()
         # truncation is recorded in each row's truncated_words; one warning per caption is noise here
         warnings.filterwarnings("ignore", category=CaptionTruncatedWarning)
-        model = load_model(spec.name, device=spec.device, dtype=spec.dtype)
+        model = load_model(spec.name, device=spec.device, dtype=spec.dtype, allow_pickle=spec.allow_pickle)
         self.attributor = CLIP4DM(model, settings=words)
         self.pool = ThreadPoolExecutor(max_workers=workers)
 

@@ -20,12 +20,21 @@ from clipalign.runners.schema import METADATA_KEY
 FAILURE_KINDS = (
     ("duplicate", "duplicate"),
     ("not valid UTF-8", "non-UTF-8 text"),
+    ("not valid Unicode", "non-UTF-8 text"),
     ("no such file", "missing file"),
     ("caption is empty", "empty caption"),
     ("no caption", "missing caption"),
+    ("caption must be a string", "caption not text"),
+    ("tar data", "corrupt shard"),
+    ("tar shard", "corrupt shard"),
+    ("truncated or unreadable", "corrupt shard"),
+    ("(aspect ", "image too thin"),
+    ("MAX_IMAGE_PIXELS", "image too large"),
+    ("not a regular file", "not a file"),
     ("cannot read image", "corrupt image"),
     ("truncated", "corrupt image"),
 )
+"""(text in an error row, its kind) in order: the first match names the kind of a failure."""
 
 
 def failure_kind(error: str) -> str:
