@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -183,22 +183,26 @@ class CLIP4DM:
     ) -> list[WordAlignment] | list[WordAlignment | ItemError]:
         """Score every (image, caption) pair; results in input order.
 
-        ``mode`` and ``epsilon`` override the settings for this call: ``threshold`` marks words below ε,
-        ``most_negative`` the single lowest word; F-CLIPScore always uses the threshold rule. With
+        ``mode`` and ``epsilon`` override the settings for this call (checked as the settings are):
+        ``threshold`` marks words below ε, ``most_negative`` the single lowest word; F-CLIPScore
+        always uses the threshold rule. With
         ``on_error="record"`` a pair that fails (an unreadable image, an empty or invalid caption, any
         error while scoring it) becomes an :class:`ItemError` saying why and the rest are still scored;
         ``on_error="raise"`` raises instead.
         """
-        mode = self.settings.mode if mode is None else mode
-        if mode not in get_args(Mode):
-            raise ValueError(f"mode must be 'threshold' or 'most_negative', got {mode!r}")
-        eps = self.settings.epsilon if epsilon is None else epsilon
+        overrides = {k: v for k, v in (("mode", mode), ("epsilon", epsilon)) if v is not None}
+        call = self.settings.replace(**overrides)  # validated as the settings themselves are
         image_list, caption_list = pair_up(images, captions)
         size = self.settings.batch_size
         results: list[WordAlignment | ItemError] = []
         for lo in range(0, len(caption_list), size):
             batch = self._attribute_batch(
-                image_list[lo : lo + size], caption_list[lo : lo + size], lo, mode, eps, on_error
+                image_list[lo : lo + size],
+                caption_list[lo : lo + size],
+                lo,
+                call.mode,
+                call.epsilon,
+                on_error,
             )
             results.extend(batch)
         return results
