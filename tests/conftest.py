@@ -7,6 +7,7 @@ photos are read from ``../shared`` (tests that need them skip with the path when
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,19 @@ def adapter(tiny_model_dir: Path):
     from clipalign import load_model
 
     return load_model(tiny_model_dir, device="cpu")
+
+
+def assert_close(x, y, where: str) -> None:
+    """Nested rows (floats, lists, dicts) equal, floats to 1e-6: what two scans of the same input write."""
+    if isinstance(x, float) and isinstance(y, float):
+        assert math.isclose(x, y, abs_tol=1e-6), where
+    elif isinstance(x, list) and isinstance(y, list):
+        assert len(x) == len(y), where
+        for u, v in zip(x, y, strict=True):
+            assert_close(u, v, where)
+    elif isinstance(x, dict) and isinstance(y, dict):
+        assert x.keys() == y.keys(), where
+        for k in x:
+            assert_close(x[k], y[k], where)
+    else:
+        assert x == y, where

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import random
 import shutil
@@ -19,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import assert_close
 from PIL import Image
 
 from clipalign import CLIP4DM
@@ -274,21 +274,6 @@ def test_report_on_damaged_or_foreign_parquet_is_one_line(adapter, tmp_path, cap
     pq.write_table(pa.table({"index": [0], "clipscore": [0.5]}), tmp_path / "other.parquet")
     assert main(["report", str(tmp_path / "other.parquet")]) == 1
     assert "not a clipalign scan output" in capsys.readouterr().err
-
-
-def assert_close(x, y, where: str) -> None:
-    if isinstance(x, float) and isinstance(y, float):
-        assert math.isclose(x, y, abs_tol=1e-6), where
-    elif isinstance(x, list) and isinstance(y, list):
-        assert len(x) == len(y), where
-        for u, v in zip(x, y, strict=True):
-            assert_close(u, v, where)
-    elif isinstance(x, dict) and isinstance(y, dict):
-        assert x.keys() == y.keys(), where
-        for k in x:
-            assert_close(x[k], y[k], where)
-    else:
-        assert x == y, where
 
 
 @pytest.fixture(scope="module")

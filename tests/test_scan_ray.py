@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import math
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,6 +15,7 @@ pytest.importorskip("ray", reason="the Ray engine tests need Ray: pip install 'c
 pytest.importorskip("ray.data", reason="the Ray engine tests need Ray Data: pip install 'clipalign[ray]'")
 
 import ray
+from conftest import assert_close
 
 from clipalign import CLIP4DM, load_model
 from clipalign.cli.main import main
@@ -66,21 +66,6 @@ def assert_same_rows(a: list[dict], b: list[dict]) -> None:
         assert x.keys() == y.keys()
         for name in x:
             assert_close(x[name], y[name], f"row {x['index']} {name}")
-
-
-def assert_close(x, y, where: str) -> None:
-    if isinstance(x, float) and isinstance(y, float):
-        assert math.isclose(x, y, abs_tol=1e-6), where
-    elif isinstance(x, list) and isinstance(y, list):
-        assert len(x) == len(y), where
-        for u, v in zip(x, y, strict=True):
-            assert_close(u, v, where)
-    elif isinstance(x, dict) and isinstance(y, dict):
-        assert x.keys() == y.keys(), where
-        for k in x:
-            assert_close(x[k], y[k], where)
-    else:
-        assert x == y, where
 
 
 def test_cli_ray_engine_matches_local_engine(local_ray, tiny_model_dir, pairs, capsys):
