@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import inspect
 import io
 import json
+import re
+import shlex
 import threading
 import time
 from collections import Counter
@@ -24,8 +27,8 @@ import pytest
 from PIL import Image
 from tfrecord.writer import TFRecordWriter
 
-from clipalign.cli.main import main
-from clipalign.datasets import load_nocaps_foil, load_richhf
+from clipalign.cli.main import build_parser, main
+from clipalign.datasets import BENCHMARKS, load_nocaps_foil, load_richhf
 from clipalign.datasets.download import (
     DownloadOptions,
     FileResult,
@@ -38,6 +41,8 @@ from clipalign.datasets.download import (
     richhf_uids,
     safe_name,
 )
+from clipalign.evaluation.benchmark import LOADER_OPTIONS
+from clipalign.evaluation.report import PUBLISHED, backbone_of
 
 
 def image_bytes(color: tuple[int, int, int], fmt: str = "PNG") -> bytes:
@@ -110,7 +115,7 @@ def server() -> Iterator[Server]:
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield Server(f"http://127.0.0.1:{httpd.server_address[1]}", routes, hits)
@@ -538,3 +543,56 @@ def test_pickapic_table_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"no \.parquet files"):
         PickAPicImages(["a"], tmp_path / "empty")
+
+
+# -------------------- docs/reproduce.md stays true to the command line and the published table
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "reproduce.md"
+BACKBONES = {
+    "B/32": "openai/clip-vit-base-patch32",
+    "B/16": "openai/clip-vit-base-patch16",
+    "L/14": "openai/clip-vit-large-patch14",
+    "H/14": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+}
+
+
+def doc_sections() -> dict[str, str]:
+    """``## Title (`benchmark`)`` sections of the document by benchmark name."""
+    text = DOC.read_text(encoding="utf-8")
+    parts = re.split(r"^## .*?\(`([a-z0-9-]+)`\)\s*$", text, flags=re.MULTILINE)
+    return {parts[i]: parts[i + 1].split("\n## ")[0] for i in range(1, len(parts), 2)}
+
+
+def doc_commands(text: str) -> list[list[str]]:
+    """Every ``clipalign ...`` line of the text's code blocks, split like a shell would."""
+    return [shlex.split(m.group(1)) for m in re.finditer(r"^\s*(clipalign .+)$", text, flags=re.MULTILINE)]
+
+
+def test_reproduce_doc_commands_parse() -> None:
+    parser = build_parser()
+    commands = doc_commands(DOC.read_text(encoding="utf-8"))
+    assert len(commands) >= 30
+    for argv in commands:
+        args = parser.parse_args(argv[1:])  # an unknown option or benchmark exits here
+        if args.command == "eval":
+            accepted = inspect.signature(BENCHMARKS[args.benchmark]).parameters
+            for option in LOADER_OPTIONS:
+                assert getattr(args, option) is None or option in accepted, argv
+
+
+def test_reproduce_doc_rows_match_the_published_table() -> None:
+    sections = doc_sections()
+    assert set(PUBLISHED) <= set(sections)
+    for benchmark, text in sections.items():
+        for backbone, model in BACKBONES.items():
+            runs = [a for a in doc_commands(text) if a[1] == "eval" and a[2] == benchmark and model in a]
+            assert runs, f"{benchmark}: no command for {backbone}"
+            if benchmark in PUBLISHED:
+                [row] = [line for line in text.splitlines() if line.startswith(f"| {backbone} |")]
+                published = PUBLISHED[benchmark].get(backbone)
+                numbers = [float(x) for x in re.findall(r"\d+\.\d+", row)]
+                if published is None:
+                    assert numbers == [] and "see the paper" in row, row
+                else:
+                    assert numbers == list(published.values()), row
+                    assert backbone_of(model) == backbone
