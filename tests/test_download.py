@@ -7,6 +7,7 @@ resuming can be shown to fetch nothing.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import http.server
 import inspect
@@ -14,6 +15,7 @@ import io
 import json
 import re
 import shlex
+import sys
 import threading
 import time
 from collections import Counter
@@ -24,9 +26,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import SHARED, require
 from PIL import Image
 from tfrecord.writer import TFRecordWriter
 
+from clipalign.cli import download as download_cli
 from clipalign.cli.main import build_parser, main
 from clipalign.datasets import BENCHMARKS, load_nocaps_foil, load_richhf
 from clipalign.datasets.download import (
@@ -306,6 +310,29 @@ def test_limit_and_existing_damaged_file(tmp_path: Path, server: Server, capsys)
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
     assert (out / "a.png").read_bytes() == RED
     assert "2 downloaded, 0 already complete, 0 failed" in capsys.readouterr().out
+
+
+def test_real_nocaps_foil_file(tmp_path: Path) -> None:
+    """The released nocaps-FOIL file: one task per distinct image, in file order, each its meta URL."""
+    foil = require(SHARED / "annotations" / "nocaps-val-foil.json")
+    names = list(dict.fromkeys(entry["image_path"] for entry in json.loads(foil.read_text())))
+    meta = tmp_path / "meta.json"
+    images = [{"file_name": n, "coco_url": f"http://mirror.invalid/{n}"} for n in names]
+    meta.write_text(json.dumps({"images": images}))
+    tasks = nocaps_tasks(foil, meta)
+    assert len(tasks) == len(names) == 2500
+    assert tasks[:2] == [FileTask(n, url=f"http://mirror.invalid/{n}") for n in names[:2]]
+    assert all(isinstance(t, FileTask) and t.url == f"http://mirror.invalid/{t.name}" for t in tasks)
+
+
+def test_command_module_imports_only_the_standard_library_at_top() -> None:
+    """``clipalign.cli.download`` must not slow ``clipalign --help``: its top-level imports are standard
+    library modules only; Pillow, pyarrow, tqdm and the download code load inside ``run``."""
+    source = Path(download_cli.__file__).read_text(encoding="utf-8")
+    top = [node for node in ast.parse(source).body if isinstance(node, ast.Import | ast.ImportFrom)]
+    names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
+    assert names and all(name.split(".")[0] in sys.stdlib_module_names for name in names), names
 
 
 # -------------------- the library

@@ -31,7 +31,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -289,7 +289,7 @@ def download_all(
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
                         record(future.result())
-            for future in _as_done(pending):
+            for future in as_completed(pending):
                 record(future.result())
         except KeyboardInterrupt:
             stop.set()
@@ -297,12 +297,6 @@ def download_all(
                 future.cancel()
             raise
     return summary
-
-
-def _as_done(pending: set[Future[FileResult]]) -> Iterator[Future[FileResult]]:
-    while pending:
-        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        yield from done
 
 
 def write_failures(path: str | Path, failures: list[FileResult]) -> None:
