@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from clipalign import __version__
-from clipalign.cli import demo, evaluate, interactions, scan, score, words
+from clipalign.cli import demo, download, evaluate, interactions, scan, score, words
 from clipalign.cli.common import run_guarded
 
 
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"clipalign {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in (words, score, interactions, evaluate, scan, demo):
+    for command in (words, score, interactions, evaluate, scan, demo, download):
         command.register(subparsers)
     return parser
 
