@@ -80,7 +80,13 @@ def _print(
     benchmark: str, metrics: dict, reports: list[Path], failures_path: Path | None, model: str
 ) -> None:
     """The headline table (published, authors' protocol, our variants), per-group rows, failures."""
-    from clipalign.evaluation.report import backbone_of, failures_by_kind, group_table, headline_table
+    from clipalign.evaluation.report import (
+        COLUMNS,
+        backbone_of,
+        failures_by_kind,
+        group_table,
+        headline_table,
+    )
 
     console = Console()
     console.print(f"{benchmark}: {metrics.get('items', 0)} items, {metrics.get('failed', 0)} failed")
@@ -93,8 +99,12 @@ def _print(
         for row in rows:
             table.add_row(*row)
         console.print(table)
+    for column in COLUMNS.get(benchmark, ()):
+        console.print(f"[bold]{column.label}[/]: {column.legend}")
     if failures_path is not None:
         failures = [json.loads(line) for line in failures_path.read_text(encoding="utf-8").splitlines()]
         reasons = ", ".join(f"{len(r)} {kind}" for kind, r in failures_by_kind(failures).items())
-        stderr.print(f"[yellow]{len(failures)} item(s) failed ({reasons}); list: {failures_path}[/]")
-    console.print(f"wrote {' and '.join(map(str, reports))}")
+        stderr.print(
+            f"[yellow]{len(failures)} item(s) failed ({reasons}); list: {failures_path}[/]", soft_wrap=True
+        )
+    console.print(f"wrote {' and '.join(map(str, reports))}", soft_wrap=True)

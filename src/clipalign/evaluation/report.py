@@ -187,8 +187,9 @@ def failures_by_kind(failures: Sequence[dict[str, Any]]) -> dict[str, list[dict[
     return dict(sorted(kinds.items(), key=lambda kv: -len(kv[1])))
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
-    aligns = ["---"] + ["--:"] * (len(header) - 1)
+def _markdown(header: list[str], rows: list[list[str]], numeric: bool = True) -> list[str]:
+    """A Markdown table; every column after the first right-aligned when ``numeric``."""
+    aligns = ["---"] + ["--:" if numeric else "---"] * (len(header) - 1)
     return [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(aligns) + "|",
@@ -266,7 +267,7 @@ def write_report(
             [kind, str(len(records)), "; ".join(f"`{r['id']}`: {r['error']}" for r in records[:EXAMPLES])]
             for kind, records in by_kind.items()
         ]
-        lines += _markdown(["reason", "count", "examples"], rows)
+        lines += _markdown(["reason", "count", "examples"], rows, numeric=False)
     lines += [
         "",
         "## All metrics",

@@ -39,6 +39,7 @@ from clipalign.evaluation.measures import (
 from clipalign.metrics.cosines import reference_cosines
 from clipalign.metrics.functional import ref_clip_score
 from clipalign.results import Interactions, ItemError, WordAlignment, word_row
+from clipalign.text.alignment import split_words
 
 Record = dict[str, Any]
 
@@ -127,17 +128,53 @@ def _mean(values: Sequence[float | bool]) -> float:
     return float(np.mean(np.asarray(values, dtype=np.float64)))
 
 
+def whitespace_index(caption: str, words: Sequence[str]) -> list[int]:
+    """For each scored word (any word unit, in caption order), the whitespace-delimited caption word it
+    lies in: annotations label whitespace words, and "directions" + "." both belong to "directions."."""
+    spaces = split_words(caption)
+    out: list[int] = []
+    cursor = k = 0
+    for word in words:
+        start = caption.find(word, cursor)
+        if start < 0:
+            raise ValueError(f"word {word!r} is not in the caption {caption!r} after character {cursor}")
+        cursor = start + len(word)
+        while spaces[k].end <= start:
+            k += 1
+        out.append(k)
+    return out
+
+
+def _on_whitespace(item: MisalignmentItem, record: Record, indices: Sequence[int]) -> list[int]:
+    """Scored-word indices → the sorted whitespace-word indices they cover."""
+    ws = whitespace_index(item.caption, record["words"])
+    return sorted({ws[i] for i in indices})
+
+
+def _whitespace_flags(item: MisalignmentItem, record: Record) -> list[bool]:
+    """Per whitespace word of the caption: whether any scored word inside it is misaligned."""
+    flags = [False] * len(split_words(item.caption))
+    for k, flag in zip(
+        whitespace_index(item.caption, record["words"]), record["word_misaligned"], strict=True
+    ):
+        flags[k] = flags[k] or bool(flag)
+    return flags
+
+
 def our_metrics(pairs: Sequence[tuple[MisalignmentItem, Record]]) -> dict[str, Any]:
-    """Our conventions: LA by phrase membership, strict span LA, AP both ways, word P/R/F1, correlations."""
+    """Our conventions: LA by phrase membership, strict span LA, AP both ways, word P/R/F1, correlations.
+
+    Word-level comparisons are made on the caption's whitespace words (the annotations' unit), so they
+    hold for any word unit the scores were computed in.
+    """
     out: dict[str, Any] = {}
     foils = [(it, r) for it, r in pairs if not it.aligned]
     if foils:
         out["LA"] = _mean(
             [
-                localisation_hit(
-                    [r["lowest_word"]] if r["lowest_word"] is not None else [],
-                    it.caption,
-                    it.misaligned_phrases,
+                r["lowest_word"] is not None
+                and localisation_hit(
+                    _on_whitespace(it, r, [r["lowest_word"]]), it.caption, it.misaligned_phrases
                 )
                 for it, r in foils
             ]
@@ -147,8 +184,9 @@ def our_metrics(pairs: Sequence[tuple[MisalignmentItem, Record]]) -> dict[str, A
         ]
         out["LA_span_strict"] = _mean(
             [
-                s is not None and strict_hat_hit(s["words"], it.caption, it.misaligned_phrases)
-                for (it, _), s in zip(foils, lowest_spans, strict=True)
+                s is not None
+                and strict_hat_hit(_on_whitespace(it, r, s["words"]), it.caption, it.misaligned_phrases)
+                for (it, r), s in zip(foils, lowest_spans, strict=True)
             ]
         )
     aligned = [it.aligned for it, _ in pairs]
@@ -165,9 +203,11 @@ def our_metrics(pairs: Sequence[tuple[MisalignmentItem, Record]]) -> dict[str, A
             }
             for positive in ("aligned", "misaligned")
         }
-    labelled = [(it.word_labels, r) for it, r in pairs if it.word_labels is not None]
+    labelled = [(it, r) for it, r in pairs if it.word_labels is not None]
     if labelled:
-        prf = micro_prf([labels for labels, _ in labelled], [r["word_misaligned"] for _, r in labelled])
+        prf = micro_prf(
+            [it.word_labels or () for it, _ in labelled], [_whitespace_flags(it, r) for it, r in labelled]
+        )
         out["word_PRF"] = asdict(prf)
     rated = [(it.misalignment_score, r) for it, r in pairs if it.misalignment_score is not None]
     if len(rated) > 2:
