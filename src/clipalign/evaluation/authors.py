@@ -71,12 +71,17 @@ class AuthorsItem:
     counts: tuple[int, int, int] = (0, 0, 0)
 
 
+def _their_text(word: str) -> str:
+    """A word as their splitter leaves it ("." and "," are words of their own there), lower-cased."""
+    return word.replace(".", "").replace(",", "").strip().lower()
+
+
 def units(words: Sequence[str], scores: Sequence[float]) -> list[Unit]:
     """The kept words, numbered in order: "." and "," removed from the text (their word splitter makes
     them words of their own), then words that are blank or a substring of :data:`PUNCTUATION` dropped."""
     out: list[Unit] = []
     for word, score in zip(words, scores, strict=True):
-        text = word.replace(".", "").replace(",", "").strip().lower()
+        text = _their_text(word)
         if text and text not in PUNCTUATION:
             out.append(Unit(len(out), text, float(score)))
     return out
@@ -158,7 +163,7 @@ def lowest_word_most_negative(record: dict[str, Any]) -> tuple[str, float]:
     """Their ``sorted_by="most_negative"`` variant: the lowest of all words (punctuation included) and
     its score; ("", 0.0) for a caption without words."""
     every = [
-        Unit(i, w.replace(".", "").replace(",", "").strip().lower(), float(s))
+        Unit(i, _their_text(w), float(s))
         for i, (w, s) in enumerate(zip(record["words"], record["word_scores"], strict=True))
     ]
     if not every:
