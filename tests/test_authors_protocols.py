@@ -40,7 +40,7 @@ from clipalign.datasets import (
     load_richhf,
     load_seetrue_feedback,
 )
-from clipalign.evaluation.authors import authors_item, merge_spans, units
+from clipalign.evaluation.authors import authors_item, lowest_word_most_negative, merge_spans, units
 from clipalign.evaluation.runner import misalignment_metrics
 
 HAT = SHARED / "annotations" / "hat-trainval.json"
@@ -214,6 +214,18 @@ def test_synthetic_rows_match_restatement(kind):
         assert got.negative == pytest.approx(want["negative"], abs=1e-15)
         if kind != "seetrue":
             assert got.hit == want["hit"]
+
+
+def test_most_negative_variant_matches_restatement():
+    """sorted_by="most_negative": every unit after the template (punctuation too), the lowest first."""
+    rng = np.random.default_rng(4)
+    for record in _records(["A man hits a golf ball, on the green."] * 20, rng):
+        pairs = sorted(zip(record["words"], record["word_scores"], strict=True), key=lambda p: p[1])
+        word, score = pairs[0]
+        expected = word.strip().lower().split()[0].split("_")[-1]
+        got_word, got_score = lowest_word_most_negative(record)
+        assert got_score == score
+        assert got_word == (expected if expected not in ".," else "")  # "." or "," never equals a foil
 
 
 def test_multi_word_foils_never_hit_and_no_prediction_is_a_miss():
@@ -404,3 +416,16 @@ def test_ap_orientation_per_protocol():
         assert got["AP"]["F-CLIPScore"] == pytest.approx(want["AP"])
         assert got["AP"]["CLIPScore"] == pytest.approx(want["AP_clipscore"])
         assert got["positive"] == ("aligned" if foil_is_positive else "misaligned")
+
+
+def test_a_group_whose_items_all_failed_keeps_its_row():
+    captions = ["a red ball", "a blue ball", "a cat"]
+    records = _records(captions, np.random.default_rng(0))
+    records[2] = {"id": "2", "error": "cannot read image: no such file"}
+    items = [
+        MisalignmentItem(str(i), Path("x.png"), c, i == 0, () if i == 0 else ("blue",), meta={"domain": d})
+        for i, (c, d) in enumerate(zip(captions, ["in", "in", "out"], strict=True))
+    ]
+    groups = misalignment_metrics(items, records, epsilon=EPS, protocol="lowest_word", group_by="domain")
+    assert groups["groups"]["rows"]["out"] == {"items": 1, "failed": 1}
+    assert groups["groups"]["rows"]["in"]["items"] == 2 and "authors" in groups["groups"]["rows"]["in"]

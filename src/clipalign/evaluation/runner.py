@@ -318,10 +318,13 @@ def misalignment_metrics(
     if group_by is not None:
         keys = [str(it.meta.get(group_by)) for it, _ in pairs]
         groups: dict[str, Any] = {}
-        for name in sorted(set(keys)):
+        for name in sorted({str(it.meta.get(group_by)) for it in items}):
             at = [i for i, k in enumerate(keys) if k == name]
-            group_items = [it for it in items if str(it.meta.get(group_by)) == name]
-            group: dict[str, Any] = {"items": len(group_items), "failed": len(group_items) - len(at)}
+            size = sum(str(it.meta.get(group_by)) == name for it in items)
+            group: dict[str, Any] = {"items": size, "failed": size - len(at)}
+            if not at:  # every item of the group failed
+                groups[name] = group
+                continue
             group.update(our_metrics([pairs[i] for i in at]))
             group["authors"] = authors_metrics(
                 [ok_records[i] for i in at],
