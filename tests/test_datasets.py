@@ -154,6 +154,8 @@ def test_hat_runs_and_grounding_mismatch(tmp_path: Path) -> None:
     assert items[1].meta["grounding_mismatch"]
     assert items[1].word_labels == (False, True, True, False, False, False)
     assert items[1].misaligned_phrases == ("hot dog",)
+    # the CLIP4DM authors' ground truth: hallucinated grounding words without "." and ",", joined
+    assert [i.meta["clip4dm_target"] for i in items] == ["red dog blue", "hot dog"]
 
 
 @pytest.mark.parametrize(
@@ -196,6 +198,7 @@ def test_nocaps_foil_real_file() -> None:
     assert len(second.references) == 9
     assert second.meta["domain"] == "in-domain"
     assert second.meta["replacement"] == ("shirt", "skirt")
+    assert (first.meta["clip4dm_target"], second.meta["clip4dm_target"]) == ("orig", "skirt")
     foils = [i for i in items if not i.aligned]
     assert all(i.misaligned_phrases[0] in i.caption for i in foils)
     assert all(i.meta["replacement_spans"] for i in items)
@@ -304,6 +307,7 @@ def test_foil_items(tmp_path: Path) -> None:
     assert cat.meta["target_word"] == "dog" and cat.meta["image_id"] == 42
     assert golf.misaligned_phrases == ("golf ball",)
     assert car.misaligned_phrases == ("car",) and car.meta["phrase_spans"] == [(4, 7)]  # "car" in "cars"
+    assert [i.meta["clip4dm_target"] for i in items] == ["orig", "cat", "golf ball", "car", "orig", "cat"]
     assert [i.id for i in load_foil(tmp_path / "foilv1.0_test_2017.json", tmp_path, limit=2)] == [
         "100-orig",
         "100-foil-cat",
@@ -392,6 +396,7 @@ def test_seetrue_json_and_jsonl(tmp_path: Path) -> None:
         assert second.misaligned_phrases == ("Two Cats",)  # quotes dropped, as written in the caption
         assert second.feedback == "There is only one cat."
         assert second.meta["feedbacks"] == ("There is only one cat.", "One cat, not two.")
+        assert second.meta["clip4dm_target"] == '"two cats"'  # the authors' NLI premise, lower-cased
     assert len(load_seetrue_feedback(json_path, tmp_path, limit=1)) == 1
 
 
@@ -564,6 +569,7 @@ def test_richhf_items(tmp_path: Path) -> None:
     assert not first.aligned and second.aligned
     assert first.meta["tokens"] == ("A", "dog", "a", "red", "cat", "and", "a", "hat")
     assert first.meta["token_labels"] == (1, 0, 1, 0, 0, 1, 1, 1)
+    assert first.meta["clip4dm_target"] == "1_dog 3_red 4_cat" and second.meta["clip4dm_target"] == ""
     # whitespace words: A | dog, | a | "red" | cat; | and | a | hat.
     assert first.word_labels == (False, True, False, True, True, False, False, False)
     _assert_word_labels(first)
@@ -622,8 +628,10 @@ def test_richhf_pickapic_parquet_prompts(tmp_path: Path) -> None:
 def test_richhf_unmatched_prompts(tmp_path: Path) -> None:
     path = _richhf_file(tmp_path)
     short = {"u1": "A dog", "u2": PROMPTS["u2"]}
-    with pytest.raises(ValueError, match=r"record 0 \(images/u1.png\): 8 labels but 2 prompt tokens"):
-        load_richhf(path, tmp_path, prompts=short)
+    mismatched, fine = load_richhf(path, tmp_path, prompts=short)  # a failure row, not an abort
+    assert mismatched.problem == "record 0 (images/u1.png): 8 labels but 2 prompt tokens in 'A dog'"
+    assert mismatched.caption == "A dog" and not mismatched.aligned and mismatched.word_labels is None
+    assert fine.problem is None and fine.id == "u2"
     with pytest.raises(ValueError, match="no prompt for uid 'u2'"):
         load_richhf(path, tmp_path, prompts={"u1": PROMPTS["u1"]})
     with pytest.warns(UserWarning, match=r"skipped 1 record"):

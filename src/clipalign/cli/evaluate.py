@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -70,15 +71,40 @@ def run(args: argparse.Namespace) -> int:
         nli_model=args.nli_model,
         progress=not args.no_progress,
     )
-    _print(outcome.metrics, outcome.json_path, outcome.md_path)
+    reports = [outcome.md_path, outcome.json_path]
+    _print(args.benchmark, outcome.metrics, reports, outcome.failures_path, spec.name)
     return 0
 
 
-def _print(metrics: dict, json_path: Path, md_path: Path) -> None:
-    table = Table(show_header=False, show_edge=False)
-    for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
-    if metrics.get("failed"):
-        stderr.print(f"[yellow]{metrics['failed']} item(s) failed; reasons are in the cache file[/]")
-    Console().print(f"wrote {md_path} and {json_path}")
+def _print(
+    benchmark: str, metrics: dict, reports: list[Path], failures_path: Path | None, model: str
+) -> None:
+    """The headline table (published, authors' protocol, our variants), per-group rows, failures."""
+    from clipalign.evaluation.report import (
+        COLUMNS,
+        backbone_of,
+        failures_by_kind,
+        group_table,
+        headline_table,
+    )
+
+    console = Console()
+    console.print(f"{benchmark}: {metrics.get('items', 0)} items, {metrics.get('failed', 0)} failed")
+    tables = [headline_table(benchmark, metrics, backbone_of(model))]
+    groups = group_table(benchmark, metrics)
+    if groups is not None:
+        tables.append(groups)
+    for header, rows in tables:
+        table = Table(*header)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    for column in COLUMNS.get(benchmark, ()):
+        console.print(f"[bold]{column.label}[/]: {column.legend}")
+    if failures_path is not None:
+        failures = [json.loads(line) for line in failures_path.read_text(encoding="utf-8").splitlines()]
+        reasons = ", ".join(f"{len(r)} {kind}" for kind, r in failures_by_kind(failures).items())
+        stderr.print(
+            f"[yellow]{len(failures)} item(s) failed ({reasons}); list: {failures_path}[/]", soft_wrap=True
+        )
+    console.print(f"wrote {' and '.join(map(str, reports))}", soft_wrap=True)

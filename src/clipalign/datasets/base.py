@@ -29,7 +29,11 @@ class MisalignmentItem:
         references: human reference captions, when the benchmark has them.
         feedback: ground-truth textual description of the misalignment (SeeTRUE-Feedback).
         misalignment_score: a human misalignment score (Rich-HF), when given.
-        meta: anything else worth keeping (domain, original ids).
+        meta: anything else worth keeping (domain, original ids); ``clip4dm_target`` is the ground-truth
+            string the CLIP4DM authors' evaluation code compares predictions with (lower-cased; "orig" or
+            empty for a correct caption), see :mod:`clipalign.evaluation.authors`.
+        problem: why the item cannot be evaluated (e.g. its labels do not fit its prompt): it is then
+            not scored and is reported as a failure with this reason; None for a usable item.
     """
 
     id: str
@@ -42,6 +46,7 @@ class MisalignmentItem:
     feedback: str | None = None
     misalignment_score: float | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    problem: str | None = None
 
 
 @dataclass(frozen=True)

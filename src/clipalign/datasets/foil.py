@@ -80,7 +80,12 @@ def load_foil(
                 raise AnnotationFormatError(
                     path, f"{where}: 'foil' is {flag} but 'foil_word' is {foil_word!r}"
                 )
-            meta = {"annotation_id": ann_id, "image_id": image_id, "foil_word": foil_word}
+            meta = {
+                "annotation_id": ann_id,
+                "image_id": image_id,
+                "foil_word": foil_word,
+                "clip4dm_target": foil_word.strip().lower(),
+            }
             if target_word is not None:
                 meta["target_word"] = target_word
             phrases: tuple[str, ...] = ()

@@ -73,7 +73,9 @@ def load_hat(annotations: str | Path, images: str | Path, limit: int | None = No
 
     ``word_labels`` come from ``grounding`` (aligned on whitespace words when they differ from the
     caption's, then ``meta["grounding_mismatch"]`` is True); ``misaligned_phrases`` are the maximal runs
-    of hallucinated words as written in the caption ("pointing in different directions.").
+    of hallucinated words as written in the caption ("pointing in different directions.");
+    ``meta["clip4dm_target"]`` is the CLIP4DM authors' ground truth: every hallucinated grounding word
+    without "." and ",", joined by spaces, lower-cased (empty for a correct caption).
     """
     check_limit(limit)
     path, images = Path(annotations), Path(images)
@@ -100,6 +102,8 @@ def load_hat(annotations: str | Path, images: str | Path, limit: int | None = No
                 )
             meta = {k: v for k, v in entry.items() if k not in _KNOWN}
             meta["grounding_mismatch"] = mismatch
+            hallucinated = [w.replace(".", "").replace(",", "") for w, label in grounding if label]
+            meta["clip4dm_target"] = " ".join(hallucinated).strip().lower()
             yield MisalignmentItem(
                 id=sample_id,
                 image=images / image_path,

@@ -31,7 +31,8 @@ def load_nocaps_foil(
     The foil's phrase is ``replacement[1]`` as written in the foil caption (case-insensitive, whole
     words first; multi-word replacements stay whole). Ids: ``<image stem>-baseline`` / ``-foil``.
     ``meta``: ``domain``, ``replacement``, ``index`` (entry), ``replacement_spans`` (every occurrence of
-    this caption's side of the replacement).
+    this caption's side of the replacement), ``clip4dm_target`` ("orig" for the baseline, the foil
+    word lower-cased for the foil).
     """
     check_limit(limit)
     path, images = Path(annotations), Path(images)
@@ -59,7 +60,11 @@ def load_nocaps_foil(
                 caption=baseline,
                 aligned=True,
                 references=references,
-                meta={**common, "replacement_spans": find_phrase_spans(baseline, original)},
+                meta={
+                    **common,
+                    "replacement_spans": find_phrase_spans(baseline, original),
+                    "clip4dm_target": "orig",
+                },
             )
             phrase, _ = phrase_in_text(foil, replaced)
             yield MisalignmentItem(
@@ -69,7 +74,12 @@ def load_nocaps_foil(
                 aligned=False,
                 misaligned_phrases=(phrase,),
                 references=references,
-                meta={**common, "replacement_spans": find_phrase_spans(foil, replaced)},
+                meta={
+                    **common,
+                    "replacement_spans": find_phrase_spans(foil, replaced),
+                    # the authors' code treats a replacement that changes nothing as an original
+                    "clip4dm_target": "orig" if replaced == original else replaced.strip().lower(),
+                },
             )
 
     return unique_ids(take(items(), limit))

@@ -220,9 +220,11 @@ def load_richhf(
     ``word_labels`` are per whitespace word (True when a misaligned token overlaps the word);
     ``misaligned_phrases`` are runs of misaligned tokens separated only by whitespace, as written;
     ``misalignment_score`` is the record's (higher = better aligned). ``meta`` keeps ``tokens``,
-    ``token_labels`` (the original ints, 0 = misaligned), the other scores and both heatmaps (PNG bytes).
-    A record without a prompt, or whose label count differs from the prompt's token count, raises
-    ``ValueError``, or with ``skip_unmatched=True`` is skipped with one warning. A file that is
+    ``token_labels`` (the original ints, 0 = misaligned), the other scores, both heatmaps (PNG bytes) and
+    ``clip4dm_target`` (the authors' "index_token" strings of the misaligned tokens, lower-cased).
+    A record without a prompt raises ``ValueError``; one whose label count differs from its prompt's
+    token count becomes an item with ``problem`` set (reported as a failure, not scored). With
+    ``skip_unmatched=True`` both are skipped instead, with one warning. A file that is
     truncated, not a TFRecord file, or holds a record that is not a ``tf.train.Example`` raises
     ``ValueError`` naming it; record data CRCs are not verified.
     """
@@ -254,20 +256,30 @@ def load_richhf(
             sidecar = images / f"{uid}.txt"
             prompt = sidecar.read_text(encoding="utf-8").strip() if sidecar.exists() else None
         if prompt is None:
-            problem = f"{where}: no prompt for uid {uid!r}" + (
-                "" if table is not None else f" ({images / (uid + '.txt')} not found)"
-            )
-        else:
-            spans = richhf_token_spans(prompt)
-            problem = (
-                f"{where}: {len(token_labels)} labels but {len(spans)} prompt tokens in {prompt!r:.80}"
-                if len(spans) != len(token_labels)
-                else ""
-            )
-        if prompt is None or problem:
             if not skip_unmatched:
-                raise AnnotationFormatError(path, problem)
+                raise AnnotationFormatError(
+                    path,
+                    f"{where}: no prompt for uid {uid!r}"
+                    + ("" if table is not None else f" ({images / (uid + '.txt')} not found)"),
+                )
             skipped.append(uid)
+            continue
+        spans = richhf_token_spans(prompt)
+        if len(spans) != len(token_labels):
+            if skip_unmatched:
+                skipped.append(uid)
+                continue
+            problem = f"{where}: {len(token_labels)} labels but {len(spans)} prompt tokens in {prompt!r:.80}"
+            items.append(
+                MisalignmentItem(
+                    id=uid,
+                    image=image,
+                    caption=prompt,
+                    aligned=all(label == 1 for label in token_labels),
+                    meta={"filename": filename, "record": index, "token_labels": tuple(token_labels)},
+                    problem=problem,
+                )
+            )
             continue
         misaligned = [label == 0 for label in token_labels]
         meta: dict[str, Any] = {
@@ -275,6 +287,10 @@ def load_richhf(
             "record": index,
             "tokens": tuple(prompt[a:b] for a, b in spans),
             "token_labels": tuple(token_labels),
+            # the authors' ground truth: "index_token" of each misaligned token, lower-cased
+            "clip4dm_target": " ".join(
+                f"{i}_{prompt[a:b]}" for i, (a, b) in enumerate(spans) if misaligned[i]
+            ).lower(),
         }
         for key in _SCORES:
             if features.get(key):

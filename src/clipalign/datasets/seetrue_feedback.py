@@ -162,7 +162,8 @@ def load_seetrue_feedback(
     that every item's ``image`` is a real file like every other benchmark's (idempotent, atomic).
 
     ``misaligned_phrases`` = ``caption_misalignment`` as written in the caption (case-insensitive) or as
-    given; ``feedback`` = the first ``human_feedback`` (all of them in ``meta["feedbacks"]``). Ids:
+    given; ``feedback`` = the first ``human_feedback`` (all of them in ``meta["feedbacks"]``);
+    ``meta["clip4dm_target"]`` = ``caption_misalignment`` stripped and lower-cased (the NLI premise). Ids:
     ``<dataset_source>/<id_in_source_dataset>`` when both are present, else ``row-<index>``.
     """
     check_limit(limit)
@@ -193,6 +194,7 @@ def load_seetrue_feedback(
             phrases = (phrase_in_text(caption, cue.strip(" \"'"))[0],) if cue.strip(" \"'") else ()
             meta = {k: v for k, v in row.items() if k not in _KNOWN}
             meta.update(index=i, caption_misalignment=cue, feedbacks=feedbacks, image_name=original)
+            meta["clip4dm_target"] = cue.strip().lower()
             source, source_id = row.get("dataset_source"), row.get("id_in_source_dataset")
             item_id = (
                 f"{source}/{source_id}"

@@ -7,7 +7,9 @@ here so that a script can run the same evaluation with :func:`run_benchmark`.
 from __future__ import annotations
 
 import inspect
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.attribution.words import CLIP4DM
 from clipalign.datasets import BENCHMARKS
 from clipalign.datasets.base import MisalignmentItem, PointingItem
+from clipalign.evaluation.authors import Protocol
 from clipalign.evaluation.cache import ResultCache
 from clipalign.evaluation.nli import DEFAULT_NLI_MODEL, NLIScorer
 from clipalign.evaluation.report import write_report
@@ -30,6 +33,22 @@ from clipalign.settings import InteractionSettings, ModelSpec, WordSettings
 
 BENCHMARK_EPSILON: dict[str, float] = {"richhf": -1e-5}
 """Benchmarks the authors evaluate at another ε than :class:`WordSettings`'s default."""
+
+AUTHORS_PROTOCOL: dict[str, Protocol] = {
+    "foil": "lowest_word",
+    "nocaps-foil": "lowest_word",
+    "synthetic": "lowest_word",
+    "hat": "lowest_span",
+    "seetrue-feedback": "spans",
+    "richhf": "tokens",
+}
+"""How the CLIP4DM authors' main.py evaluates each benchmark (see :mod:`clipalign.evaluation.authors`)."""
+
+GROUP_BY: dict[str, str] = {"nocaps-foil": "domain", "seetrue-feedback": "dataset_source"}
+"""Benchmarks whose metrics are also reported per group: the item ``meta`` key that names the group."""
+
+FAILURES_FILE = "failures.jsonl"
+"""Written into ``OUT/BENCHMARK/`` when items failed: one JSON line per failed item (id, image, error)."""
 
 LOADER_OPTIONS = ("prompts", "instances")
 """Extra files some loaders take (``prompts=`` for richhf, ``instances=`` for pointing-coco)."""
@@ -71,12 +90,14 @@ def load_items(
 
 @dataclass(frozen=True)
 class BenchmarkRun:
-    """What a run produced: the metrics, the report files and how many items were scored anew."""
+    """What a run produced: the metrics, the report files, how many items were scored anew and the
+    failure list (None when nothing failed)."""
 
     metrics: dict[str, Any]
     json_path: Path
     md_path: Path
     newly_scored: int
+    failures_path: Path | None = None
 
 
 def run_benchmark(
@@ -104,9 +125,9 @@ def run_benchmark(
         before = len(cache.load())
         method = TokenPatchInteractions(model, settings=method_settings)
         start = time.perf_counter()
-        records = score_pointing(
-            [i for i in items if isinstance(i, PointingItem)], method, cache, progress=progress
-        )
+        pointing_items = [i for i in items if isinstance(i, PointingItem)]
+        evaluated: Sequence[MisalignmentItem | PointingItem] = pointing_items
+        records = score_pointing(pointing_items, method, cache, progress=progress)
         seconds = time.perf_counter() - start
         metrics = pointing_metrics(records)
     else:
@@ -116,13 +137,49 @@ def run_benchmark(
         before = len(cache.load())
         attributor = CLIP4DM(model, settings=word_settings)
         word_items = [i for i in items if isinstance(i, MisalignmentItem)]
+        evaluated = word_items
         start = time.perf_counter()
         records = score_misalignment(word_items, attributor, cache, progress=progress)
         seconds = time.perf_counter() - start
+        protocol = AUTHORS_PROTOCOL.get(benchmark)
         nli = None
-        if any(it.feedback is not None for it in word_items):
+        if protocol == "spans":
             nli = NLIScorer(nli_model or DEFAULT_NLI_MODEL, device=spec.device)
-        metrics = misalignment_metrics(word_items, records, nli)
+        metrics = misalignment_metrics(
+            word_items,
+            records,
+            nli,
+            epsilon=word_settings.epsilon,
+            protocol=protocol,
+            group_by=GROUP_BY.get(benchmark),
+        )
     scored = len(cache.load()) - before
-    json_path, md_path = write_report(directory, benchmark, metrics, settings, seconds, scored)
-    return BenchmarkRun(metrics, json_path, md_path, scored)
+    failures = [
+        {"id": it.id, "image": str(it.image), "error": r["error"]}
+        for it, r in zip(evaluated, records, strict=True)
+        if r.get("error") is not None
+    ]
+    failures_path = write_failures(directory, failures)
+    json_path, md_path = write_report(
+        directory,
+        benchmark,
+        metrics,
+        settings,
+        seconds,
+        scored,
+        failures=failures,
+        failures_path=failures_path,
+    )
+    return BenchmarkRun(metrics, json_path, md_path, scored, failures_path)
+
+
+def write_failures(directory: Path, failures: list[dict[str, Any]]) -> Path | None:
+    """Write the failed items to ``directory/failures.jsonl`` (a stale list from an earlier run is
+    removed when nothing failed); returns its path, or None."""
+    path = directory / FAILURES_FILE
+    if not failures:
+        path.unlink(missing_ok=True)
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures), encoding="utf-8")
+    return path

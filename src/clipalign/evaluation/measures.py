@@ -1,7 +1,7 @@
 """Benchmark metrics of the CLIP4DM and second-order interaction papers, on per-item records.
 
-Each function states its convention; where the authors' code differs from the plain definition
-(lenient HAT matching, positive class of AP), both are offered.
+Each function states its convention; the CLIP4DM authors' own protocol (exact-string LA, HAT's
+substring rule on merged spans, their AP orientation) is restated in :mod:`clipalign.evaluation.authors`.
 """
 
 from __future__ import annotations
@@ -43,14 +43,6 @@ def localisation_hit(predicted_words: Sequence[int], caption: str, phrases: Sequ
         return False
     wanted = set(predicted_words)
     return any(wanted <= set(run) for run in phrase_word_runs(caption, phrases))
-
-
-def lenient_hat_hit(predicted_text: str, phrases: Sequence[str]) -> bool:
-    """The CLIP4DM authors' HAT rule: the predicted span's lower-cased text is a substring of the
-    ground-truth hallucinated text (their `negative_word in foil_word`)."""
-    truth = " ".join(phrases).strip().lower()
-    guess = predicted_text.strip().lower()
-    return bool(guess) and guess in truth
 
 
 def strict_hat_hit(predicted_words: Sequence[int], caption: str, phrases: Sequence[str]) -> bool:

@@ -1,9 +1,10 @@
 """Entailment probability of a prediction given the ground truth (SeeTRUE-Feedback's NLI metric).
 
-As in the CLIP4DM evaluation: premise = the ground-truth misalignment text, hypothesis = the predicted
-misaligned spans joined by ", "; neutral is dropped and the softmax over (contradiction, entailment)
-gives P(entailment); an empty prediction scores 0. The model is any HF sequence classifier with
-``entailment`` and ``contradiction`` labels (default ``facebook/bart-large-mnli``).
+The CLIP4DM authors' protocol: premise = the row's ``caption_misalignment`` stripped and lower-cased,
+hypothesis = the predicted misaligned spans, lower-cased, without "." and ",", joined by ", " (see
+:mod:`clipalign.evaluation.authors`); neutral is dropped and the softmax over (contradiction,
+entailment) gives P(entailment); an empty hypothesis scores 0. The model is any HF sequence classifier
+with ``entailment`` and ``contradiction`` labels (default ``facebook/bart-large-mnli``, theirs).
 """
 
 from __future__ import annotations

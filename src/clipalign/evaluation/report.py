@@ -1,8 +1,11 @@
-"""Benchmark reports: our numbers beside the published ones for the same backbone (Markdown + JSON)."""
+"""Benchmark reports (Markdown + JSON): beside each published number, our figure under the authors'
+protocol, then our own variants in labelled columns; per-group tables; failures by reason."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +19,88 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
 }
 """Published headline numbers; Rich-HF F1 is at ε = −1e-5."""
 
-HEADLINE_SOURCES: dict[str, dict[str, tuple[str, ...]]] = {
-    # which of our metrics corresponds to each published column, per benchmark (the authors' conventions)
-    "foil": {"LA": ("LA",), "AP": ("AP", "aligned-positive", "F-CLIPScore (lowest word)")},
-    "nocaps-foil": {"LA": ("LA",), "AP": ("AP", "aligned-positive", "F-CLIPScore (lowest word)")},
-    "hat": {"LA": ("LA_span_lenient",), "AP": ("AP", "misaligned-positive", "F-CLIPScore")},
-    "seetrue-feedback": {"NLI": ("NLI",)},
-    "richhf": {"F1": ("word_PRF", "f1")},
-    "synthetic": {"LA": ("LA",), "AP": ("AP", "aligned-positive", "F-CLIPScore")},
-    "pointing-coco": {"accuracy": ("accuracy",), "energy": ("energy",)},
-    "pointing-flickr30k": {"accuracy": ("accuracy",), "energy": ("energy",)},
-    "pointing-synthetic": {"accuracy": ("accuracy",), "energy": ("energy",)},
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a report's headline table: a label, what it means, and where each metric is."""
+
+    label: str
+    legend: str
+    sources: dict[str, tuple[str, ...]]
+
+
+AUTHORS = "authors' protocol"
+_AUTHORS_LOWEST_WORD = Column(
+    AUTHORS,
+    "their main.py at this ε: the lowest word below ε must equal the foil string (multi-word foils "
+    "never count; no word below ε, where their run crashes, is a miss); AP of (1 − cos⁺)·Σ below ε, "
+    "originals positive",
+    {"LA": ("authors", "LA"), "AP": ("authors", "AP", "F-CLIPScore")},
+)
+_AUTHORS_MOST_NEGATIVE = Column(
+    "authors, most_negative",
+    "their sorted_by=most_negative: the lowest of all words; AP of (1 − cos⁺)·lowest score, "
+    "originals positive",
+    {"LA": ("authors_most_negative", "LA"), "AP": ("authors_most_negative", "AP", "F-CLIPScore")},
+)
+_OURS_FOIL = Column(
+    "ours",
+    "LA: the lowest non-punctuation word lies inside a foil phrase (multi-word foils count); "
+    "AP of F-CLIPScore with the foil captions positive (ranked by −score)",
+    {"LA": ("LA",), "AP": ("AP", "misaligned-positive", "F-CLIPScore")},
+)
+_FOIL_COLUMNS = (_AUTHORS_LOWEST_WORD, _AUTHORS_MOST_NEGATIVE, _OURS_FOIL)
+_POINTING = (Column("ours", "pointing game", {"accuracy": ("accuracy",), "energy": ("energy",)}),)
+
+COLUMNS: dict[str, tuple[Column, ...]] = {
+    "foil": _FOIL_COLUMNS,
+    "nocaps-foil": _FOIL_COLUMNS,
+    "synthetic": _FOIL_COLUMNS,
+    "hat": (
+        Column(
+            AUTHORS,
+            "their main.py: adjacent words below ε merged, the span of lowest mean is a hit when its text "
+            "is a substring of the hallucinated words; AP of (1 − cos⁺)·mean(lowest span), "
+            "hallucinations positive",
+            {"LA": ("authors", "LA"), "AP": ("authors", "AP", "F-CLIPScore")},
+        ),
+        Column(
+            "ours",
+            "LA: the lowest-mean span is exactly one hallucinated run; AP of (1 − cos⁺)·Σ below ε, "
+            "hallucinations positive",
+            {"LA": ("LA_span_strict",), "AP": ("AP", "misaligned-positive", "F-CLIPScore")},
+        ),
+        Column("ours, lowest word", "LA: the lowest word lies inside a hallucinated run", {"LA": ("LA",)}),
+    ),
+    "seetrue-feedback": (
+        Column(
+            AUTHORS,
+            "P(entailment) with premise caption_misalignment (lower-cased) and the predicted spans joined "
+            "by ', ' as hypothesis (0 when none)",
+            {"NLI": ("authors", "NLI")},
+        ),
+    ),
+    "richhf": (
+        Column(
+            AUTHORS,
+            'their "index_word" matching of words below ε against misaligned prompt tokens (their code '
+            "computes it but never prints it)",
+            {"F1": ("authors", "PRF", "f1")},
+        ),
+        Column(
+            "ours",
+            "micro F1 over whitespace words (a word is misaligned when a misaligned token overlaps it)",
+            {"F1": ("word_PRF", "f1")},
+        ),
+    ),
+    "pointing-coco": _POINTING,
+    "pointing-flickr30k": _POINTING,
+    "pointing-synthetic": _POINTING,
 }
+"""Per benchmark: the columns of the headline table, the authors' protocol first, then our variants."""
+
+FAILURE_KINDS = (("labels but", "label/token count mismatch"), ("no prompt", "missing prompt"))
+"""Evaluation-only failure kinds, tried before the scan's (:func:`clipalign.runners.summary.failure_kind`)."""
 
 
 def backbone_of(model_name: str) -> str | None:
@@ -46,15 +119,86 @@ def _lookup(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
         if not isinstance(value, dict) or key not in value:
             return None
         value = value[key]
-    return float(value)
+    return None if value is None else float(value)
 
 
-def headline(benchmark: str, metrics: dict[str, Any]) -> dict[str, float | None]:
-    return {name: _lookup(metrics, path) for name, path in HEADLINE_SOURCES.get(benchmark, {}).items()}
+def headline(benchmark: str, metrics: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """{column label: {metric: value}} for the benchmark's headline columns."""
+    return {
+        column.label: {name: _lookup(metrics, path) for name, path in column.sources.items()}
+        for column in COLUMNS.get(benchmark, ())
+    }
 
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
+
+
+def headline_table(
+    benchmark: str, metrics: dict[str, Any], backbone: str | None
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: each metric with the published number, then each column's figure beside it."""
+    published = PUBLISHED.get(benchmark, {}).get(backbone or "", {})
+    columns = COLUMNS.get(benchmark, ())
+    names = list(dict.fromkeys(name for column in columns for name in column.sources))
+    header = ["metric", f"published ({backbone or 'no matching backbone'})", *(c.label for c in columns)]
+    rows = [
+        [
+            name,
+            _fmt(published.get(name)),
+            *(_fmt(_lookup(metrics, c.sources[name])) if name in c.sources else "" for c in columns),
+        ]
+        for name in names
+    ]
+    return header, rows
+
+
+def group_table(benchmark: str, metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """One row per group (nocaps-FOIL domain, SeeTRUE source) with every headline figure, or None."""
+    groups = metrics.get("groups")
+    if not groups:
+        return None
+    cells = [
+        (f"{name} · {column.label}", path)
+        for column in COLUMNS.get(benchmark, ())
+        for name, path in column.sources.items()
+        if any(_lookup(row, path) is not None for row in groups["rows"].values())
+    ]
+    header = [groups["by"], "items", "failed", *(label for label, _ in cells)]
+    rows = [
+        [group, str(row["items"]), str(row["failed"]), *(_fmt(_lookup(row, path)) for _, path in cells)]
+        for group, row in groups["rows"].items()
+    ]
+    return header, rows
+
+
+def failure_kind(error: str) -> str:
+    """A coarse reason for a failed item (its full message stays in the failure list)."""
+    from clipalign.runners.summary import failure_kind as scan_kind
+
+    return next((kind for needle, kind in FAILURE_KINDS if needle in error), None) or scan_kind(error)
+
+
+def failures_by_kind(failures: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Failed records grouped by :func:`failure_kind`, the most frequent kind first."""
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for record in failures:
+        kinds.setdefault(failure_kind(str(record.get("error"))), []).append(record)
+    return dict(sorted(kinds.items(), key=lambda kv: -len(kv[1])))
+
+
+def _markdown(header: list[str], rows: list[list[str]], numeric: bool = True) -> list[str]:
+    """A Markdown table; every column after the first right-aligned when ``numeric``."""
+    aligns = ["---"] + ["--:" if numeric else "---"] * (len(header) - 1)
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(aligns) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+EXAMPLES = 3
+"""Failed items shown per reason in report.md (all of them are in the failure list)."""
 
 
 def write_report(
@@ -64,21 +208,30 @@ def write_report(
     settings: dict[str, Any],
     seconds: float,
     scored: int,
+    *,
+    failures: Sequence[dict[str, Any]] = (),
+    failures_path: Path | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.md``; returns their paths."""
+    """Write ``report.json`` and ``report.md``; returns their paths.
+
+    ``failures`` are the failed items' records (``id``, ``error``), listed by reason in ``report.md``;
+    ``failures_path`` is the file that lists them all.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backbone = backbone_of(str(settings.get("model", "")))
     published = PUBLISHED.get(benchmark, {}).get(backbone or "", {})
-    ours = headline(benchmark, metrics)
     throughput = scored / seconds if seconds > 0 and scored else None
+    by_kind = failures_by_kind(failures)
     report = {
         "benchmark": benchmark,
         "settings": settings,
         "backbone": backbone,
-        "headline": ours,
+        "headline": headline(benchmark, metrics),
         "published": published,
         "metrics": metrics,
+        "failures": {kind: len(records) for kind, records in by_kind.items()},
+        "failures_file": None if failures_path is None else str(failures_path),
         "seconds": seconds,
         "newly_scored": scored,
         "pairs_per_second": throughput,
@@ -95,11 +248,26 @@ def write_report(
             else "all from cache"
         ),
         "",
-        "| metric | ours | published (" + (backbone or "no matching backbone") + ") |",
-        "|---|--:|--:|",
+        *_markdown(*headline_table(benchmark, metrics, backbone)),
+        "",
+        *(f"- **{c.label}**: {c.legend}" for c in COLUMNS.get(benchmark, ())),
     ]
-    for name, value in ours.items():
-        lines.append(f"| {name} | {_fmt(value)} | {_fmt(published.get(name))} |")
+    groups = group_table(benchmark, metrics)
+    if groups is not None:
+        lines += ["", f"## By {metrics['groups']['by']}", "", *_markdown(*groups)]
+        lines += [
+            "",
+            "The authors' per-group AP always ranks with the originals positive, as their code does.",
+        ]
+    if by_kind:
+        lines += ["", "## Failures", ""]
+        if failures_path is not None:
+            lines += [f"All {len(failures)} failed items, one JSON line each: `{failures_path}`", ""]
+        rows = [
+            [kind, str(len(records)), "; ".join(f"`{r['id']}`: {r['error']}" for r in records[:EXAMPLES])]
+            for kind, records in by_kind.items()
+        ]
+        lines += _markdown(["reason", "count", "examples"], rows, numeric=False)
     lines += [
         "",
         "## All metrics",

@@ -7,6 +7,7 @@ interrupted run resumes from the cache; ``limit`` takes the first N items for a 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -16,11 +17,20 @@ from tqdm import tqdm
 from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.attribution.words import CLIP4DM
 from clipalign.datasets.base import MisalignmentItem, PointingItem
+from clipalign.evaluation.authors import (
+    AUTHORS_POSITIVE,
+    AuthorsItem,
+    Protocol,
+    authors_item,
+    is_foil,
+    lowest_word_most_negative,
+    target_of,
+)
 from clipalign.evaluation.cache import ResultCache
 from clipalign.evaluation.measures import (
+    PositiveClass,
     average_precision,
     correlations,
-    lenient_hat_hit,
     localisation_hit,
     micro_prf,
     pointing_game,
@@ -29,6 +39,7 @@ from clipalign.evaluation.measures import (
 from clipalign.metrics.cosines import reference_cosines
 from clipalign.metrics.functional import ref_clip_score
 from clipalign.results import Interactions, ItemError, WordAlignment, word_row
+from clipalign.text.alignment import split_words
 
 Record = dict[str, Any]
 
@@ -42,10 +53,19 @@ def _upgrade(record: Record) -> Record:
     return {LEGACY_KEYS.get(k, k): v for k, v in record.items()}
 
 
-def _word_record(item: MisalignmentItem, result: WordAlignment | ItemError, refclip: float | None) -> Record:
+def _word_record(
+    item: MisalignmentItem, result: WordAlignment | ItemError, refclip: tuple[float, float] | None
+) -> Record:
     if isinstance(result, ItemError):
         return {"id": item.id, "error": result.error}
-    return {"id": item.id, "error": None, **word_row(result), "refclipscore": refclip}
+    hessel, clip4dm = refclip if refclip is not None else (None, None)
+    return {
+        "id": item.id,
+        "error": None,
+        **word_row(result),
+        "refclipscore": hessel,
+        "refclipscore_clip4dm": clip4dm,
+    }
 
 
 def score_misalignment(
@@ -54,8 +74,13 @@ def score_misalignment(
     """Per-item records (cached): word scores, spans, cosine, CLIPScore, F-CLIPScore, RefCLIPScore.
 
     Items are scored ``attributor.settings.batch_size`` at a time, each batch appended to the cache.
+    An item with a ``problem`` (unusable annotations) is not scored: its record is a failure with that
+    reason, not cached, so fixed annotations are scored on the next run.
     """
     done = {key: _upgrade(record) for key, record in cache.load().items()}
+    for item in items:
+        if item.problem is not None:
+            done[item.id] = {"id": item.id, "error": item.problem}
     todo = [it for it in items if it.id not in done]
     batch_size = attributor.settings.batch_size
     bar = tqdm(
@@ -75,95 +100,115 @@ def score_misalignment(
 
 def _refclipscores(
     attributor: CLIP4DM, batch: Sequence[MisalignmentItem], results: Sequence[WordAlignment | ItemError]
-) -> list[float | None]:
-    """RefCLIPScore (Hessel) for the scored items that have references; None elsewhere."""
-    rows = [
-        i
+) -> list[tuple[float, float] | None]:
+    """RefCLIPScore (Hessel's, and the authors' first-reference variant) for the scored items that have
+    references; None elsewhere."""
+    scored = [
+        (i, r)
         for i, (it, r) in enumerate(zip(batch, results, strict=True))
         if it.references and isinstance(r, WordAlignment)
     ]
-    out: list[float | None] = [None] * len(batch)
-    if not rows:
+    out: list[tuple[float, float] | None] = [None] * len(batch)
+    if not scored:
         return out
+    rows = [i for i, _ in scored]
     captions = [batch[i].caption for i in rows]
     ref_cos, mask = reference_cosines(
         attributor.model, captions, [list(batch[i].references) for i in rows], attributor.settings.template
     )
-    cos = torch.tensor([r.cosine for r in results if isinstance(r, WordAlignment)])
-    for i, value in zip(rows, ref_clip_score(cos, ref_cos, mask).tolist(), strict=True):
-        out[i] = value
+    cos = torch.tensor([r.cosine for _, r in scored])  # only the rows with references
+    hessel = ref_clip_score(cos, ref_cos, mask).tolist()
+    clip4dm = ref_clip_score(cos, ref_cos, mask, convention="clip4dm").tolist()
+    for i, pair in zip(rows, zip(hessel, clip4dm, strict=True), strict=True):
+        out[i] = pair
     return out
 
 
-def misalignment_metrics(
-    items: Sequence[MisalignmentItem],
-    records: Sequence[Record],
-    nli: Callable[[list[str], list[str]], list[float]] | None = None,
-) -> dict[str, Any]:
-    """Every metric the item annotations allow; failed items are counted and left out."""
-    pairs = [(it, r) for it, r in zip(items, records, strict=True) if r.get("error") is None]
-    out: dict[str, Any] = {"items": len(items), "failed": len(items) - len(pairs)}
-    if not pairs:
-        return out
-    aligned = [it.aligned for it, _ in pairs]
+def _mean(values: Sequence[float | bool]) -> float:
+    return float(np.mean(np.asarray(values, dtype=np.float64)))
+
+
+def whitespace_index(caption: str, words: Sequence[str]) -> list[int]:
+    """For each scored word (any word unit, in caption order), the whitespace-delimited caption word it
+    lies in: annotations label whitespace words, and "directions" + "." both belong to "directions."."""
+    spaces = split_words(caption)
+    out: list[int] = []
+    cursor = k = 0
+    for word in words:
+        start = caption.find(word, cursor)
+        if start < 0:
+            raise ValueError(f"word {word!r} is not in the caption {caption!r} after character {cursor}")
+        cursor = start + len(word)
+        while spaces[k].end <= start:
+            k += 1
+        out.append(k)
+    return out
+
+
+def _on_whitespace(item: MisalignmentItem, record: Record, indices: Sequence[int]) -> list[int]:
+    """Scored-word indices → the sorted whitespace-word indices they cover."""
+    ws = whitespace_index(item.caption, record["words"])
+    return sorted({ws[i] for i in indices})
+
+
+def _whitespace_flags(item: MisalignmentItem, record: Record) -> list[bool]:
+    """Per whitespace word of the caption: whether any scored word inside it is misaligned."""
+    flags = [False] * len(split_words(item.caption))
+    for k, flag in zip(
+        whitespace_index(item.caption, record["words"]), record["word_misaligned"], strict=True
+    ):
+        flags[k] = flags[k] or bool(flag)
+    return flags
+
+
+def our_metrics(pairs: Sequence[tuple[MisalignmentItem, Record]]) -> dict[str, Any]:
+    """Our conventions: LA by phrase membership, strict span LA, AP both ways, word P/R/F1, correlations.
+
+    Word-level comparisons are made on the caption's whitespace words (the annotations' unit), so they
+    hold for any word unit the scores were computed in.
+    """
+    out: dict[str, Any] = {}
     foils = [(it, r) for it, r in pairs if not it.aligned]
     if foils:
-        out["LA"] = float(
-            np.mean(
-                [
-                    localisation_hit(
-                        [r["lowest_word"]] if r["lowest_word"] is not None else [],
-                        it.caption,
-                        it.misaligned_phrases,
-                    )
-                    for it, r in foils
-                ]
-            )
+        out["LA"] = _mean(
+            [
+                r["lowest_word"] is not None
+                and localisation_hit(
+                    _on_whitespace(it, r, [r["lowest_word"]]), it.caption, it.misaligned_phrases
+                )
+                for it, r in foils
+            ]
         )
         lowest_spans = [
             min(r["spans"], key=lambda s: s["mean_score"]) if r["spans"] else None for _, r in foils
         ]
-        out["LA_span_strict"] = float(
-            np.mean(
-                [
-                    s is not None and strict_hat_hit(s["words"], it.caption, it.misaligned_phrases)
-                    for (it, _), s in zip(foils, lowest_spans, strict=True)
-                ]
-            )
+        out["LA_span_strict"] = _mean(
+            [
+                s is not None
+                and strict_hat_hit(_on_whitespace(it, r, s["words"]), it.caption, it.misaligned_phrases)
+                for (it, r), s in zip(foils, lowest_spans, strict=True)
+            ]
         )
-        out["LA_span_lenient"] = float(
-            np.mean(
-                [
-                    s is not None and lenient_hat_hit(s["text"], it.misaligned_phrases)
-                    for (it, _), s in zip(foils, lowest_spans, strict=True)
-                ]
-            )
-        )
+    aligned = [it.aligned for it, _ in pairs]
     if 0 < sum(aligned) < len(aligned):
-        ap: dict[str, Any] = {}
-        for positive in ("aligned", "misaligned"):
-            scores = {
-                "F-CLIPScore": [r["f_clipscore"] for _, r in pairs],
-                "F-CLIPScore (lowest word)": [r["f_clipscore_min"] for _, r in pairs],
-                "CLIPScore": [r["clipscore"] for _, r in pairs],
-            }
-            if all(r.get("refclipscore") is not None for _, r in pairs):
-                scores["RefCLIPScore"] = [r["refclipscore"] for _, r in pairs]
-            ap[f"{positive}-positive"] = {
+        scores = {
+            "F-CLIPScore": [r["f_clipscore"] for _, r in pairs],
+            "CLIPScore": [r["clipscore"] for _, r in pairs],
+        }
+        if all(r.get("refclipscore") is not None for _, r in pairs):
+            scores["RefCLIPScore"] = [r["refclipscore"] for _, r in pairs]
+        out["AP"] = {
+            f"{positive}-positive": {
                 name: average_precision(aligned, s, positive) for name, s in scores.items()
             }
-        out["AP"] = ap
-    labelled = [(it.word_labels, r) for it, r in pairs if it.word_labels is not None]
-    if labelled:
-        prf = micro_prf([labels for labels, _ in labelled], [r["word_misaligned"] for _, r in labelled])
-        out["word_PRF"] = {
-            "precision": prf.precision,
-            "recall": prf.recall,
-            "f1": prf.f1,
-            "tp": prf.tp,
-            "fp": prf.fp,
-            "fn": prf.fn,
+            for positive in ("aligned", "misaligned")
         }
+    labelled = [(it, r) for it, r in pairs if it.word_labels is not None]
+    if labelled:
+        prf = micro_prf(
+            [it.word_labels or () for it, _ in labelled], [_whitespace_flags(it, r) for it, r in labelled]
+        )
+        out["word_PRF"] = asdict(prf)
     rated = [(it.misalignment_score, r) for it, r in pairs if it.misalignment_score is not None]
     if len(rated) > 2:
         truth = [score for score, _ in rated]
@@ -171,10 +216,125 @@ def misalignment_metrics(
             "F-CLIPScore": correlations([r["f_clipscore"] for _, r in rated], truth),
             "CLIPScore": correlations([r["clipscore"] for _, r in rated], truth),
         }
-    with_feedback = [(it.feedback, r) for it, r in pairs if it.feedback is not None]
-    if with_feedback and nli is not None:
-        hypotheses = [", ".join(s["text"] for s in r["spans"]) for _, r in with_feedback]
-        out["NLI"] = float(np.mean(nli([feedback for feedback, _ in with_feedback], hypotheses)))
+    return out
+
+
+def _authors_ap(
+    records: Sequence[Record], aligned: Sequence[bool], negatives: Sequence[float], positive: PositiveClass
+) -> dict[str, float] | None:
+    """Their AP of F-CLIPScore = (1 − cos⁺)·negative, of CLIPScore and of their RefCLIPScore."""
+    if not 0 < sum(aligned) < len(aligned):
+        return None
+    scores = {
+        "F-CLIPScore": [(1 - max(r["cosine"], 0.0)) * n for r, n in zip(records, negatives, strict=True)],
+        "CLIPScore": [r["clipscore"] for r in records],
+    }
+    if all(r.get("refclipscore_clip4dm") is not None for r in records):
+        scores["RefCLIPScore"] = [r["refclipscore_clip4dm"] for r in records]
+    return {name: average_precision(aligned, s, positive) for name, s in scores.items()}
+
+
+def authors_metrics(
+    records: Sequence[Record],
+    rows: Sequence[AuthorsItem],
+    protocol: Protocol,
+    positive: PositiveClass,
+    nli_scores: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Their ``calculate_metrics`` on per-item rows: LA = hits / foils, AP, NLI mean, Rich-HF P/R/F1.
+
+    Hits on correct captions count in LA's numerator, as in their code (they cannot happen unless a
+    caption contains the word "orig"); an item with no word below ε counts as a miss.
+    """
+    out: dict[str, Any] = {"positive": positive, "no_prediction": sum(r.empty for r in rows)}
+    foils = sum(r.is_foil for r in rows)
+    if foils and protocol != "spans":
+        out["LA"] = sum(r.hit for r in rows) / foils
+    ap = _authors_ap(records, [not r.is_foil for r in rows], [r.negative for r in rows], positive)
+    if ap is not None:
+        out["AP"] = ap
+    if nli_scores is not None:
+        out["NLI"] = _mean(nli_scores)
+    if protocol == "tokens":
+        tp, fp, fn = (sum(r.counts[k] for r in rows) for k in range(3))
+        precision = tp / (tp + fp) if tp else 0.0
+        recall = tp / (tp + fn) if tp else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+        out["PRF"] = {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+    return out
+
+
+def most_negative_metrics(
+    items: Sequence[MisalignmentItem], records: Sequence[Record], positive: PositiveClass
+) -> dict[str, Any]:
+    """Their ``sorted_by="most_negative"`` variant of FOIL/nocaps-FOIL: the lowest of all words."""
+    targets = [target_of(it) for it in items]
+    lowest = [lowest_word_most_negative(r) for r in records]
+    foil = [is_foil(t) for t in targets]
+    out: dict[str, Any] = {"positive": positive}
+    if any(foil):
+        out["LA"] = sum(w == t for (w, _), t in zip(lowest, targets, strict=True)) / sum(foil)
+    ap = _authors_ap(records, [not f for f in foil], [score for _, score in lowest], positive)
+    if ap is not None:
+        out["AP"] = ap
+    return out
+
+
+def misalignment_metrics(
+    items: Sequence[MisalignmentItem],
+    records: Sequence[Record],
+    nli: Callable[[list[str], list[str]], list[float]] | None = None,
+    *,
+    epsilon: float | None = None,
+    protocol: Protocol | None = None,
+    group_by: str | None = None,
+) -> dict[str, Any]:
+    """Every metric the annotations allow, ours and (given ``protocol`` and ``epsilon``) the authors'.
+
+    Failed items are counted and left out. ``authors`` holds their protocol at ``epsilon`` (see
+    :mod:`clipalign.evaluation.authors`), with AP oriented as their run of the benchmark is: originals
+    positive for ``lowest_word`` and ``spans``, misaligned positive (scores negated) for ``lowest_span``
+    and ``tokens``. ``nli`` (premises, hypotheses) → P(entailment) scores the ``spans`` protocol.
+    ``group_by`` names a ``meta`` key (nocaps-FOIL ``domain``, SeeTRUE ``dataset_source``): ``groups``
+    then repeats the metrics per value, the authors' AP with originals positive as their per-group
+    tables always are.
+    """
+    pairs = [(it, r) for it, r in zip(items, records, strict=True) if r.get("error") is None]
+    out: dict[str, Any] = {"items": len(items), "failed": len(items) - len(pairs)}
+    if not pairs:
+        return out
+    out.update(our_metrics(pairs))
+    if protocol is None or epsilon is None:
+        return out
+    ok_records = [r for _, r in pairs]
+    rows = [authors_item(it, r, epsilon, protocol) for it, r in pairs]
+    nli_scores = None
+    if protocol == "spans" and nli is not None:
+        nli_scores = nli([target_of(it) for it, _ in pairs], [row.prediction for row in rows])
+    positive = AUTHORS_POSITIVE[protocol]
+    out["authors"] = authors_metrics(ok_records, rows, protocol, positive, nli_scores)
+    if protocol == "lowest_word":
+        out["authors_most_negative"] = most_negative_metrics([it for it, _ in pairs], ok_records, positive)
+    if group_by is not None:
+        keys = [str(it.meta.get(group_by)) for it, _ in pairs]
+        groups: dict[str, Any] = {}
+        for name in sorted({str(it.meta.get(group_by)) for it in items}):
+            at = [i for i, k in enumerate(keys) if k == name]
+            size = sum(str(it.meta.get(group_by)) == name for it in items)
+            group: dict[str, Any] = {"items": size, "failed": size - len(at)}
+            if not at:  # every item of the group failed
+                groups[name] = group
+                continue
+            group.update(our_metrics([pairs[i] for i in at]))
+            group["authors"] = authors_metrics(
+                [ok_records[i] for i in at],
+                [rows[i] for i in at],
+                protocol,
+                "aligned",
+                None if nli_scores is None else [nli_scores[i] for i in at],
+            )
+            groups[name] = group
+        out["groups"] = {"by": group_by, "rows": groups}
     return out
 
 
