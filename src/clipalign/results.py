@@ -46,7 +46,8 @@ class Word(_Serializable):
     exactly as written at characters [start, end), scored by the mean of its tokens.
 
     ``punctuation`` words ("." "," "—") are scored but never misaligned; a word whose characters all
-    belong to a token that started in an earlier word (the 2nd and 3rd "." of "...") has no token.
+    belong to a token that started in an earlier word (the 2nd and 3rd "." of "...") has no token
+    (``num_tokens`` 0, score 0).
     """
 
     word: str

@@ -4,7 +4,8 @@ For s = cos(image, template+caption) and each of the last ``layers`` text-encode
 post-softmax attention A (B, heads, T, T): M = mean_heads(∂s/∂A ⊙ A), signed (no ReLU, no rollout);
 R = mean over those layers; a BPE token's score is R[EOT, token]; a word's score is the mean of its
 tokens, words being the authors' unit by default ("." and "," words of their own, see
-:data:`~clipalign.text.alignment.WordUnit`). Words scoring below ε (< 0) are misaligned. A batch costs one forward and one backward.
+:data:`~clipalign.text.alignment.WordUnit`). Words scoring below ε (< 0) are misaligned. A batch
+costs one forward and one backward.
 """
 
 from __future__ import annotations
