@@ -37,12 +37,13 @@ import pytest
 import torch
 from conftest import SHARED
 from PIL import Image
+from test_text_alignment import encode as encode_ours
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
 from clipalign import CLIP4DM
 from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.models import HFCLIPAdapter
-from clipalign.text import DEFAULT_TEMPLATE, encode_caption, find_span, is_punctuation, split_words
+from clipalign.text import DEFAULT_TEMPLATE, find_span, is_punctuation, split_words
 
 ANNOTATIONS = SHARED / "annotations"
 THEIR_PUNCTUATION = '.,!"?;:" '
@@ -122,18 +123,6 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def encode(tokenizer) -> Encode:
     return lambda text: tokenizer(text, add_special_tokens=False).input_ids
-
-
-def encode_ours(tokenizer, caption: str, unit: str = "clip4dm"):
-    return encode_caption(
-        tokenizer,
-        caption,
-        template=DEFAULT_TEMPLATE,
-        prefix_ids=[tokenizer.bos_token_id],
-        suffix_ids=[tokenizer.eos_token_id],
-        max_length=77,
-        unit=unit,
-    )
 
 
 def crosses_a_word(enc) -> bool:

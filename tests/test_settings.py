@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import FrozenInstanceError
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -119,6 +120,18 @@ def test_eligible_rule_is_shared(adapter):
     assert flagged == result.lowest_word and result.words[flagged].eligible
 
 
+def scan_written_with(tmp_path, settings: dict) -> Path:
+    """A scan output folder holding one Parquet part whose metadata records ``settings``."""
+    out = tmp_path / "scan"
+    out.mkdir()
+    schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(settings).encode()})
+    pq.write_table(
+        pa.Table.from_pylist([{"index": 0, "key": "k", "error": "x"}], schema=schema),
+        out / "part-000000000000.parquet",
+    )
+    return out
+
+
 def test_output_written_before_mode_was_recorded_is_still_read(tmp_path):
     old = {"model": "m", "dtype": "fp32", "layers": 3, "epsilon": -5e-5, "template": "A photo depicts "}
     new = {**old, "mode": "threshold"}
@@ -129,13 +142,7 @@ def test_output_written_before_mode_was_recorded_is_still_read(tmp_path):
     cache.append([{"id": "a", "error": None, "scores": [0.1], "misaligned": [False], "words": ["dog"]}])
     assert ResultCache(tmp_path / "cache", new).path == cache.path
     # a Parquet part from 0.1.0 (metadata without "mode") resumes under mode=threshold, not another mode
-    out = tmp_path / "scan"
-    out.mkdir()
-    schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(old).encode()})
-    pq.write_table(
-        pa.Table.from_pylist([{"index": 0, "key": "k", "error": "x"}], schema=schema),
-        out / "part-000000000000.parquet",
-    )
+    out = scan_written_with(tmp_path, old)
     assert PartWriter(out, new, ScanSettings()).completed() == 1
     with pytest.raises(ValueError, match="other settings"):
         PartWriter(out, {**new, "mode": "most_negative"}, ScanSettings()).completed()
@@ -148,13 +155,7 @@ def test_output_written_before_the_word_unit_was_recorded_is_read_as_whitespace(
     assert default["unit"] == "clip4dm" and whitespace["unit"] == "whitespace"
     assert comparable(whitespace) == old and settings_key(whitespace) == settings_key(old)
     assert settings_key(default) != settings_key(old)
-    out = tmp_path / "scan"
-    out.mkdir()
-    schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(old).encode()})
-    pq.write_table(
-        pa.Table.from_pylist([{"index": 0, "key": "k", "error": "x"}], schema=schema),
-        out / "part-000000000000.parquet",
-    )
+    out = scan_written_with(tmp_path, old)
     assert PartWriter(out, whitespace, ScanSettings()).completed() == 1
     with pytest.raises(ValueError, match="other settings"):
         PartWriter(out, default, ScanSettings()).completed()
