@@ -77,12 +77,12 @@ def add_word_options(
         group.add_argument(
             "--mode", default=default.mode, choices=get_args(Mode), help="how words are flagged"
         )
-    from clipalign.text.alignment import WordUnit  # local: the module imports stay another change's
+    from typing import get_type_hints  # local: this module's imports are another change's
 
     group.add_argument(
         "--word-unit",
         default=default.unit,
-        choices=get_args(WordUnit),
+        choices=get_args(get_type_hints(WordSettings)["unit"]),
         help=f'words scored: clip4dm = the authors\' (whitespace, "." and "," words of their own), '
         f'whitespace = chunks as written ("skirt.") (default {default.unit})',
     )
