@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "clipalign.settings",
+    "clipalign.text.alignment",
     "clipalign.metrics.functional",
     "clipalign.metrics.scores",
     "clipalign.attribution.words",

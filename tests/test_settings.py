@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import FrozenInstanceError
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,7 @@ def test_settings_are_frozen_validated_and_keep_runtime_fields_out_of_to_dict():
         "epsilon": -5e-5,
         "template": "A photo depicts ",
         "mode": "threshold",
+        "unit": "clip4dm",
     }
     with pytest.raises(FrozenInstanceError):
         words.layers = 3  # type: ignore[misc]
@@ -40,6 +42,8 @@ def test_settings_are_frozen_validated_and_keep_runtime_fields_out_of_to_dict():
         words.replace(mode="lowest")
     with pytest.raises(ValueError, match="batch_size must be ≥ 1"):
         WordSettings(batch_size=0)
+    with pytest.raises(ValueError, match="unit must be one of 'clip4dm', 'whitespace'"):
+        WordSettings(unit="bpe")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         WordSettings(3)  # type: ignore[misc]
     assert ModelSpec(name="m", device="cuda:1").to_dict() == {"model": "m", "dtype": "fp32"}
@@ -116,6 +120,18 @@ def test_eligible_rule_is_shared(adapter):
     assert flagged == result.lowest_word and result.words[flagged].eligible
 
 
+def scan_written_with(tmp_path, settings: dict) -> Path:
+    """A scan output folder holding one Parquet part whose metadata records ``settings``."""
+    out = tmp_path / "scan"
+    out.mkdir()
+    schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(settings).encode()})
+    pq.write_table(
+        pa.Table.from_pylist([{"index": 0, "key": "k", "error": "x"}], schema=schema),
+        out / "part-000000000000.parquet",
+    )
+    return out
+
+
 def test_output_written_before_mode_was_recorded_is_still_read(tmp_path):
     old = {"model": "m", "dtype": "fp32", "layers": 3, "epsilon": -5e-5, "template": "A photo depicts "}
     new = {**old, "mode": "threshold"}
@@ -126,16 +142,23 @@ def test_output_written_before_mode_was_recorded_is_still_read(tmp_path):
     cache.append([{"id": "a", "error": None, "scores": [0.1], "misaligned": [False], "words": ["dog"]}])
     assert ResultCache(tmp_path / "cache", new).path == cache.path
     # a Parquet part from 0.1.0 (metadata without "mode") resumes under mode=threshold, not another mode
-    out = tmp_path / "scan"
-    out.mkdir()
-    schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(old).encode()})
-    pq.write_table(
-        pa.Table.from_pylist([{"index": 0, "key": "k", "error": "x"}], schema=schema),
-        out / "part-000000000000.parquet",
-    )
+    out = scan_written_with(tmp_path, old)
     assert PartWriter(out, new, ScanSettings()).completed() == 1
     with pytest.raises(ValueError, match="other settings"):
         PartWriter(out, {**new, "mode": "most_negative"}, ScanSettings()).completed()
+
+
+def test_output_written_before_the_word_unit_was_recorded_is_read_as_whitespace(tmp_path):
+    old = {"model": "m", "dtype": "fp32", "layers": 3, "epsilon": -5e-5, "template": "A photo depicts "}
+    whitespace = {**old, **WordSettings(unit="whitespace").to_dict()}
+    default = {**old, **WordSettings().to_dict()}
+    assert default["unit"] == "clip4dm" and whitespace["unit"] == "whitespace"
+    assert comparable(whitespace) == old and settings_key(whitespace) == settings_key(old)
+    assert settings_key(default) != settings_key(old)
+    out = scan_written_with(tmp_path, old)
+    assert PartWriter(out, whitespace, ScanSettings()).completed() == 1
+    with pytest.raises(ValueError, match="other settings"):
+        PartWriter(out, default, ScanSettings()).completed()
 
 
 def test_old_cache_records_are_read_under_todays_keys(adapter, tmp_path):

@@ -42,9 +42,12 @@ class TokenScore(_Serializable):
 
 @dataclass(frozen=True)
 class Word(_Serializable):
-    """A whitespace-delimited caption word, ``word`` exactly as written, scored by the mean of its tokens.
+    """A caption word of the run's unit (see :data:`~clipalign.text.alignment.WordUnit`), ``word``
+    exactly as written at characters [start, end), scored by the mean of its tokens.
 
-    ``punctuation`` words (standalone "." or "—") are scored but never misaligned.
+    ``punctuation`` words ("." "," "—") are scored but never misaligned; a word whose characters all
+    belong to a token that started in an earlier word (the 2nd and 3rd "." of "...") has no token
+    (``num_tokens`` 0, score 0).
     """
 
     word: str
@@ -83,6 +86,7 @@ class WordAlignment(_Serializable):
     ``cosine`` is between the image and ``template + caption``; ``clipscore`` = 2.5·max(cos, 0);
     ``f_clipscore`` = (1 − max(cos, 0)) · Σ scores of words below ε (≤ 0, lower = worse).
     ``truncated_words`` lists the caption words cut to fit the text encoder's context (not scored).
+    ``unit`` is the word unit the caption was split into (``clip4dm`` or ``whitespace``).
     """
 
     caption: str
@@ -96,6 +100,7 @@ class WordAlignment(_Serializable):
     epsilon: float
     tokens: list[TokenScore] = field(repr=False)
     source: str | None = None
+    unit: str = "clip4dm"
 
     @property
     def misaligned_words(self) -> list[Word]:

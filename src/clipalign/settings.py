@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
-from clipalign.text.alignment import DEFAULT_TEMPLATE
+from clipalign.text.alignment import DEFAULT_TEMPLATE, WordUnit
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 """The checkpoint used when none is named (Hub name; a local directory works too)."""
@@ -31,6 +31,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "image_block": -1,
     "rule": "gauss",
     "normalize": "cosine",
+    "unit": "whitespace",
 }
 """Settings that clipalign 0.1.0 output implied without recording them: an old cache or Parquet part
 that lacks one of these keys was written with this value (see :func:`comparable`)."""
@@ -82,12 +83,15 @@ class WordSettings:
         epsilon: words scoring below ε are misaligned (also defines F-CLIPScore).
         template: prefix read before every caption; its words are never reported.
         mode: ``threshold`` marks every word below ε; ``most_negative`` the single lowest word.
+        unit: the word unit (:data:`~clipalign.text.alignment.WordUnit`): ``clip4dm``, the authors'
+            (whitespace, and every "." and "," a word of its own), or ``whitespace`` chunks ("skirt.").
         batch_size: pairs per forward/backward pass.
 
     Example:
         >>> settings = WordSettings(layers=2)
         >>> settings.to_dict()  # no batch_size: it changes speed, not scores
-        {'layers': 2, 'epsilon': -5e-05, 'template': 'A photo depicts ', 'mode': 'threshold'}
+        {'layers': 2, 'epsilon': -5e-05, 'template': 'A photo depicts ', 'mode': 'threshold',
+         'unit': 'clip4dm'}
         >>> settings.replace(mode="most_negative").mode
         'most_negative'
     """
@@ -96,10 +100,12 @@ class WordSettings:
     epsilon: float = -5e-5
     template: str = DEFAULT_TEMPLATE
     mode: Mode = "threshold"
+    unit: WordUnit = "clip4dm"
     batch_size: int = field(default=32, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, Mode)
+        _check_choice("unit", self.unit, WordUnit)
         if not math.isfinite(self.epsilon):
             raise ValueError(f"epsilon must be a finite number, got {self.epsilon}")
         if self.layers < 1:
@@ -108,7 +114,7 @@ class WordSettings:
             raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        """``layers``, ``epsilon``, ``template``, ``mode``: what decides the scores and flags."""
+        """``layers``, ``epsilon``, ``template``, ``mode``, ``unit``: what decides the scores and flags."""
         return _result_fields(self)
 
     def replace(self, **changes: Any) -> WordSettings:

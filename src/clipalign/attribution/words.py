@@ -3,7 +3,9 @@
 For s = cos(image, template+caption) and each of the last ``layers`` text-encoder layers with
 post-softmax attention A (B, heads, T, T): M = mean_heads(∂s/∂A ⊙ A), signed (no ReLU, no rollout);
 R = mean over those layers; a BPE token's score is R[EOT, token]; a word's score is the mean of its
-tokens. Words scoring below ε (< 0) are misaligned. A batch costs one forward and one backward.
+tokens, words being the authors' unit by default ("." and "," words of their own, see
+:data:`~clipalign.text.alignment.WordUnit`). Words scoring below ε (< 0) are misaligned. A batch
+costs one forward and one backward.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ class CLIP4DM:
 
     Args:
         model: an adapter from :func:`clipalign.load_model`.
-        settings: :class:`~clipalign.settings.WordSettings` (layers, ε, template, mode, batch size);
+        settings: :class:`~clipalign.settings.WordSettings` (layers, ε, template, mode, word unit,
+            batch size);
             keyword arguments change single fields of it, e.g. ``layers=2``.
 
     Example:
@@ -116,6 +119,9 @@ class CLIP4DM:
         >>> attributor = CLIP4DM(tiny_model(), layers=2, epsilon=-5e-5)
         >>> [result] = attributor.attribute([example_image()], ["a red ball on the grass."])
         >>> [w.word for w in result.words]
+        ['a', 'red', 'ball', 'on', 'the', 'grass', '.']
+        >>> [w.word for w in CLIP4DM(tiny_model(), unit="whitespace").attribute(
+        ...     [example_image()], ["a red ball on the grass."])[0].words]
         ['a', 'red', 'ball', 'on', 'the', 'grass.']
         >>> result.f_clipscore <= 0 and len(result.misaligned_words) == len(result.words) - sum(
         ...     w.score >= -5e-5 for w in result.words)
@@ -232,6 +238,7 @@ class CLIP4DM:
         for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
             try:
                 [enc] = self.model.encode_captions([caption], self.settings.template)
+                enc = enc.with_unit(self.settings.unit)
                 prepared.append(Prepared(i, load_image(image), enc))
             except Exception as exc:
                 failed(i, exc)
@@ -301,6 +308,7 @@ class CLIP4DM:
                     epsilon=epsilon,
                     tokens=tokens,
                     source=describe_source(sources[b]),
+                    unit=enc.unit,
                 )
             )
         return results

@@ -56,7 +56,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def add_word_options(
     parser: argparse.ArgumentParser, *, epsilon_help: str | None = None, mode: bool = True
 ) -> None:
-    """--layers, --epsilon, --template, --mode, --batch-size: what :func:`word_settings` reads.
+    """--layers, --epsilon, --template, --mode, --word-unit, --batch-size: what :func:`word_settings` reads.
 
     ``--epsilon`` defaults to None (:class:`WordSettings`'s default applies) so that a command can tell
     whether it was given; ``epsilon_help`` replaces its help text, ``mode=False`` leaves out --mode.
@@ -77,6 +77,15 @@ def add_word_options(
         group.add_argument(
             "--mode", default=default.mode, choices=get_args(Mode), help="how words are flagged"
         )
+    from typing import get_type_hints  # local: this module's imports are another change's
+
+    group.add_argument(
+        "--word-unit",
+        default=default.unit,
+        choices=get_args(get_type_hints(WordSettings)["unit"]),
+        help=f'words scored: clip4dm = the authors\' (whitespace, "." and "," words of their own), '
+        f'whitespace = chunks as written ("skirt.") (default {default.unit})',
+    )
     group.add_argument(
         "--batch-size", type=int, default=default.batch_size, help="pairs per forward/backward"
     )
@@ -138,7 +147,12 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
 
 def word_settings(args: argparse.Namespace, **defaults: Any) -> WordSettings:
     """The word options as one :class:`WordSettings`; ``defaults`` stand in for options not given."""
-    given = {"layers": args.layers, "template": args.template, "batch_size": args.batch_size}
+    given = {
+        "layers": args.layers,
+        "template": args.template,
+        "unit": args.word_unit,
+        "batch_size": args.batch_size,
+    }
     if getattr(args, "mode", None) is not None:
         given["mode"] = args.mode
     if args.epsilon is not None:

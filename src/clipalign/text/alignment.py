@@ -1,8 +1,13 @@
 """Caption → BPE tokens → words, with character offsets into the caption as written.
 
-A *word* is a whitespace-delimited chunk of the caption ("directions." is one word), the unit CLIP4DM
-and the HAT annotations use. Token→word assignment comes from the fast tokenizer's offset mapping, so
-emoji, accents, repeated spaces and attached punctuation map back to the right characters.
+Two word units (:data:`WordUnit`): ``clip4dm`` (the default), the CLIP4DM authors' ``space_tokenize``
+unit: the caption split on whitespace with every "." and "," a word of its own ("skirt." is "skirt" and
+"."); and ``whitespace``, whitespace-delimited chunks ("skirt." is one word, as HAT's grounding writes
+it). Tokens map to words by the fast tokenizer's character offsets (not by re-encoding each word, which
+shifts every later word when one BPE token spans several words, as ``...`` does), so emoji, accents,
+repeated spaces and attached punctuation map back to the right characters. A token that runs past the
+end of the word it starts in (``...`` over three "." words, ``),`` over ")" and ",") belongs to that
+word alone; the words it covers beyond it have no token (``num_tokens`` 0, never flagged).
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import re
 import unicodedata
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -19,7 +25,13 @@ from transformers import PreTrainedTokenizerBase
 DEFAULT_TEMPLATE = "A photo depicts "
 """Prompt prefix used by CLIPScore (Hessel et al.) and CLIP4DM; its words are never reported."""
 
-_WORD = re.compile(r"\S+")
+WordUnit = Literal["clip4dm", "whitespace"]
+"""How a caption is cut into words: the CLIP4DM authors' unit, or whitespace-delimited chunks."""
+
+_WORD_PATTERNS: dict[str, re.Pattern[str]] = {
+    "clip4dm": re.compile(r"[.,]|[^\s.,]+"),
+    "whitespace": re.compile(r"\S+"),
+}
 
 
 _TRUNCATION_PREVIEW_WORDS = 5
@@ -41,7 +53,7 @@ def is_punctuation(text: str) -> bool:
 
 @dataclass(frozen=True)
 class WordSpan:
-    """One whitespace-delimited word: its text as written and its [start, end) characters in the caption."""
+    """One caption word (see :data:`WordUnit`): its text as written and its [start, end) characters."""
 
     text: str
     start: int
@@ -52,9 +64,25 @@ class WordSpan:
         return is_punctuation(self.text)
 
 
-def split_words(caption: str) -> list[WordSpan]:
-    """Split a caption into whitespace-delimited words with their character offsets."""
-    return [WordSpan(m.group(), m.start(), m.end()) for m in _WORD.finditer(caption)]
+def split_words(caption: str, unit: WordUnit = "clip4dm") -> list[WordSpan]:
+    """Split a caption into words of ``unit`` with their character offsets.
+
+    Example:
+        >>> [w.text for w in split_words("a red skirt, 2.5 m...")]
+        ['a', 'red', 'skirt', ',', '2', '.', '5', 'm', '.', '.', '.']
+        >>> [(w.text, w.start) for w in split_words("a red skirt.", "whitespace")]
+        [('a', 0), ('red', 2), ('skirt.', 6)]
+    """
+    if unit not in _WORD_PATTERNS:
+        raise ValueError(f"word unit must be one of {', '.join(map(repr, _WORD_PATTERNS))}, got {unit!r}")
+    return [WordSpan(m.group(), m.start(), m.end()) for m in _WORD_PATTERNS[unit].finditer(caption)]
+
+
+def _token_words(words: Sequence[WordSpan], token_starts: np.ndarray) -> np.ndarray:
+    """Index of the word each token starts in (or the word before the gap it starts in), −1 before
+    the first word; ``token_starts`` are caption offsets, negative for template tokens."""
+    word_starts = np.array([w.start for w in words], dtype=np.int64)
+    return np.where(token_starts >= 0, np.searchsorted(word_starts, token_starts, side="right") - 1, -1)
 
 
 @dataclass
@@ -74,11 +102,27 @@ class EncodedCaption:
     pool_index: int
     words: list[WordSpan]
     truncated_words: list[WordSpan] = field(default_factory=list)
+    unit: WordUnit = "clip4dm"
 
     @property
     def text(self) -> str:
         """The string the model reads: template + caption."""
         return self.template + self.caption
+
+    def with_unit(self, unit: WordUnit) -> EncodedCaption:
+        """The same tokens grouped into words of ``unit`` (truncation always falls between whitespace
+        chunks, so both units keep and drop the same characters)."""
+        if unit == self.unit:
+            return self
+        cut = self.truncated_words[0].start if self.truncated_words else len(self.caption)
+        all_words = split_words(self.caption, unit)
+        kept = [w for w in all_words if w.start < cut]
+        caption_token = self.token_word >= 0
+        starts = np.array([a for a, _ in self.token_spans], dtype=np.int64)
+        token_word = np.where(caption_token, _token_words(kept, starts), -1).astype(np.int64)
+        return replace(
+            self, words=kept, truncated_words=all_words[len(kept) :], token_word=token_word, unit=unit
+        )
 
 
 def validate_caption(caption: object) -> str:
@@ -117,11 +161,13 @@ def encode_caption(
     prefix_ids: Sequence[int],
     suffix_ids: Sequence[int],
     max_length: int,
+    unit: WordUnit = "clip4dm",
 ) -> EncodedCaption:
     """Tokenize ``template + caption`` and wrap it as ``prefix + content + suffix`` within ``max_length``.
 
-    When the content does not fit, whole words are dropped from the end (never half a word), the dropped
-    words are listed in ``truncated_words`` and a :class:`CaptionTruncatedWarning` says what was cut.
+    Words are of ``unit``. When the content does not fit, whole whitespace chunks are dropped from the
+    end (never half a written word, in either unit), the dropped words are listed in ``truncated_words``
+    and a :class:`CaptionTruncatedWarning` says what was cut.
     ``pool_index`` is the position of the first suffix token (CLIP's EOT, which the text embedding pools).
     """
     validate_caption(caption)
@@ -131,21 +177,23 @@ def encode_caption(
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     ids = list(enc["input_ids"])
     spans = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
-    words = split_words(caption)
-    word_starts = np.array([w.start for w in words], dtype=np.int64)
+    words = split_words(caption, unit)
     tlen = len(template)
     starts = np.array([a for a, _ in spans], dtype=np.int64) - tlen
-    token_word = np.where(starts >= 0, np.searchsorted(word_starts, starts, side="right") - 1, -1)
+    token_word = _token_words(words, starts)
     if not (token_word >= 0).any():
         raise CaptionError("caption has no characters the tokenizer reads: nothing to score")
 
     capacity = max_length - len(prefix_ids) - len(suffix_ids)
     truncated: list[WordSpan] = []
     if len(ids) > capacity:
-        first_cut_word = int(token_word[capacity])
-        if first_cut_word < 0:
+        chunks = split_words(caption, "whitespace")
+        chunk = int(_token_words(chunks, starts[capacity : capacity + 1])[0])
+        if chunk < 0:
             raise CaptionError(f"the template {template!r} alone does not fit in {max_length} tokens")
-        cut = int(np.argmax(token_word == first_cut_word))
+        cut_at = chunks[chunk].start
+        cut = int(np.argmax(starts >= cut_at))
+        first_cut_word = next(i for i, w in enumerate(words) if w.start >= cut_at)
         truncated = words[first_cut_word:]
         words = words[:first_cut_word]
         ids, spans, token_word = ids[:cut], spans[:cut], token_word[:cut]
@@ -170,4 +218,5 @@ def encode_caption(
         pool_index=n_pre + len(ids),
         words=words,
         truncated_words=truncated,
+        unit=unit,
     )
