@@ -69,6 +69,25 @@ def test_our_word_metrics_hold_for_any_word_unit():
     assert (metrics["word_PRF"]["tp"], metrics["word_PRF"]["fp"], metrics["word_PRF"]["fn"]) == (3, 0, 1)
 
 
+def test_phrases_are_found_on_whitespace_words_after_a_comma():
+    """A "," before the foil shifts CLIP4DM word indices but not the whitespace words the phrase runs use."""
+    caption = "a dog, a red skirt"
+    item = MisalignmentItem("c", Path("x.png"), caption, False, ("red skirt",))
+    words = ["a", "dog", ",", "a", "red", "skirt"]
+    record = {
+        "id": "c",
+        "error": None,
+        "words": words,
+        "word_misaligned": [False, False, False, False, True, True],
+        "lowest_word": 4,
+        "spans": [{"words": [4, 5], "mean_score": -1.0}],
+        "f_clipscore": -1.0,
+        "clipscore": 0.5,
+    }
+    metrics = misalignment_metrics([item], [record])
+    assert metrics["LA"] == 1.0 and metrics["LA_span_strict"] == 1.0
+
+
 def test_average_precision_both_conventions_against_sklearn():
     rng = np.random.default_rng(0)
     aligned = rng.random(200) < 0.5

@@ -22,8 +22,8 @@ PositiveClass = Literal["aligned", "misaligned"]
 
 
 def phrase_word_runs(caption: str, phrases: Sequence[str]) -> list[list[int]]:
-    """Word-index runs of ground-truth phrases in a caption (every occurrence; phrases not found skip)."""
-    words = split_words(caption)
+    """Whitespace-word index runs of ground-truth phrases in a caption (every occurrence; phrases not found skip)."""
+    words = split_words(caption, "whitespace")
     runs: list[list[int]] = []
     for phrase in phrases:
         try:

@@ -131,7 +131,7 @@ def _mean(values: Sequence[float | bool]) -> float:
 def whitespace_index(caption: str, words: Sequence[str]) -> list[int]:
     """For each scored word (any word unit, in caption order), the whitespace-delimited caption word it
     lies in: annotations label whitespace words, and "directions" + "." both belong to "directions."."""
-    spaces = split_words(caption)
+    spaces = split_words(caption, "whitespace")
     out: list[int] = []
     cursor = k = 0
     for word in words:
@@ -153,7 +153,7 @@ def _on_whitespace(item: MisalignmentItem, record: Record, indices: Sequence[int
 
 def _whitespace_flags(item: MisalignmentItem, record: Record) -> list[bool]:
     """Per whitespace word of the caption: whether any scored word inside it is misaligned."""
-    flags = [False] * len(split_words(item.caption))
+    flags = [False] * len(split_words(item.caption, "whitespace"))
     for k, flag in zip(
         whitespace_index(item.caption, record["words"]), record["word_misaligned"], strict=True
     ):
