@@ -22,7 +22,7 @@ PositiveClass = Literal["aligned", "misaligned"]
 
 
 def phrase_word_runs(caption: str, phrases: Sequence[str]) -> list[list[int]]:
-    """Whitespace-word index runs of ground-truth phrases in a caption (every occurrence; phrases not found skip)."""
+    """Whitespace-word runs of ground-truth phrases in a caption (every occurrence; unfound phrases skip)."""
     words = split_words(caption, "whitespace")
     runs: list[list[int]] = []
     for phrase in phrases:
