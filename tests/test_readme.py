@@ -103,10 +103,8 @@ class Block:
     language: str
     text: str
     line: int
-
-    @property
-    def id(self) -> str:
-        return f"{self.language or 'shell'}-line{self.line}"
+    id: str
+    """The section's heading as a slug and the block's number in it, e.g. ``python-3``."""
 
     def commands(self) -> list[list[str]]:
         """A shell block's commands as argument lists: comments dropped, ``\\`` lines joined, ``&&`` split."""
@@ -131,14 +129,17 @@ class Block:
 def fenced_blocks(text: str) -> list[Block]:
     """Every fenced block of a Markdown text, in order."""
     blocks, lines = [], text.splitlines()
-    i = 0
+    section, number, i = "top", 0, 0
     while i < len(lines):
-        if lines[i].startswith("```"):
-            start, language = i, lines[i][3:].strip()
+        if lines[i].startswith("#"):
+            section, number = re.sub(r"[^a-z0-9]+", "-", lines[i].lstrip("#").lower()).strip("-"), 0
+        elif lines[i].startswith("```"):
+            start, language, number = i, lines[i][3:].strip(), number + 1
             i += 1
             while not lines[i].startswith("```"):
                 i += 1
-            blocks.append(Block(language, "\n".join(lines[start + 1 : i]) + "\n", start + 1))
+            body = "\n".join(lines[start + 1 : i]) + "\n"
+            blocks.append(Block(language, body, start + 1, f"{section}-{number}"))
         i += 1
     return blocks
 
@@ -279,6 +280,14 @@ def test_the_parser_finds_every_fence():
     fences = [line for line in README.read_text(encoding="utf-8").splitlines() if line.startswith("```")]
     assert len(fences) == 2 * len(BLOCKS)
     assert PYTHON_BLOCKS and SHELL_BLOCKS
+
+
+def test_public_names_are_listed():
+    """README's "public names in one place" paragraph lists exactly what ``clipalign`` exports."""
+    text = README.read_text(encoding="utf-8")
+    paragraph = text[text.index("`clipalign` exports") : text.index("Their docstrings carry")]
+    listed = {name for name in re.findall(r"`(\w+)`", paragraph) if name != "clipalign"}
+    assert listed == set(clipalign.__all__) - {"__version__"}
 
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[b.id for b in PYTHON_BLOCKS])
