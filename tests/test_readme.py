@@ -104,7 +104,7 @@ class Block:
     text: str
     line: int
     id: str
-    """The section's heading as a slug and the block's number in it, e.g. ``python-3``."""
+    """The section's heading as a slug and the block's number in it, e.g. ``command-line-2``."""
 
     def commands(self) -> list[list[str]]:
         """A shell block's commands as argument lists: comments dropped, ``\\`` lines joined, ``&&`` split."""
