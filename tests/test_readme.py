@@ -290,13 +290,45 @@ def test_public_names_are_listed():
     assert listed == set(clipalign.__all__) - {"__version__"}
 
 
+def run_python(code: str, block: Block) -> None:
+    """Run a Python block's (substituted) code in a fresh namespace, its tracebacks naming README's line."""
+    exec(compile(code, f"README.md, block at line {block.line}", "exec"), {"__name__": "__readme__"})
+
+
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[b.id for b in PYTHON_BLOCKS])
 def test_python_block(block: Block, workdir: Path, capsys: pytest.CaptureFixture[str]):
     code = substitute(block.text, workdir)
-    exec(compile(code, f"README.md, block at line {block.line}", "exec"), {"__name__": "__readme__"})
+    run_python(code, block)
     if "print(" in block.text:
         assert capsys.readouterr().out.strip(), "the block prints nothing"
     check_outputs(block.text, workdir)
+
+
+HANDLES_ERRORS = [b for b in PYTHON_BLOCKS if "ItemError" in b.text]
+
+
+@pytest.mark.parametrize("block", HANDLES_ERRORS, ids=[b.id for b in HANDLES_ERRORS])
+def test_python_block_with_an_unreadable_image(block: Block, workdir: Path):
+    """A block that handles ItemError still runs when one of its images cannot be read."""
+    broken = workdir / "broken.png"
+    broken.write_bytes(b"not an image")
+    code = _path_pattern("b.png").sub(str(broken), block.text)
+    run_python(substitute(code, workdir), block)
+
+
+def test_demo_api_routes_are_listed():
+    """The web demo's API bullet lists every JSON route the app serves, and says how many there are."""
+    pytest.importorskip("starlette")
+    from clipalign.demo.app import create_app
+
+    app = create_app(None, "unused")  # type: ignore[arg-type]  # the routes only: no request is served
+    routes = {(m, r.path) for r in app.routes if r.path.startswith("/api/") for m in r.methods - {"HEAD"}}
+    text = README.read_text(encoding="utf-8")
+    bullet = text[text.index("- **API.**") :].split("\n\n")[0]
+    assert set(re.findall(r"`(GET|POST) (/api/\w+)`", bullet)) == routes
+    numbers = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
+    counts = re.findall(rf"\b({'|'.join(numbers)}) JSON routes", text)
+    assert counts == [numbers[len(routes) - 1]]
 
 
 @pytest.mark.slow
