@@ -6,7 +6,6 @@ import argparse
 import importlib.util
 
 from clipalign.cli.common import add_model_options, add_word_options, model_spec, open_model, word_settings
-from clipalign.models.base import InteractionAdapter
 from clipalign.settings import InteractionSettings
 
 
@@ -43,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"the demo needs {' and '.join(missing)}: pip install 'clipalign[demo]'")
     from clipalign.demo import DemoEngine, create_app, listen, serve
+    from clipalign.models.base import InteractionAdapter
 
     sock = listen(args.host, args.port)
     model = open_model(model_spec(args))

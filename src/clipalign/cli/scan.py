@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from clipalign import __version__
-from clipalign.attribution.words import CLIP4DM
 from clipalign.cli.common import (
     add_model_options,
     add_word_options,
@@ -18,11 +17,11 @@ from clipalign.cli.common import (
     print_json,
     word_settings,
 )
-from clipalign.runners.local import scan
-from clipalign.runners.output import PartWriter
-from clipalign.runners.sources import Columns, open_source
-from clipalign.runners.summary import ScanSummary, histogram, summarize
 from clipalign.settings import ModelSpec, RaySettings, ScanSettings, WordSettings
+
+if TYPE_CHECKING:
+    from clipalign.runners.sources import Columns
+    from clipalign.runners.summary import ScanSummary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -139,6 +138,12 @@ def _metadata(
 
 
 def run_scan(args: argparse.Namespace) -> int:
+    from clipalign.attribution.words import CLIP4DM
+    from clipalign.runners.local import scan
+    from clipalign.runners.output import PartWriter
+    from clipalign.runners.sources import Columns, open_source
+    from clipalign.runners.summary import summarize
+
     columns = Columns(args.image_column, args.caption_column, args.key_column)
     spec, words, options = model_spec(args), word_settings(args), _scan_settings(args)
     metadata = _metadata(args, columns, spec, words)
@@ -169,6 +174,8 @@ def run_scan(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from clipalign.runners.summary import histogram, summarize
+
     summary = summarize(args.scores)
     if args.json:
         print_json(summary.to_dict())
@@ -180,6 +187,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _show(summary: ScanSummary, histogram_path: str | None, console: Console) -> None:
+    from clipalign.runners.summary import histogram
+
     console.print(summary.table())
     console.print(summary.failure_line(), highlight=False)
     if summary.top_misaligned:
