@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="eval-results", help="reports and per-item cache go to OUT/BENCHMARK/")
     p.add_argument("--limit", type=int, help="only the first N items, for a quick look")
     p.add_argument(
-        "--nli-model", default=None, help="SeeTRUE-Feedback: NLI classifier (default bart-large-mnli)"
+        "--nli-model", default=None, help="SeeTRUE-Feedback: NLI classifier (default: bart-large-mnli)"
     )
     p.add_argument("--prompts", help="richhf: Pick-a-Pic prompts file (see clipalign.datasets)")
     p.add_argument("--instances", help="pointing-coco: COCO instances_*.json")

@@ -125,8 +125,8 @@ def _print_summary(result: Interactions, report: dict) -> None:
     c = result.completeness
     console.print(Text(str(result)))
     console.print(
-        f"completeness: Σ = {c.sum:.6f}, target s(x,y) − s(x,r_y) − s(r_x,y) + s(r_x,r_y) = {c.target:.6f} "
-        f"({c.s_xy:.4f} − {c.s_x_ry:.4f} − {c.s_rx_y:.4f} + {c.s_rx_ry:.4f}), residual {c.residual:.2e}",
+        f"completeness: Σ = {c.sum:.6f}, target s(x,y) - s(x,r_y) - s(r_x,y) + s(r_x,r_y) = {c.target:.6f} "
+        f"({c.s_xy:.4f} - {c.s_x_ry:.4f} - {c.s_rx_y:.4f} + {c.s_rx_ry:.4f}), residual {c.residual:.2e}",
         highlight=False,
     )
     word_totals = [(w.word, float(result.matrix[w.tokens].sum())) for w in result.words]

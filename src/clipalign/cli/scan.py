@@ -33,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--captions", help="with an image directory: JSON {file: caption} or [{file_name, caption}]"
     )
-    p.add_argument("--image-column", default="image", help="table column with image paths (default image)")
+    p.add_argument("--image-column", default="image", help="table column with image paths (default: image)")
     p.add_argument(
-        "--caption-column", default="caption", help="caption column / tar JSON field (default caption)"
+        "--caption-column", default="caption", help="caption column / tar JSON field (default: caption)"
     )
     p.add_argument("--key-column", help="table column with a unique key (default: the image path)")
     p.add_argument("--base-dir", help="resolve relative image paths here (default: the table's directory)")
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--part-size",
         type=int,
         default=scan_default.part_size,
-        help=f"rows per Parquet part, the resume granularity (default {scan_default.part_size})",
+        help=f"rows per Parquet part, the resume granularity (default: {scan_default.part_size})",
     )
     p.add_argument(
         "--workers",
@@ -77,25 +77,25 @@ def _add_ray_options(parser: argparse.ArgumentParser) -> None:
         "--engine",
         default="local",
         choices=["local", "ray"],
-        help="local process or Ray Data (default local)",
+        help="local process or Ray Data (default: local)",
     )
     group.add_argument(
         "--num-gpus",
         type=int,
         default=default.num_gpus,
-        help="ray: total GPUs, one model actor per GPU (default 0: CPU)",
+        help="ray: total GPUs, one model actor per GPU (default: 0, CPU only)",
     )
     group.add_argument(
         "--num-cpus",
         type=float,
         default=default.num_cpus,
-        help=f"ray: CPUs per actor, its torch threads (default {default.num_cpus:g})",
+        help=f"ray: CPUs per actor, its torch threads (default: {default.num_cpus:g})",
     )
     group.add_argument(
         "--concurrency",
         type=int,
         default=default.concurrency,
-        help=f"ray: CPU actors when --num-gpus is 0 (default {default.concurrency})",
+        help=f"ray: CPU actors when --num-gpus is 0 (default: {default.concurrency})",
     )
     group.add_argument(
         "--ray-address",

@@ -49,8 +49,7 @@ def check_local_path(name: str) -> Path | None:
     if not (path / CONFIG_FILE).is_file():
         raise ModelLoadError(
             f"cannot load model {name!r}: the folder {str(path)!r} has no {CONFIG_FILE}, so it holds no "
-            "checkpoint: pass the folder with the config.json and weights that save_pretrained or "
-            "`hf download` wrote"
+            "checkpoint: pass the folder that holds the checkpoint's config.json and weights"
         )
     return path
 
