@@ -232,3 +232,16 @@ def test_help_shows_defaults_and_ascii_numbers(monkeypatch, capsys):
     out = " ".join(capsys.readouterr().out.split())
     for default in ("(default: 32)", "(default: 4096)", "(default: 4)"):
         assert default in out
+
+
+def test_readme_first_command_uses_a_shipped_example():
+    """The Set-up section's command names a shipped scene and its one-wrong-word caption (tested above)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    setup = readme[readme.index("## Set-up") : readme.index("## Command line")]
+    command = re.search(r'clipalign words examples/synthetic/(\S+) "([^"]+)" --model synthetic\n', setup)
+    assert command is not None
+    assert {"file": command[1], "wrong_caption": command[2]}.items() <= next(
+        e for e in synthetic_examples() if e["file"] == command[1]
+    ).items()
