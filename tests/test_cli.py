@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,9 @@ from PIL import Image
 from clipalign import CLIP4DM
 from clipalign.cli.main import main
 from clipalign.metrics import ref_clip_score, reference_cosines
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC_EXAMPLES = ROOT / "examples" / "synthetic"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -118,3 +123,125 @@ def test_hub_model_offline_gives_a_one_line_error(photo):
     assert proc.returncode == 1
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "--model DIR" in err and "someone/not-a-cached-clip" in err
+
+
+def synthetic_examples() -> list[dict]:
+    return json.loads((SYNTHETIC_EXAMPLES / "captions.json").read_text(encoding="utf-8"))
+
+
+def test_synthetic_examples_are_what_the_script_renders():
+    spec = importlib.util.spec_from_file_location("make_examples", ROOT / "tools" / "make_examples.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    examples = synthetic_examples()
+    assert [e["file"] for e in examples] == [f"{name}.png" for name in script.SYNTHETIC_SCENES]
+    for entry, name in zip(examples, script.SYNTHETIC_SCENES, strict=True):
+        assert entry == script.synthetic_entry(name)
+        index, _ = script.SYNTHETIC_SCENES[name]
+        drawn = np.asarray(script.synthetic_scene(index).render())
+        shipped = Image.open(SYNTHETIC_EXAMPLES / entry["file"]).convert("RGB")
+        assert np.array_equal(drawn, np.asarray(shipped))
+        right, wrong = entry["caption"].split(), entry["wrong_caption"].split()
+        assert [i for i, (a, b) in enumerate(zip(right, wrong, strict=True)) if a != b] == [
+            entry["wrong_word_index"]
+        ]
+        assert (right[entry["wrong_word_index"]], wrong[entry["wrong_word_index"]]) == (
+            entry["right_word"],
+            entry["wrong_word"],
+        )
+        assert (SYNTHETIC_EXAMPLES / entry["file"]).stat().st_size < 20_000
+
+
+@pytest.mark.parametrize("entry", synthetic_examples(), ids=lambda e: e["file"])
+def test_synthetic_model_flags_the_wrong_word_with_default_settings(entry, capsys):
+    """README's first command: the bundled model flags the wrong word alone, none in the true caption."""
+    image = str(SYNTHETIC_EXAMPLES / entry["file"])
+    assert main(["words", image, entry["wrong_caption"], "--model", "synthetic", "--json"]) == 0
+    words = json.loads(capsys.readouterr().out)["words"]
+    assert [i for i, w in enumerate(words) if w["misaligned"]] == [entry["wrong_word_index"]]
+    assert words[entry["wrong_word_index"]]["word"] == entry["wrong_word"]
+    assert main(["words", image, entry["caption"], "--model", "synthetic", "--json"]) == 0
+    assert not any(w["misaligned"] for w in json.loads(capsys.readouterr().out)["words"])
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_unavailable_cuda_is_one_line(photo, capsys):
+    import torch
+
+    device = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    assert main(["words", photo, "a dog", "--model", "synthetic", "--device", device]) == 1
+    err = one_error_line(capsys)
+    assert f"device '{device}'" in err and ("CUDA is not available" in err or "CUDA device(s)" in err)
+
+
+@pytest.mark.parametrize("option", ["--dtype", "--mode"])
+def test_choices_are_checked_by_argparse(photo, option, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["words", photo, "a dog", option, "foo"])
+    assert info.value.code == 2
+    assert f"argument {option}: invalid choice: 'foo'" in capsys.readouterr().err
+
+
+def test_model_path_errors_name_the_path(photo, tmp_path, monkeypatch, capsys):
+    assert main(["words", photo, "a dog", "--model", str(tmp_path / "nope")]) == 1
+    err = one_error_line(capsys)
+    assert f"the path '{tmp_path / 'nope'}' does not exist" in err and "Hub" not in err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    assert main(["words", photo, "a dog", "--model", "models"]) == 1
+    err = one_error_line(capsys)
+    assert "the folder 'models' has no config.json" in err and "hf download" not in err
+
+
+def test_demo_without_its_extra_says_how_to_install_it(monkeypatch, capsys):
+    """The hint keeps its brackets: rich would read ``[demo]`` as markup and print ``clipalign``."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "starlette" else find_spec(name, *a)
+    )
+    assert main(["demo", "--model", "synthetic"]) == 1
+    assert "the demo needs starlette: pip install 'clipalign[demo]'" in one_error_line(capsys)
+
+
+def test_help_shows_defaults_and_ascii_numbers(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at hyphens, splitting the model name
+    for command in ("words", "score", "interactions", "eval", "scan", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "\u2212" not in out, command
+        assert "(default: 'A photo depicts ')" in out or command == "interactions"
+        assert "(default: fp32)" in out and "(default: openai/clip-vit-base-patch32)" in out
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: -5e-05," in out and "foil, hat, nocaps-foil" in out
+    with pytest.raises(SystemExit):
+        main(["interactions", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: gauss)", "(default: cosine)", "(default: '', none", "(default: 10)"):
+        assert default in out
+    with pytest.raises(SystemExit):
+        main(["scan", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 32)", "(default: 4096)", "(default: 4)"):
+        assert default in out
+
+
+def test_readme_first_command_uses_a_shipped_example():
+    """The Set-up section's command names a shipped scene and its one-wrong-word caption (tested above)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    setup = readme[readme.index("## Set-up") : readme.index("## Command line")]
+    command = re.search(r'clipalign words examples/synthetic/(\S+) "([^"]+)" --model synthetic\n', setup)
+    assert command is not None
+    assert {"file": command[1], "wrong_caption": command[2]}.items() <= next(
+        e for e in synthetic_examples() if e["file"] == command[1]
+    ).items()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -289,3 +290,97 @@ def test_library_box_must_be_finite(adapter):
     )
     with pytest.raises(ValueError, match="four finite numbers"):
         result.box_word_scores((float("nan"), float("nan"), 5.0, 5.0))
+
+
+class FailingConfig:
+    """Stands in for ``AutoConfig`` in the registry: raises what transformers raises for a Hub failure."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def from_pretrained(self, name: str, local_files_only: bool = False):
+        raise OSError(f"cannot load {name}") from self.error
+
+
+def hub_http_error(kind: type[Exception], status: int) -> Exception:
+    import httpx2
+
+    request = httpx2.Request("GET", "https://huggingface.co/api/models/acme/none")
+    return kind(f"{status} Client Error", response=httpx2.Response(status, request=request))
+
+
+def connection_error() -> Exception:
+    """What huggingface_hub raises when DNS fails: LocalEntryNotFoundError, during the socket error."""
+    exc = huggingface_hub.errors.LocalEntryNotFoundError("cannot find the requested files in the local cache")
+    exc.__context__ = ConnectionError("[Errno -2] Name or service not known")
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("error", "problem"),
+    [
+        (
+            lambda: hub_http_error(huggingface_hub.errors.RepositoryNotFoundError, 404),
+            "there is no model 'acme/none' on the Hugging Face Hub",
+        ),
+        (
+            lambda: hub_http_error(huggingface_hub.errors.GatedRepoError, 401),
+            "acme/none is a gated model on the Hugging Face Hub",
+        ),
+        (connection_error, "could not reach the Hugging Face Hub ([Errno -2] Name or service not known)"),
+    ],
+)
+def test_hub_failures_are_named_with_offline_hints(monkeypatch, error, problem):
+    monkeypatch.setattr(registry, "AutoConfig", FailingConfig(error()))
+    with pytest.raises(ModelLoadError) as info:
+        load_model("acme/none", device="cpu")
+    message = str(info.value)
+    assert message.startswith(f"cannot load model 'acme/none': {problem}") and len(message.splitlines()) == 1
+    assert "--model synthetic" in message and "`hf download acme/none --local-dir DIR`" in message
+    assert "--model DIR" in message and "HF_HUB_OFFLINE" not in message
+
+
+def test_a_path_that_does_not_exist_is_never_a_hub_name(monkeypatch, tmp_path):
+    monkeypatch.setattr(registry, "AutoConfig", FailingConfig(RuntimeError("the Hub must not be asked")))
+    for name in (str(tmp_path / "nope"), "./nope", "~/surely/not/here", "a/b/c"):
+        with pytest.raises(ModelLoadError, match=r"the path '.*' does not exist$"):
+            load_model(name, device="cpu")
+
+
+def test_a_folder_without_config_is_not_sent_to_the_hub(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    monkeypatch.setattr(registry, "AutoConfig", FailingConfig(RuntimeError("the Hub must not be asked")))
+    with pytest.raises(ModelLoadError) as info:
+        load_model("models", device="cpu")
+    message = str(info.value)
+    assert "the folder 'models' has no config.json" in message and "hf download models" not in message
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="is a file; pass the checkpoint's folder"):
+        load_model("weights.bin", device="cpu")
+
+
+def test_synthetic_is_the_bundled_model():
+    model = load_model("synthetic", device="cpu")
+    assert model.name == str(SYNTHETIC_CLIP) and model.num_text_layers == 4
+
+
+@pytest.mark.slow
+def test_hub_offline_mode_is_named_and_not_blamed_on_the_connection(photo):
+    """HF_HUB_OFFLINE=1: the message says so, instead of "could not connect ... set HF_HUB_OFFLINE=1"."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipalign", "words", photo, "a dog", "--model", "acme/not-cached"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 1
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "acme/not-cached is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set" in err
+    assert "could not connect" not in err and "could not reach" not in err and "set HF_HUB_OFFLINE" not in err
+    assert "--model synthetic" in err and "`hf download acme/not-cached --local-dir DIR`" in err

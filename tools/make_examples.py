@@ -1,8 +1,10 @@
 """Render the example scenes shipped with clipalign (drawn here with PIL, so we own them).
 
-Run ``python tools/make_examples.py`` to rebuild ``examples/apple_and_cup.png`` and the demo's
+Run ``python tools/make_examples.py`` to rebuild, bit for bit, ``examples/apple_and_cup.png``, the demo's
 examples in ``src/clipalign/examples/`` (each scene's PNG and ``examples.json``, which lists them with a
-suggested caption that gets one detail wrong) bit for bit.
+suggested caption that gets one detail wrong), and ``examples/synthetic/``: scenes of the synthetic
+shapes world (:mod:`clipalign.synthetic`) that the bundled model (``--model synthetic``) understands,
+with ``captions.json`` giving each one's true caption and a caption with exactly one wrong word.
 """
 
 from __future__ import annotations
@@ -15,9 +17,24 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from clipalign.synthetic import KINDS, Scene, generate_scene, scene_rng
+
 REPO = Path(__file__).resolve().parents[1]
 README_EXAMPLE = REPO / "examples" / "apple_and_cup.png"
 PACKAGE_EXAMPLES = REPO / "src" / "clipalign" / "examples"
+SYNTHETIC_EXAMPLES = REPO / "examples" / "synthetic"
+SYNTHETIC_SIZE = 256
+"""Pixels per side of the synthetic examples: large enough to look at (the model sees them at 64)."""
+SYNTHETIC_SEED = 3
+"""Not the training (0), validation (1) or evaluation (2) seed of the synthetic model."""
+SYNTHETIC_SCENES: dict[str, tuple[int, str]] = {
+    "large_green_star": (71, "color"),
+    "small_red_star": (144, "shape"),
+    "large_orange_triangle": (160, "position"),
+}
+"""Name → (scene index under :data:`SYNTHETIC_SEED`, which foil kind is the wrong caption). Chosen
+because the bundled model, with default settings, flags the wrong word and only it, and flags nothing
+in the true caption."""
 
 
 def apple_and_cup(size: tuple[int, int] = (640, 480)) -> Image.Image:
@@ -163,6 +180,40 @@ SCENES: dict[str, tuple[Callable[[], Image.Image], str, str]] = {
 """Name → (renderer, title, suggested caption) of every scene the package ships."""
 
 
+def synthetic_scene(index: int) -> Scene:
+    """Scene ``index`` of :data:`SYNTHETIC_SEED`, at :data:`SYNTHETIC_SIZE` pixels."""
+    return generate_scene(scene_rng(SYNTHETIC_SEED, index), image_size=SYNTHETIC_SIZE)
+
+
+def synthetic_entry(name: str) -> dict[str, object]:
+    """The ``captions.json`` entry of a synthetic example: its captions and which word is wrong."""
+    index, kind = SYNTHETIC_SCENES[name]
+    scene = synthetic_scene(index)
+    foil = scene.foils[KINDS.index(kind)]
+    return {
+        "file": f"{name}.png",
+        "caption": scene.caption,
+        "wrong_caption": foil.caption,
+        "wrong_word": foil.foil,
+        "wrong_word_index": foil.word_index,
+        "right_word": foil.original,
+        "kind": kind,
+        "seed": SYNTHETIC_SEED,
+        "scene": index,
+    }
+
+
+def write_synthetic_examples() -> None:
+    """``examples/synthetic/``: each scene's PNG and ``captions.json``."""
+    SYNTHETIC_EXAMPLES.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, (index, _) in SYNTHETIC_SCENES.items():
+        synthetic_scene(index).render().save(SYNTHETIC_EXAMPLES / f"{name}.png", optimize=True)
+        entries.append(synthetic_entry(name))
+    text = json.dumps(entries, indent=2) + "\n"
+    (SYNTHETIC_EXAMPLES / "captions.json").write_text(text, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Render every scene over the committed files (``--help`` says what without writing anything)."""
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
@@ -173,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         render().save(PACKAGE_EXAMPLES / f"{name}.png", optimize=True)
         index.append({"name": name, "file": f"{name}.png", "title": title, "caption": caption})
     (PACKAGE_EXAMPLES / "examples.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    write_synthetic_examples()
 
 
 if __name__ == "__main__":

@@ -3,5 +3,6 @@
 from pathlib import Path
 
 SYNTHETIC_CLIP: Path = Path(__file__).parent / "synthetic-clip"
-"""The small CLIP trained on :mod:`clipalign.synthetic` (load it with ``clipalign.load_model``); it also
-holds the real CLIP tokenizer files (``vocab.json``, ``merges.txt``)."""
+"""The small CLIP trained on :mod:`clipalign.synthetic`: ``clipalign.load_model("synthetic")`` and
+``--model synthetic`` load it, offline (``examples/synthetic/`` has scenes it understands). It also holds
+the real CLIP tokenizer files (``vocab.json``, ``merges.txt``)."""

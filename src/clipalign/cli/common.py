@@ -1,4 +1,9 @@
-"""Options and error handling shared by every command."""
+"""Options and error handling shared by every command.
+
+Imported at start-up by every command module, so it stays light: torch, transformers, PIL and the
+attribution code are imported inside the functions that run a command, never at module level (so
+``clipalign --help`` answers at once).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,39 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
-from PIL import Image
 from rich.console import Console
 from rich.markup import escape
 
-from clipalign.attribution import CLIP4DM
-from clipalign.images import ImageLoadError, load_image
-from clipalign.models import ClipAdapter, ModelLoadError, load_model
-from clipalign.results import ItemError, WordAlignment
+from clipalign.models.errors import ModelLoadError
 from clipalign.settings import DType, InteractionSettings, Mode, ModelSpec, Normalize, Rule, WordSettings
-from clipalign.text import CaptionError, validate_caption
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from clipalign.models.base import ClipAdapter
+    from clipalign.results import WordAlignment
 
 stderr = Console(stderr=True)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the help already names it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or action.default == []:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose help shows defaults (:class:`HelpFormatter`), for every subcommand."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,9 +66,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         default=default.name,
-        help=f"Hub name or local directory of a CLIP checkpoint (default {default.name})",
+        help=f"Hub name or local directory of a CLIP checkpoint, or 'synthetic': the small CLIP that "
+        f"ships with clipalign and works offline (default: {default.name})",
     )
-    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     group.add_argument("--dtype", default=default.dtype, choices=get_args(DType), help="compute dtype")
     group.add_argument(
         "--allow-pickle",
@@ -67,12 +92,18 @@ def add_word_options(
         "--layers",
         type=int,
         default=default.layers,
-        help=f"last text layers averaged (default {default.layers})",
+        help="last text layers averaged",
     )
     group.add_argument(
-        "--epsilon", type=float, help=epsilon_help or f"misalignment threshold (default {default.epsilon})"
+        "--epsilon",
+        type=float,
+        help=epsilon_help or f"misalignment threshold (default: {default.epsilon})",
     )
-    group.add_argument("--template", default=default.template, help="prefix read before the caption")
+    group.add_argument(
+        "--template",
+        default=default.template,
+        help=f"prefix read before the caption (default: {default.template!r})",
+    )
     if mode:
         group.add_argument(
             "--mode", default=default.mode, choices=get_args(Mode), help="how words are flagged"
@@ -99,9 +130,7 @@ def add_interaction_options(parser: argparse.ArgumentParser, *, steps_only: bool
     """
     default = InteractionSettings()
     group = parser.add_argument_group("interactions (second order)")
-    group.add_argument(
-        "--steps", type=int, default=default.steps, help=f"quadrature nodes N (default {default.steps})"
-    )
+    group.add_argument("--steps", type=int, default=default.steps, help="quadrature nodes N")
     if steps_only:
         return
     group.add_argument(
@@ -109,7 +138,7 @@ def add_interaction_options(parser: argparse.ArgumentParser, *, steps_only: bool
         "--layer",
         type=int,
         default=default.text_block,
-        help="block attributed in both encoders, 0-based (default -1, the last)",
+        help=f"block attributed in both encoders, 0-based (default: {default.text_block}, the last)",
     )
     group.add_argument("--text-block", "--text-layer", type=int, help="text block, overrides --block")
     group.add_argument("--image-block", "--image-layer", type=int, help="vision block, overrides --block")
@@ -117,7 +146,11 @@ def add_interaction_options(parser: argparse.ArgumentParser, *, steps_only: bool
     group.add_argument(
         "--normalize", default=default.normalize, choices=get_args(Normalize), help="quantity attributed"
     )
-    group.add_argument("--template", default=default.template, help="prefix read before the caption")
+    group.add_argument(
+        "--template",
+        default=default.template,
+        help=f"prefix read before the caption (default: {default.template!r}, none, as in the paper)",
+    )
     group.add_argument(
         "--chunk", type=int, default=default.chunk, help="JVPs evaluated at once (lower = less memory)"
     )
@@ -165,6 +198,8 @@ def open_model(spec: ModelSpec) -> ClipAdapter:
     from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
+    from clipalign.models import load_model
+
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     hub_logging.set_verbosity_error()
@@ -183,6 +218,11 @@ def attribute_pair(
     The settings, caption and image are checked before the model loads, so a mistake fails at once;
     any failure of the pair itself becomes one error saying why (see :func:`run_guarded`).
     """
+    from clipalign.attribution import CLIP4DM
+    from clipalign.images import load_image
+    from clipalign.results import ItemError
+    from clipalign.text import validate_caption
+
     settings = word_settings(args)
     validate_caption(args.caption)
     image = load_image(args.image)
@@ -245,6 +285,6 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     try:
         with warnings_to_stderr():
             return func(args)
-    except (ModelLoadError, ImageLoadError, CaptionError, ValueError) as exc:
+    except (ModelLoadError, ValueError) as exc:  # ImageLoadError and CaptionError are ValueErrors
         stderr.print(f"[red]error:[/] {printable(exc)}", highlight=False, soft_wrap=True)
         return 1

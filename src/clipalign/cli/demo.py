@@ -6,14 +6,13 @@ import argparse
 import importlib.util
 
 from clipalign.cli.common import add_model_options, add_word_options, model_spec, open_model, word_settings
-from clipalign.models.base import InteractionAdapter
 from clipalign.settings import InteractionSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="web page: pick or upload an image, check a caption, see heatmaps")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860; 0 picks a free one)")
     p.add_argument(
         "--allow-host",
         action="append",
@@ -27,12 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--steps",
         type=int,
         default=steps,
-        help=f"heatmaps: quadrature nodes (fewer = faster; default {steps})",
+        help=f"heatmaps: quadrature nodes (fewer = faster; default: {steps})",
     )
     p.add_argument(
-        "--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels (default 40M)"
+        "--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels (default: 40M)"
     )
-    p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload accepted (default 20 MiB)")
+    p.add_argument(
+        "--max-upload-mb", type=float, default=20, help="largest upload accepted (default: 20 MiB)"
+    )
     add_model_options(p)
     add_word_options(p)
     p.set_defaults(func=run)
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"the demo needs {' and '.join(missing)}: pip install 'clipalign[demo]'")
     from clipalign.demo import DemoEngine, create_app, listen, serve
+    from clipalign.models.base import InteractionAdapter
 
     sock = listen(args.host, args.port)
     model = open_model(model_spec(args))

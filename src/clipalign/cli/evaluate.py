@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import overload
 
 from rich.console import Console
 from rich.table import Table
@@ -19,21 +21,40 @@ from clipalign.cli.common import (
     stderr,
     word_settings,
 )
-from clipalign.datasets import BENCHMARKS
-from clipalign.evaluation.benchmark import (
-    BENCHMARK_EPSILON,
-    LOADER_OPTIONS,
-    default_word_settings,
-    is_pointing,
-    load_items,
-    run_benchmark,
-)
 from clipalign.settings import WordSettings
+
+
+class _BenchmarkNames(Sequence[str]):
+    """The benchmark names, for ``choices``: read from :data:`clipalign.datasets.BENCHMARKS` only when
+    argparse checks or lists them, so registering ``eval`` imports no loader (nor torch or pyarrow)."""
+
+    @staticmethod
+    def _names() -> list[str]:
+        from clipalign.datasets import BENCHMARKS
+
+        return sorted(BENCHMARKS)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate on a paper benchmark (FOIL, nocaps-FOIL, HAT, ...)")
-    p.add_argument("benchmark", choices=sorted(BENCHMARKS), help="which benchmark")
+    # a metavar, so that argparse lists the names only in this command's help (%(choices)s)
+    p.add_argument("benchmark", choices=_BenchmarkNames(), metavar="BENCHMARK", help="one of %(choices)s")
     p.add_argument(
         "--annotations", required=True, help="annotation file (or directory) in its original format"
     )
@@ -41,19 +62,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="eval-results", help="reports and per-item cache go to OUT/BENCHMARK/")
     p.add_argument("--limit", type=int, help="only the first N items, for a quick look")
     p.add_argument(
-        "--nli-model", default=None, help="SeeTRUE-Feedback: NLI classifier (default bart-large-mnli)"
+        "--nli-model", default=None, help="SeeTRUE-Feedback: NLI classifier (default: bart-large-mnli)"
     )
     p.add_argument("--prompts", help="richhf: Pick-a-Pic prompts file (see clipalign.datasets)")
     p.add_argument("--instances", help="pointing-coco: COCO instances_*.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(p)
-    others = ", ".join(f"{e} for {b}" for b, e in BENCHMARK_EPSILON.items())
-    add_word_options(p, epsilon_help=f"CLIP4DM threshold (default {WordSettings().epsilon}; {others})")
+    add_word_options(
+        p,
+        epsilon_help=f"CLIP4DM threshold (default: {WordSettings().epsilon}, or the value the authors "
+        "used on the benchmark where it differs)",
+    )
     add_interaction_options(p, steps_only=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipalign.evaluation.benchmark import (
+        LOADER_OPTIONS,
+        default_word_settings,
+        is_pointing,
+        load_items,
+        run_benchmark,
+    )
+
     options = {name: getattr(args, name) for name in LOADER_OPTIONS}
     items = load_items(args.benchmark, args.annotations, args.images, limit=args.limit, **options)
     spec = model_spec(args)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.cli.common import (
     PairError,
     add_interaction_options,
@@ -22,10 +22,9 @@ from clipalign.cli.common import (
     printable,
     writing,
 )
-from clipalign.images import load_image
-from clipalign.results import Interactions, ItemError
-from clipalign.text import validate_caption
-from clipalign.viz.terminal import scored_words
+
+if TYPE_CHECKING:
+    from clipalign.results import Interactions
 
 
 def _box(value: str) -> tuple[float, float, float, float]:
@@ -66,6 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipalign.attribution.interactions import TokenPatchInteractions
+    from clipalign.images import load_image
+    from clipalign.results import ItemError
+    from clipalign.text import validate_caption
+
     if args.occurrence is not None and args.span is None:
         raise ValueError("--occurrence needs --span")
     if args.grid and not args.out:
@@ -115,12 +119,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result: Interactions, report: dict) -> None:
+    from clipalign.viz.terminal import scored_words
+
     console = Console()
     c = result.completeness
     console.print(Text(str(result)))
     console.print(
-        f"completeness: Σ = {c.sum:.6f}, target s(x,y) − s(x,r_y) − s(r_x,y) + s(r_x,r_y) = {c.target:.6f} "
-        f"({c.s_xy:.4f} − {c.s_x_ry:.4f} − {c.s_rx_y:.4f} + {c.s_rx_ry:.4f}), residual {c.residual:.2e}",
+        f"completeness: Σ = {c.sum:.6f}, target s(x,y) - s(x,r_y) - s(r_x,y) + s(r_x,r_y) = {c.target:.6f} "
+        f"({c.s_xy:.4f} - {c.s_x_ry:.4f} - {c.s_rx_y:.4f} + {c.s_rx_ry:.4f}), residual {c.residual:.2e}",
         highlight=False,
     )
     word_totals = [(w.word, float(result.matrix[w.tokens].sum())) for w in result.words]

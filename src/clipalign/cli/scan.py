@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from clipalign import __version__
-from clipalign.attribution.words import CLIP4DM
 from clipalign.cli.common import (
     add_model_options,
     add_word_options,
@@ -18,11 +17,11 @@ from clipalign.cli.common import (
     print_json,
     word_settings,
 )
-from clipalign.runners.local import scan
-from clipalign.runners.output import PartWriter
-from clipalign.runners.sources import Columns, open_source
-from clipalign.runners.summary import ScanSummary, histogram, summarize
 from clipalign.settings import ModelSpec, RaySettings, ScanSettings, WordSettings
+
+if TYPE_CHECKING:
+    from clipalign.runners.sources import Columns
+    from clipalign.runners.summary import ScanSummary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--captions", help="with an image directory: JSON {file: caption} or [{file_name, caption}]"
     )
-    p.add_argument("--image-column", default="image", help="table column with image paths (default image)")
+    p.add_argument("--image-column", default="image", help="table column with image paths (default: image)")
     p.add_argument(
-        "--caption-column", default="caption", help="caption column / tar JSON field (default caption)"
+        "--caption-column", default="caption", help="caption column / tar JSON field (default: caption)"
     )
     p.add_argument("--key-column", help="table column with a unique key (default: the image path)")
     p.add_argument("--base-dir", help="resolve relative image paths here (default: the table's directory)")
@@ -45,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--part-size",
         type=int,
         default=scan_default.part_size,
-        help=f"rows per Parquet part, the resume granularity (default {scan_default.part_size})",
+        help=f"rows per Parquet part, the resume granularity (default: {scan_default.part_size})",
     )
     p.add_argument(
         "--workers",
@@ -78,25 +77,25 @@ def _add_ray_options(parser: argparse.ArgumentParser) -> None:
         "--engine",
         default="local",
         choices=["local", "ray"],
-        help="local process or Ray Data (default local)",
+        help="local process or Ray Data (default: local)",
     )
     group.add_argument(
         "--num-gpus",
         type=int,
         default=default.num_gpus,
-        help="ray: total GPUs, one model actor per GPU (default 0: CPU)",
+        help="ray: total GPUs, one model actor per GPU (default: 0, CPU only)",
     )
     group.add_argument(
         "--num-cpus",
         type=float,
         default=default.num_cpus,
-        help=f"ray: CPUs per actor, its torch threads (default {default.num_cpus:g})",
+        help=f"ray: CPUs per actor, its torch threads (default: {default.num_cpus:g})",
     )
     group.add_argument(
         "--concurrency",
         type=int,
         default=default.concurrency,
-        help=f"ray: CPU actors when --num-gpus is 0 (default {default.concurrency})",
+        help=f"ray: CPU actors when --num-gpus is 0 (default: {default.concurrency})",
     )
     group.add_argument(
         "--ray-address",
@@ -139,6 +138,12 @@ def _metadata(
 
 
 def run_scan(args: argparse.Namespace) -> int:
+    from clipalign.attribution.words import CLIP4DM
+    from clipalign.runners.local import scan
+    from clipalign.runners.output import PartWriter
+    from clipalign.runners.sources import Columns, open_source
+    from clipalign.runners.summary import summarize
+
     columns = Columns(args.image_column, args.caption_column, args.key_column)
     spec, words, options = model_spec(args), word_settings(args), _scan_settings(args)
     metadata = _metadata(args, columns, spec, words)
@@ -169,6 +174,8 @@ def run_scan(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from clipalign.runners.summary import histogram, summarize
+
     summary = summarize(args.scores)
     if args.json:
         print_json(summary.to_dict())
@@ -180,6 +187,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _show(summary: ScanSummary, histogram_path: str | None, console: Console) -> None:
+    from clipalign.runners.summary import histogram
+
     console.print(summary.table())
     console.print(summary.failure_line(), highlight=False)
     if summary.top_misaligned:

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from clipalign.cli.common import add_pair_arguments, attribute_pair, print_json
-from clipalign.metrics import ref_clip_score, reference_cosines
-from clipalign.results import word_row
-from clipalign.text import CaptionError, validate_caption
-from clipalign.viz.terminal import coloured_caption
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,12 +20,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--convention",
         default="hessel",
         choices=["hessel", "clip4dm"],
-        help="RefCLIPScore: best reference, unscaled (Hessel; default) or first one ×2.5 (CLIP4DM code)",
+        help="RefCLIPScore: best reference, unscaled (hessel, the default) or the first one ×2.5 (clip4dm: "
+        "the CLIP4DM code)",
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipalign.metrics import ref_clip_score, reference_cosines
+    from clipalign.results import word_row
+    from clipalign.text import CaptionError, validate_caption
+    from clipalign.viz.terminal import coloured_caption
+
     for reference in args.reference:
         try:
             validate_caption(reference)

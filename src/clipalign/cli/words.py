@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from PIL import Image
 from rich.console import Console
 
 from clipalign.cli.common import (
@@ -16,8 +16,11 @@ from clipalign.cli.common import (
     stderr,
     writing,
 )
-from clipalign.results import WordAlignment
-from clipalign.viz.terminal import score_line, word_table
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from clipalign.results import WordAlignment
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipalign.viz.terminal import score_line, word_table
+
     check_output(args.html)
     check_output(args.png)
     model, settings, result, image = attribute_pair(args)

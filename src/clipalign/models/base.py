@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 from PIL import Image
 
 from clipalign.images.geometry import ImageGeometry
+from clipalign.models.errors import ModelLoadError as ModelLoadError
+from clipalign.models.errors import model_load_error as model_load_error
 from clipalign.text.alignment import EncodedCaption
 
 PositionJVPs = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -18,26 +19,6 @@ PositionJVPs = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 the change kept at position i only, evaluated ``chunk`` tangents at a time."""
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class ModelLoadError(RuntimeError):
-    """A model, tokenizer or image processor could not be loaded (name unknown, offline, missing files)."""
-
-
-def model_load_error(name: str, exc: BaseException) -> ModelLoadError:
-    """A one-line error saying why loading failed and how to point ``--model`` at a local directory."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    local = Path(name).expanduser()
-    if local.is_dir():
-        hint = "check that this directory holds a complete checkpoint written by save_pretrained"
-    elif name.startswith((".", "/", "~")) and not local.exists():
-        hint = f"the path {name!r} does not exist"
-    else:
-        hint = (
-            "if you are offline or the Hub is unreachable, download it where you can "
-            f"(`hf download {name} --local-dir DIR`) and pass --model DIR (HF_HUB_OFFLINE=1 fails at once)"
-        )
-    return ModelLoadError(f"cannot load model {name!r}: {reason} — {hint}")
 
 
 @dataclass

@@ -118,7 +118,7 @@ def load_checkpoint(
             output_loading_info=True,
         )
     except (OSError, ValueError) as exc:
-        raise model_load_error(name, exc) from exc
+        raise model_load_error(name, exc, offline_hint=True) from exc
     except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(

@@ -219,7 +219,7 @@ class HFCLIPAdapter:
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
             processor = CLIPImageProcessorPil.from_pretrained(name, local_files_only=local_files_only)
         except (OSError, ValueError) as exc:
-            raise model_load_error(name, exc) from exc
+            raise model_load_error(name, exc, offline_hint=True) from exc
         check_tokenizer_size(name, len(tokenizer), model.text_model.embeddings.token_embedding.num_embeddings)
         module: torch.nn.Module = model  # PreTrainedModel.to's @wraps hides its signature from mypy
         module.to(torch_device).eval().requires_grad_(False)

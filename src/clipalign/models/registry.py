@@ -8,10 +8,15 @@ from typing import Protocol
 import torch
 from transformers import AutoConfig
 
+from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.models.base import ClipAdapter, ModelLoadError, model_load_error, resolve_device, resolve_dtype
 from clipalign.models.checkpoint import CheckpointError
+from clipalign.models.errors import check_local_path
 from clipalign.models.hf_clip import HFCLIPAdapter
 from clipalign.settings import DEFAULT_MODEL
+
+MODEL_ALIASES: dict[str, Path] = {"synthetic": SYNTHETIC_CLIP}
+"""Short names of the checkpoints that ship with clipalign (a folder of that name: pass ``./synthetic``)."""
 
 
 class AdapterFactory(Protocol):
@@ -46,25 +51,32 @@ def load_model(
     """Load a CLIP-family model by Hub name or local directory, choosing the adapter from its config.
 
     Args:
-        name_or_path: e.g. ``openai/clip-vit-base-patch32`` or a directory written by ``save_pretrained``.
+        name_or_path: e.g. ``openai/clip-vit-base-patch32``, a directory written by ``save_pretrained``
+            (or ``hf download``), or ``"synthetic"``: the small CLIP that ships with clipalign
+            (:data:`clipalign.checkpoints.SYNTHETIC_CLIP`), which knows only the shapes world of
+            :mod:`clipalign.synthetic` and needs no network.
         device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` picks CUDA when available.
         dtype: ``fp32``, ``fp16`` or ``bf16``.
         allow_pickle: also accept ``pytorch_model.bin`` weights (read weights-only) when there are no
             safetensors; off by default because a pickle from an untrusted source can run code.
 
-    An unknown or unavailable device or dtype is a ValueError before anything is read; a folder without
-    tokenizer files, or whose weights do not match its config, is a :class:`ModelLoadError`.
+    An unknown or unavailable device or dtype is a ValueError before anything is read. A path that does
+    not exist, a folder without ``config.json`` or tokenizer files, weights that do not match the config,
+    and a Hub name that cannot be fetched (not found, offline, no connection) are a one-line
+    :class:`ModelLoadError` saying which; there is no fallback to another model.
     """
     name = str(name_or_path)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    name = str(MODEL_ALIASES.get(name, name))
+    if check_local_path(name) is not None:
+        return _load(name, torch_device, torch_dtype, allow_pickle, local_files_only=True)
     try:
         # the local cache first: offline, a Hub request would retry for ~20 s before failing
         return _load(name, torch_device, torch_dtype, allow_pickle, local_files_only=True)
     except CheckpointError:
         raise
     except ModelLoadError:
-        if Path(name).expanduser().exists():
-            raise
+        pass
     return _load(name, torch_device, torch_dtype, allow_pickle, local_files_only=False)
 
 
@@ -74,7 +86,7 @@ def _load(
     try:
         model_type = AutoConfig.from_pretrained(name, local_files_only=local_files_only).model_type
     except (OSError, ValueError) as exc:
-        raise model_load_error(name, exc) from exc
+        raise model_load_error(name, exc, offline_hint=True) from exc
     factory = _ADAPTERS.get(model_type)
     if factory is None:
         raise ModelLoadError(

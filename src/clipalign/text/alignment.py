@@ -17,10 +17,12 @@ import unicodedata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DEFAULT_TEMPLATE = "A photo depicts "
 """Prompt prefix used by CLIPScore (Hessel et al.) and CLIP4DM; its words are never reported."""
