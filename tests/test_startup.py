@@ -15,8 +15,8 @@ import pytest
 import clipalign
 
 HEAVY = ("torch", "transformers", "torchmetrics", "matplotlib", "pyarrow", "ray")
-COMMANDS = ("words", "score", "interactions", "scan", "report", "demo")
-"""Every command whose --help must stay light (``eval`` lists the benchmarks, read from their loaders)."""
+COMMANDS = ("words", "score", "interactions", "eval", "scan", "report", "demo", "download")
+"""Every command, whose --help must stay light."""
 
 
 def heavy_modules_after(code: str) -> list[str]:
@@ -83,3 +83,9 @@ def test_models_lazy_exports_match_all():
 def test_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         clipalign.nope  # noqa: B018
+
+
+def test_the_benchmark_names_the_cli_lists_are_the_loaders():
+    from clipalign.datasets import BENCHMARK_NAMES, BENCHMARKS
+
+    assert BENCHMARK_NAMES == tuple(sorted(BENCHMARKS))

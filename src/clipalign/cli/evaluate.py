@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import overload
 
 from rich.console import Console
 from rich.table import Table
@@ -21,40 +19,13 @@ from clipalign.cli.common import (
     stderr,
     word_settings,
 )
+from clipalign.datasets import BENCHMARK_NAMES
 from clipalign.settings import WordSettings
-
-
-class _BenchmarkNames(Sequence[str]):
-    """The benchmark names, for ``choices``: read from :data:`clipalign.datasets.BENCHMARKS` only when
-    argparse checks or lists them, so registering ``eval`` imports no loader (nor torch or pyarrow)."""
-
-    @staticmethod
-    def _names() -> list[str]:
-        from clipalign.datasets import BENCHMARKS
-
-        return sorted(BENCHMARKS)
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[str]: ...
-    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
-        return self._names()[index]
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate on a paper benchmark (FOIL, nocaps-FOIL, HAT, ...)")
-    # a metavar, so that argparse lists the names only in this command's help (%(choices)s)
-    p.add_argument("benchmark", choices=_BenchmarkNames(), metavar="BENCHMARK", help="one of %(choices)s")
+    p.add_argument("benchmark", choices=BENCHMARK_NAMES, metavar="BENCHMARK", help="one of %(choices)s")
     p.add_argument(
         "--annotations", required=True, help="annotation file (or directory) in its original format"
     )
