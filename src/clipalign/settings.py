@@ -160,6 +160,24 @@ class InteractionSettings:
         """A copy with some settings changed (validated again)."""
         return replace(self, **changes)
 
+    @classmethod
+    def exclip(cls, **changes: Any) -> InteractionSettings:
+        """exCLIP's settings (``Explainer.explain`` defaults): N = 10 right-Riemann nodes, its norm
+        division, its text reference, the last block of both encoders (their block 11 of ViT-B's 12).
+
+        >>> InteractionSettings.exclip(steps=20).to_dict()["rule"]
+        'riemann'
+        """
+        exclip: dict[str, Any] = {
+            "text_block": -1,
+            "image_block": -1,
+            "steps": 10,
+            "rule": "riemann",
+            "normalize": "exclip",
+            "text_reference": "exclip",
+        }
+        return cls(**{**exclip, **changes})
+
 
 @dataclass(frozen=True, kw_only=True)
 class ScanSettings:

@@ -31,8 +31,9 @@ from clipalign.settings import InteractionSettings, ModelSpec, WordSettings
 BENCHMARK_EPSILON: dict[str, float] = {"richhf": -1e-5}
 """Benchmarks the authors evaluate at another ε than :class:`WordSettings`'s default."""
 
-LOADER_OPTIONS = ("prompts", "instances")
-"""Extra files some loaders take (``prompts=`` for richhf, ``instances=`` for pointing-coco)."""
+LOADER_OPTIONS = ("prompts", "instances", "split", "karpathy")
+"""Extra options some loaders take: ``prompts=`` (richhf); ``instances=``, ``karpathy=`` (pointing-coco);
+``split=`` (pointing-flickr30k, pointing-coco)."""
 
 
 def is_pointing(benchmark: str) -> bool:
