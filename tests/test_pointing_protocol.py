@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.cli.main import main
 from clipalign.datasets import AnnotationFormatError, load_pointing_coco, load_pointing_flickr30k
 from clipalign.datasets.pointing_coco import COCO_SYNONYMS
+from clipalign.evaluation.measures import pointing_game
 from clipalign.settings import InteractionSettings
 from clipalign.synthetic.writer import write_dataset
 
@@ -249,3 +252,85 @@ def test_interaction_options_are_refused_outside_pointing_games(tmp_path, capsys
     for extra in (["--exclip"], ["--rule", "riemann"], ["--block", "3"]):
         assert main([*argv, *extra]) == 1
         assert "apply to pointing-* only" in capsys.readouterr().err
+
+
+# -------------------- pointing-game rules: ties, box masks, shared matrices
+
+
+def middle_of_ties(heatmap: np.ndarray) -> tuple[int, int]:
+    """The rule written out: among the pixels at the maximum (NaN never), the median row, then the
+    median column of that row's tied pixels."""
+    best = max(v for v in heatmap.flat if not np.isnan(v))
+    tied = [(r, c) for r in range(heatmap.shape[0]) for c in range(heatmap.shape[1]) if heatmap[r, c] == best]
+    rows = sorted({r for r, _ in tied})
+    row = rows[len(rows) // 2]
+    cols = [c for r, c in tied if r == row]
+    return row, cols[len(cols) // 2]
+
+
+def box_pixels(box, shape) -> set[tuple[int, int]]:
+    """Pixels (row, col) whose unit square [c, c+1) × [r, r+1) overlaps the box's open interior."""
+    x, y, w, h = box
+    return {
+        (r, c)
+        for r in range(shape[0])
+        for c in range(shape[1])
+        if c < x + w and c + 1 > x and r < y + h and r + 1 > y
+    }
+
+
+def test_a_tied_patch_points_at_its_centre():
+    heat = np.zeros((12, 12))
+    heat[4:8, 0:4] = 2.0  # one 4×4 patch at the maximum: its centre pixel is (6, 2)
+    assert middle_of_ties(heat) == (6, 2)
+    assert pointing_game(heat, [(2, 6, 1, 1)])[0]
+    assert not pointing_game(heat, [(0, 6, 1, 1)])[0]  # the left edge of the patch's middle row
+    assert not pointing_game(heat, [(2, 4, 1, 1)])[0]  # the patch's first row
+    heat[0, 0] = np.nan
+    assert pointing_game(np.where(np.isnan(heat), np.nan, -1.0), [(5.5, 5.5, 1, 1)])[0]  # all tied: centre
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pointing_game_matches_the_rules_written_out(seed):
+    rng = np.random.default_rng(seed)
+    heat = rng.integers(-2, 3, (9, 11)).astype(float)  # many ties
+    heat[rng.random(heat.shape) < 0.2] = np.nan
+    boxes = [tuple(rng.uniform(0, 8, 2)) + tuple(rng.uniform(0, 4, 2)) for _ in range(rng.integers(1, 3))]
+    inside = set().union(*(box_pixels(b, heat.shape) for b in boxes))
+    hit, energy = pointing_game(heat, boxes)
+    assert hit == (middle_of_ties(heat) in inside)
+    positive = np.where(np.isnan(heat), 0, np.clip(heat, 0, None))
+    total = positive.sum()
+    assert energy == pytest.approx(sum(positive[p] for p in inside) / total if total else 0.0)
+
+
+def test_phrases_of_one_caption_share_one_matrix(adapter, tmp_path):
+    from clipalign.datasets import PointingItem
+    from clipalign.evaluation.cache import ResultCache
+    from clipalign.evaluation.runner import score_pointing
+    from clipalign.testing import example_image
+
+    image = tmp_path / "ball.png"
+    example_image().save(image)
+    caption = "a red ball on green grass"
+
+    def item(name, phrase, other_caption=None):
+        text = other_caption or caption
+        start = text.index(phrase)
+        return PointingItem(name, image, text, phrase, start, start + len(phrase), ((0.0, 0.0, 30.0, 30.0),))
+
+    items = [item("a", "red ball"), item("b", "green grass"), item("c", "ball", "a ball"), item("d", "ball")]
+    method = TokenPatchInteractions(adapter, steps=2)
+    calls = []
+    real = method.attribute
+
+    def counting(images, captions, **kwargs):
+        calls.append(captions[0])
+        return real(images, captions, **kwargs)
+
+    method.attribute = counting  # type: ignore[method-assign]
+    records = score_pointing(items, method, ResultCache(tmp_path / "cache", {"k": 1}), progress=False)
+    assert calls == [caption, "a ball", caption]  # a, b together; c; d again (not adjacent to a, b)
+    [alone] = real([image], [caption], on_error="raise")
+    expected = pointing_game(alone.span_heatmap([4, 5]), [(0.0, 0.0, 30.0, 30.0)])
+    assert (records[1]["hit"], records[1]["energy"]) == pytest.approx(expected)
