@@ -48,7 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pointing-flickr30k: train, val, test (default, the paper's) or all; "
         "pointing-coco: split of --karpathy (default val)",
     )
-    p.add_argument("--karpathy", help="pointing-coco: Karpathy's dataset_coco.json; keeps its --split only")
+    p.add_argument(
+        "--karpathy",
+        help="pointing-coco: Karpathy's dataset_coco.json; scores the images of its --split only",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(p)
     others = ", ".join(f"{e} for {b}" for b, e in BENCHMARK_EPSILON.items())

@@ -181,7 +181,7 @@ def load_pointing_coco(
     """
     check_limit(limit)
     if karpathy is None and split is not None:
-        raise ValueError("a COCO split needs Karpathy's dataset_coco.json (karpathy=...)")
+        raise ValueError("a COCO split needs Karpathy's dataset_coco.json (karpathy=, --karpathy FILE)")
     split = split or "val"
     cap_path, images = Path(annotations), Path(images)
     inst_path = Path(instances) if instances is not None else _default_instances(cap_path)
