@@ -115,6 +115,8 @@ def test_text_reference_is_a_setting(adapter):
     assert pad.text_reference == {"kind": "pad", "token_id": 49407, "token": "<|endoftext|>"}
     with pytest.raises(ValueError, match="text_reference must be one of"):
         TokenPatchInteractions(adapter, text_reference="zeros")
+    with pytest.raises(ValueError, match="text reference must be one of"):
+        adapter.text_reference_ids(5, "zeros")
 
 
 def test_cli_json_names_the_text_reference(tiny_model_dir, tmp_path, capsys):
