@@ -88,4 +88,4 @@ def test_unknown_name_is_an_attribute_error():
 def test_the_benchmark_names_the_cli_lists_are_the_loaders():
     from clipalign.datasets import BENCHMARK_NAMES, BENCHMARKS
 
-    assert BENCHMARK_NAMES == tuple(sorted(BENCHMARKS))
+    assert tuple(sorted(BENCHMARKS)) == BENCHMARK_NAMES

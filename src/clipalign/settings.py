@@ -21,6 +21,7 @@ Mode = Literal["threshold", "most_negative"]
 DType = Literal["fp32", "fp16", "bf16"]
 Rule = Literal["gauss", "riemann"]
 Normalize = Literal["cosine", "exclip"]
+TextReference = Literal["exclip", "pad"]
 
 RUNTIME = {"runtime": True}
 """Field metadata: the setting changes speed or memory, not results (left out of ``to_dict()``)."""
@@ -133,6 +134,9 @@ class InteractionSettings:
         normalize: ``cosine`` attributes the cosine; ``exclip`` divides the raw embeddings by the
             input's norms held constant, as the exCLIP code does.
         template: prefix read before the caption (none by default, as in the paper).
+        text_reference: the caption-free text input r_x: ``exclip`` is exCLIP's SOT, token id 0 (``!``),
+            EOT, then id 0, whatever the tokenizer pads with; ``pad`` fills with the tokenizer's pad
+            token instead (clipalign 0.1; for ``openai/*`` checkpoints that is EOT: SOT, EOT, EOT...).
         chunk: JVPs evaluated at once (lower it to save memory).
     """
 
@@ -142,23 +146,43 @@ class InteractionSettings:
     rule: Rule = "gauss"
     normalize: Normalize = "cosine"
     template: str = ""
+    text_reference: TextReference = "exclip"
     chunk: int = field(default=256, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
         _check_choice("rule", self.rule, Rule)
         _check_choice("normalize", self.normalize, Normalize)
+        _check_choice("text_reference", self.text_reference, TextReference)
         if self.steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {self.steps}")
         if self.chunk < 1:
             raise ValueError(f"chunk must be ≥ 1, got {self.chunk}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything but ``chunk``: blocks, steps, rule, normalize, template."""
+        """Everything but ``chunk``: blocks, steps, rule, normalize, template, text reference."""
         return _result_fields(self)
 
     def replace(self, **changes: Any) -> InteractionSettings:
         """A copy with some settings changed (validated again)."""
         return replace(self, **changes)
+
+    @classmethod
+    def exclip(cls, **changes: Any) -> InteractionSettings:
+        """exCLIP's settings (``Explainer.explain`` defaults): N = 10 right-Riemann nodes, its norm
+        division, its text reference, the last block of both encoders (their block 11 of ViT-B's 12).
+
+        >>> InteractionSettings.exclip(steps=20).to_dict()["rule"]
+        'riemann'
+        """
+        exclip: dict[str, Any] = {
+            "text_block": -1,
+            "image_block": -1,
+            "steps": 10,
+            "rule": "riemann",
+            "normalize": "exclip",
+            "text_reference": "exclip",
+        }
+        return cls(**{**exclip, **changes})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,8 @@
 """Second-order token×patch interactions of CLIP (Möller et al., arXiv 2408.14153), computed exactly.
 
-With x, y the hidden states entering text / vision block L, r_x, r_y those of the references (text:
-SOT, one pad, EOT; image: all-zero normalised pixels), f, g the embeddings computed from block L on:
+With x, y the hidden states entering text / vision block L, r_x, r_y those of the references (text, as
+exCLIP: SOT, token id 0 ``!``, EOT, then id 0; image, as exCLIP: all-zero pixels after normalisation,
+i.e. the processor's mean colour), f, g the embeddings computed from block L on:
 
     T[:, i] = ∫₀¹ J_f(r_x + α(x − r_x))[:, i] (x − r_x)_i dα,   V likewise for g,   A = Tᵀ V,
 
@@ -93,7 +94,7 @@ class TokenPatchInteractions:
     Args:
         model: an adapter from :func:`clipalign.load_model` that supports interactions (HF CLIP does).
         settings: :class:`~clipalign.settings.InteractionSettings` (blocks, steps, rule, normalize,
-            template, chunk); keyword arguments change single fields of it, e.g. ``steps=20``.
+            template, text reference, chunk); keyword arguments change single fields of it, e.g. ``steps=20``.
 
     The text embedding f pools at the input's EOT position for the input, the reference and every
     point of the path between them.
@@ -118,6 +119,12 @@ class TokenPatchInteractions:
         self.model = model
         self.text_block = _resolve_block(self.settings.text_block, model.num_text_layers, "text")
         self.image_block = _resolve_block(self.settings.image_block, model.num_vision_layers, "image")
+
+    @property
+    def text_reference(self) -> dict[str, Any]:
+        """Which text reference is used, for reports: its kind and filler token (id and vocabulary string)."""
+        token_id, token = self.model.text_reference_token(self.settings.text_reference)
+        return {"kind": self.settings.text_reference, "token_id": token_id, "token": token}
 
     @overload
     def attribute(
@@ -167,7 +174,8 @@ class TokenPatchInteractions:
         pil = load_image(image)
         [enc] = model.encode_captions([caption], self.settings.template)
         ids = torch.tensor([enc.input_ids], device=model.device)
-        ref_ids = torch.tensor([model.text_reference_ids(len(enc.input_ids))], device=model.device)
+        reference = model.text_reference_ids(len(enc.input_ids), self.settings.text_reference)
+        ref_ids = torch.tensor([reference], device=model.device)
         pixels = model.preprocess([pil])
         x, r_x = model.text_states(torch.cat([ids, ref_ids]), self.text_block)
         y, r_y = model.image_states(torch.cat([pixels, torch.zeros_like(pixels)]), self.image_block)

@@ -5,22 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import get_args
 
 from rich.console import Console
 from rich.table import Table
 
 from clipalign.cli.common import (
-    add_interaction_options,
     add_model_options,
     add_word_options,
-    interaction_settings,
     model_spec,
     open_model,
     stderr,
     word_settings,
 )
 from clipalign.datasets import BENCHMARK_NAMES
-from clipalign.settings import WordSettings
+from clipalign.settings import InteractionSettings, Normalize, Rule, WordSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--prompts", help="richhf: Pick-a-Pic prompts file (see clipalign.datasets)")
     p.add_argument("--instances", help="pointing-coco: COCO instances_*.json")
+    p.add_argument(
+        "--split",
+        help="pointing-flickr30k: train, val, test (default, the paper's) or all; "
+        "pointing-coco: split of --karpathy (default val)",
+    )
+    p.add_argument(
+        "--karpathy",
+        help="pointing-coco: Karpathy's dataset_coco.json; scores the images of its --split only",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(p)
     add_word_options(
@@ -44,8 +52,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epsilon_help=f"CLIP4DM threshold (default: {WordSettings().epsilon}, or the value the authors "
         "used on the benchmark where it differs)",
     )
-    add_interaction_options(p, steps_only=True)
+    _add_pointing_options(p)
     p.set_defaults(func=run)
+
+
+def _add_pointing_options(parser: argparse.ArgumentParser) -> None:
+    """The interaction settings of the pointing games; None = not given, so that --exclip can fill them."""
+    default = InteractionSettings()
+    group = parser.add_argument_group("interactions (pointing-* benchmarks)")
+    group.add_argument(
+        "--exclip",
+        action="store_true",
+        help="exCLIP's settings: 10 right-Riemann steps, its normalisation, last block (the options below "
+        "still override)",
+    )
+    group.add_argument("--steps", type=int, help=f"quadrature nodes N (default: {default.steps})")
+    group.add_argument("--rule", choices=get_args(Rule), help=f"quadrature rule (default: {default.rule})")
+    group.add_argument(
+        "--normalize", choices=get_args(Normalize), help=f"quantity attributed (default: {default.normalize})"
+    )
+    group.add_argument(
+        "--block",
+        "--layer",
+        type=int,
+        help="block attributed in both encoders, 0-based (default: -1, the last)",
+    )
+    group.add_argument("--text-block", "--text-layer", type=int, help="text block, overrides --block")
+    group.add_argument("--image-block", "--image-layer", type=int, help="vision block, overrides --block")
+
+
+def pointing_settings(args: argparse.Namespace) -> InteractionSettings | None:
+    """The pointing games' :class:`InteractionSettings` (None for the other benchmarks, which refuse
+    the interaction options): the defaults, or exCLIP's with ``--exclip``, changed by the options given."""
+    given = {
+        "steps": args.steps,
+        "rule": args.rule,
+        "normalize": args.normalize,
+        "text_block": args.block if args.text_block is None else args.text_block,
+        "image_block": args.block if args.image_block is None else args.image_block,
+    }
+    changes = {name: value for name, value in given.items() if value is not None}
+    from clipalign.evaluation.benchmark import is_pointing
+
+    if not is_pointing(args.benchmark):
+        if changes or args.exclip:
+            raise ValueError("--exclip, --steps, --rule, --normalize and --block apply to pointing-* only")
+        return None
+    return InteractionSettings.exclip(**changes) if args.exclip else InteractionSettings(**changes)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,12 +110,12 @@ def run(args: argparse.Namespace) -> int:
         run_benchmark,
     )
 
+    interactions = pointing_settings(args)
     options = {name: getattr(args, name) for name in LOADER_OPTIONS}
     items = load_items(args.benchmark, args.annotations, args.images, limit=args.limit, **options)
     spec = model_spec(args)
     pointing = is_pointing(args.benchmark)
     words = None if pointing else word_settings(args, **default_word_settings(args.benchmark))
-    interactions = interaction_settings(args) if pointing else None
     outcome = run_benchmark(
         args.benchmark,
         items,

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(result, ItemError):
         raise PairError(result.error)
     span = args.span if args.span is not None else args.words
-    report: dict = {"model": model.name, **result.to_dict()}
+    report: dict = {"model": model.name, **result.to_dict(), "text_reference": method.text_reference}
     if span is not None:
         rows = result.span_rows(span, args.occurrence)
         report["span"] = {

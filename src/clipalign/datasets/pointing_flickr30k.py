@@ -4,7 +4,8 @@ The root holds ``Sentences/<image id>.txt`` (one caption per line, phrases marke
 ``[/EN#123/people A man]``; an entity may carry several types, ``/EN#5/people/other``) and
 ``Annotations/<image id>.xml`` (VOC-style: ``<object><name>123</name><bndbox><xmin>..</xmin>...``
 ``</bndbox></object>``; one object may list several names; entities without a box have ``<nobndbox>``
-or ``<scene>`` instead), plus ``train.txt``/``val.txt``/``test.txt`` listing the image ids of each split.
+or ``<scene>`` instead), plus ``train.txt``/``val.txt``/``test.txt`` listing the image ids of each
+split, one a line.
 """
 
 from __future__ import annotations
@@ -84,18 +85,39 @@ def parse_annotation(path: Path) -> tuple[str | None, dict[str, list[Box]]]:
     return root.findtext("filename"), dict(boxes)
 
 
-def _image_ids(root: Path, split: str | None) -> list[str]:
-    if split is None:
-        sentences = root / "Sentences"
-        if not sentences.is_dir():
-            raise FileNotFoundError(
-                f"{sentences}: no such folder (annotations must be the Flickr30k Entities root)"
-            )
+FLICKR30K_SPLITS = ("train", "val", "test")
+"""The official Flickr30k Entities splits (``<split>.txt`` of image ids in the root); ``all`` reads every
+``Sentences`` file. The exCLIP paper evaluates on ``test``, the default."""
+
+
+def _image_ids(root: Path, split: str) -> list[str]:
+    """The image ids of ``split`` in file order (``all``: every ``Sentences/*.txt``, in numeric order)."""
+    sentences = root / "Sentences"
+    if not sentences.is_dir():
+        raise FileNotFoundError(
+            f"{sentences}: no such folder (annotations must be the Flickr30k Entities root)"
+        )
+    if split == "all":
         return sorted((p.stem for p in sentences.glob("*.txt")), key=lambda s: (len(s), s))
+    if split not in FLICKR30K_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(FLICKR30K_SPLITS)} or all, got {split!r}")
     split_file = root / f"{split}.txt"
     if not split_file.exists():
-        raise FileNotFoundError(f"{split_file}: no such split file")
-    return [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise FileNotFoundError(
+            f"{split_file}: no such split file (it ships with Flickr30k Entities beside Sentences/; "
+            "split='all' reads every Sentences file instead)"
+        )
+    ids = []
+    for n, line in enumerate(split_file.read_text(encoding="utf-8").splitlines(), start=1):
+        image_id = line.strip()
+        if not image_id:
+            continue
+        if not (sentences / f"{image_id}.txt").is_file():
+            raise AnnotationFormatError(
+                split_file, f"line {n}: image {image_id!r} has no Sentences/{image_id}.txt"
+            )
+        ids.append(image_id)
+    return ids
 
 
 def load_pointing_flickr30k(
@@ -103,14 +125,15 @@ def load_pointing_flickr30k(
     images: str | Path,
     limit: int | None = None,
     *,
-    split: str | None = None,
+    split: str = "test",
 ) -> list[PointingItem]:
     """Load the Flickr30k Entities pointing game: one item per marked-up phrase that has boxes.
 
     ``annotations`` is the Flickr30k Entities root, ``images`` the ``flickr30k-images`` folder. Images
-    come in the order of ``<split>.txt`` (``split="test"``...), or all ``Sentences/*.txt`` in numeric order
-    when ``split`` is None; then sentences in file order, phrases in sentence order. ``caption`` is the
-    sentence without markup; phrases of entities without a box (scene, nobox, notvisual) are skipped.
+    come in the order of the official ``<split>.txt`` (``test`` by default, the split exCLIP reports;
+    ``train``, ``val``), or all ``Sentences/*.txt`` in numeric order for ``split="all"``; then
+    sentences in file order, phrases in sentence order. ``caption`` is the sentence without markup;
+    phrases of entities without a box (scene, nobox, notvisual) are skipped.
     Ids: ``<image id>-<sentence index>-<phrase index>``.
     """
     check_limit(limit)

@@ -50,8 +50,9 @@ GROUP_BY: dict[str, str] = {"nocaps-foil": "domain", "seetrue-feedback": "datase
 FAILURES_FILE = "failures.jsonl"
 """Written into ``OUT/BENCHMARK/`` when items failed: one JSON line per failed item (id, image, error)."""
 
-LOADER_OPTIONS = ("prompts", "instances")
-"""Extra files some loaders take (``prompts=`` for richhf, ``instances=`` for pointing-coco)."""
+LOADER_OPTIONS = ("prompts", "instances", "split", "karpathy")
+"""Extra options some loaders take: ``prompts=`` (richhf); ``instances=``, ``karpathy=`` (pointing-coco);
+``split=`` (pointing-flickr30k, pointing-coco)."""
 
 
 def is_pointing(benchmark: str) -> bool:

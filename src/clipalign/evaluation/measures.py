@@ -101,9 +101,11 @@ def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
 def pointing_game(heatmap: np.ndarray, boxes: Sequence[Box]) -> tuple[bool, float]:
     """(hit, energy) of a heatmap (H, W) in original pixels, NaN where the model saw nothing.
 
-    hit: the maximum lies inside a ground-truth box (for a tie, e.g. one patch spread over many pixels,
-    the middle of the tied pixels). energy: positive mass inside the boxes over all positive mass (0
-    when there is none).
+    hit: the maximum lies inside a ground-truth box. A tie (one patch spread over many pixels, or
+    several patches) is broken at the middle: the median row among the tied pixels, then the median
+    column of the tied pixels in that row, so a patch counts by its centre. A box (x, y, w, h) covers
+    the pixels it overlaps, columns ⌊x⌋ … ⌈x + w⌉ − 1 and rows likewise. energy: positive mass inside
+    the boxes over all positive mass (0 when there is none).
     """
     inside = np.zeros(heatmap.shape, dtype=bool)
     height, width = heatmap.shape
@@ -112,8 +114,11 @@ def pointing_game(heatmap: np.ndarray, boxes: Sequence[Box]) -> tuple[bool, floa
         x1, y1 = min(int(np.ceil(x + w)), width), min(int(np.ceil(y + h)), height)
         inside[y0:y1, x0:x1] = True
     values = np.nan_to_num(heatmap, nan=-np.inf)
-    tied = np.argwhere(values == values.max())
-    row, col = tied[len(tied) // 2]
+    tied_rows, tied_cols = np.nonzero(values == values.max())
+    rows = np.unique(tied_rows)
+    row = rows[len(rows) // 2]
+    cols = tied_cols[tied_rows == row]
+    col = cols[len(cols) // 2]
     hit = bool(inside[row, col])
     positive = np.clip(np.nan_to_num(heatmap, nan=0.0), 0, None)
     total = positive.sum()

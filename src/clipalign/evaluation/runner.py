@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -346,12 +347,19 @@ def score_pointing(
     progress: bool = True,
     seed: int = 0,
 ) -> list[Record]:
-    """Pointing-game records (cached) for each phrase: ours, a random point and the image centre."""
+    """Pointing-game records (cached) for each phrase: ours, a random point and the image centre.
+
+    Consecutive phrases of the same image and caption share one interaction matrix.
+    """
     done = cache.load()
     rng = np.random.default_rng(seed)
     todo = [it for it in items if it.id not in done]
+    last: tuple[Path, str, Interactions | ItemError] | None = None
     for item in tqdm(todo, desc="pointing", unit="phrase", disable=not progress):
-        [result] = method.attribute([item.image], [item.caption])
+        if last is None or last[:2] != (item.image, item.caption):
+            [computed] = method.attribute([item.image], [item.caption])
+            last = (item.image, item.caption, computed)
+        result = last[2]
         try:
             record = _pointing_record(item, result, rng)
         except ValueError as exc:  # e.g. a phrase that covers no caption word

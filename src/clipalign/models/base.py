@@ -12,6 +12,7 @@ from PIL import Image
 from clipalign.images.geometry import ImageGeometry
 from clipalign.models.errors import ModelLoadError as ModelLoadError
 from clipalign.models.errors import model_load_error as model_load_error
+from clipalign.settings import TextReference
 from clipalign.text.alignment import EncodedCaption
 
 PositionJVPs = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -123,9 +124,15 @@ class InteractionAdapter(ClipAdapter, Protocol):
         so that patch scores can be drawn on the original image."""
         ...
 
-    def text_reference_ids(self, length: int) -> list[int]:
-        """``length`` token ids of the caption-free text reference (CLIP: SOT, one pad, EOT, then pads),
-        pooled at the input's ``pool_index``; a family with other special tokens defines its own."""
+    def text_reference_ids(self, length: int, kind: TextReference = "exclip") -> list[int]:
+        """``length`` token ids of the caption-free text reference, pooled at the input's ``pool_index``:
+        CLIP's is SOT, one filler token, EOT, then filler (the filler: :meth:`text_reference_token`);
+        a family with other special tokens defines its own."""
+        ...
+
+    def text_reference_token(self, kind: TextReference = "exclip") -> tuple[int, str]:
+        """(id, vocabulary string) of the reference's filler token: for ``exclip`` id 0 (CLIP's ``!``),
+        as exCLIP builds it whatever the tokenizer pads with; for ``pad`` the tokenizer's pad token."""
         ...
 
     def text_states(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor:

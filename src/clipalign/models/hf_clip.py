@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import get_args
 
 import torch
 from PIL import Image
@@ -28,7 +29,11 @@ from clipalign.models.base import (
     resolve_dtype,
 )
 from clipalign.models.checkpoint import check_local_files, check_tokenizer_size, load_checkpoint
+from clipalign.settings import TextReference
 from clipalign.text.alignment import EncodedCaption, encode_caption
+
+EXCLIP_REFERENCE_TOKEN_ID = 0
+"""exCLIP's text reference fills every position but SOT and EOT with token id 0 (``!`` for CLIP)."""
 
 
 def _causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -315,12 +320,21 @@ class HFCLIPAdapter:
         left, top = (resized[0] - crop_w) // 2, (resized[1] - crop_h) // 2
         return ImageGeometry((width, height), resized, (left, top, crop_w, crop_h))
 
-    def text_reference_ids(self, length: int) -> list[int]:
-        """The text reference of the interaction paper: SOT, one pad token, EOT, padded to ``length``."""
+    def text_reference_ids(self, length: int, kind: TextReference = "exclip") -> list[int]:
+        """SOT, one filler token, EOT, then filler up to ``length``: exCLIP's reference cut to the caption's
+        length (past EOT the causal mask keeps it out of the pooled position anyway)."""
         tok = self.tokenizer
         if length < 3:
             raise ValueError(f"the text reference needs at least 3 positions, got {length}")
-        return [tok.bos_token_id, tok.pad_token_id, tok.eos_token_id] + [tok.pad_token_id] * (length - 3)
+        filler, _ = self.text_reference_token(kind)
+        return [tok.bos_token_id, filler, tok.eos_token_id] + [filler] * (length - 3)
+
+    def text_reference_token(self, kind: TextReference = "exclip") -> tuple[int, str]:
+        """Token id 0 (``!`` in CLIP's vocabulary) for ``exclip``; the tokenizer's pad token for ``pad``."""
+        if kind not in get_args(TextReference):
+            raise ValueError(f"text reference must be one of {get_args(TextReference)}, got {kind!r}")
+        token_id = EXCLIP_REFERENCE_TOKEN_ID if kind == "exclip" else self.tokenizer.pad_token_id
+        return token_id, str(self.tokenizer.convert_ids_to_tokens(token_id))
 
     def text_states(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states entering text block ``layer`` (B, T, d), causal mask only (no padding)."""
