@@ -126,3 +126,7 @@ def test_cli_json_names_the_text_reference(tiny_model_dir, tmp_path, capsys):
     assert main(argv) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["text_reference"] == {"kind": "exclip", "token_id": 0, "token": "!"}
+    assert main([*argv, "--text-reference", "pad"]) == 0
+    pad = json.loads(capsys.readouterr().out)
+    assert pad["text_reference"]["kind"] == "pad"
+    assert not np.allclose(pad["matrix"], data["matrix"])

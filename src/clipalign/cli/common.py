@@ -21,7 +21,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from clipalign.models.errors import ModelLoadError
-from clipalign.settings import DType, InteractionSettings, Mode, ModelSpec, Normalize, Rule, WordSettings
+from clipalign.settings import (
+    DType,
+    InteractionSettings,
+    Mode,
+    ModelSpec,
+    Normalize,
+    Rule,
+    TextReference,
+    WordSettings,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -122,8 +131,8 @@ def add_word_options(
     )
 
 
-def add_interaction_options(parser: argparse.ArgumentParser, *, steps_only: bool = False) -> None:
-    """--steps and, unless ``steps_only``, the block, rule, normalize, template and chunk options.
+def add_interaction_options(parser: argparse.ArgumentParser) -> None:
+    """The steps, block, rule, normalize, text reference, template and chunk options.
 
     ``--block``/``--text-block``/``--image-block`` also answer to their 0.1 names ``--layer``,
     ``--text-layer``, ``--image-layer``.
@@ -131,8 +140,6 @@ def add_interaction_options(parser: argparse.ArgumentParser, *, steps_only: bool
     default = InteractionSettings()
     group = parser.add_argument_group("interactions (second order)")
     group.add_argument("--steps", type=int, default=default.steps, help="quadrature nodes N")
-    if steps_only:
-        return
     group.add_argument(
         "--block",
         "--layer",
@@ -147,6 +154,12 @@ def add_interaction_options(parser: argparse.ArgumentParser, *, steps_only: bool
         "--normalize", default=default.normalize, choices=get_args(Normalize), help="quantity attributed"
     )
     group.add_argument(
+        "--text-reference",
+        default=default.text_reference,
+        choices=get_args(TextReference),
+        help="text baseline: exclip = SOT, '!' (id 0), EOT, as exCLIP; pad = SOT then the pad token (0.1)",
+    )
+    group.add_argument(
         "--template",
         default=default.template,
         help=f"prefix read before the caption (default: {default.template!r}, none, as in the paper)",
@@ -157,15 +170,14 @@ def add_interaction_options(parser: argparse.ArgumentParser, *, steps_only: bool
 
 
 def interaction_settings(args: argparse.Namespace) -> InteractionSettings:
-    """The interaction options as one :class:`InteractionSettings` (only --steps where that is all)."""
-    if not hasattr(args, "block"):
-        return InteractionSettings(steps=args.steps)
+    """The interaction options as one :class:`InteractionSettings`."""
     return InteractionSettings(
         text_block=args.block if args.text_block is None else args.text_block,
         image_block=args.block if args.image_block is None else args.image_block,
         steps=args.steps,
         rule=args.rule,
         normalize=args.normalize,
+        text_reference=args.text_reference,
         template=args.template,
         chunk=args.chunk,
     )
