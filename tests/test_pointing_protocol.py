@@ -177,16 +177,16 @@ def _synthetic(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def captured(monkeypatch):
     """Record the InteractionSettings and items that ``eval`` hands to ``run_benchmark``."""
-    import clipalign.cli.evaluate as evaluate
+    import clipalign.evaluation.benchmark as benchmark
 
     seen: dict = {}
-    real = evaluate.run_benchmark
+    real = benchmark.run_benchmark
 
     def spy(benchmark, items, model, out, **kwargs):
         seen.update(benchmark=benchmark, items=items, **kwargs)
         return real(benchmark, items, model, out, **kwargs)
 
-    monkeypatch.setattr(evaluate, "run_benchmark", spy)
+    monkeypatch.setattr(benchmark, "run_benchmark", spy)  # `eval` imports it when it runs
     return seen
 
 
