@@ -17,7 +17,7 @@ from clipalign.cli.common import (
     writing,
 )
 from clipalign.results import WordAlignment
-from clipalign.viz.terminal import score_line, word_table
+from clipalign.viz.terminal import coloured_caption, score_line, word_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         console = Console()
+        console.print(coloured_caption(result))
         console.print(word_table(result))
         console.print(score_line(result))
     return 0
