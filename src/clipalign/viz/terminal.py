@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.console import JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -48,7 +49,9 @@ def _table(*columns: str) -> Table:
     cutting them."""
     table = Table(show_edge=False)
     for name in columns:
-        justify = "left" if name == "word" else "center" if name in ("misaligned", "span") else "right"
+        justify: JustifyMethod = (
+            "left" if name == "word" else "center" if name in ("misaligned", "span") else "right"
+        )
         table.add_column(name, justify=justify, style="dim" if name == "#" else "", overflow="fold")
     return table
 
