@@ -236,3 +236,16 @@ def test_span_heatmap_caption_wraps_inside_and_its_colour_bar_is_as_tall_as_the_
 
 def _text_tops(fig) -> list[float]:
     return [text.get_window_extent().y1 for text in fig.texts]
+
+
+def test_html_page_shows_small_images_enlarged_by_a_whole_factor(result):
+    from clipalign.viz.html import display_size
+
+    assert display_size(64, 48) == (512, 384) and display_size(40, 64) == (400, 640)
+    assert display_size(640, 480) == (640, 480) and display_size(4000, 3000) == (1024, 768)
+    assert display_size(8, 1000) == (8, 1000)  # enlarging would pass the longest side allowed
+    small = Image.open(ROOT / "examples" / "apple_and_cup.png").convert("RGB").resize((64, 48))
+    html = page_html(small, result)
+    [url] = re.findall(r'src="(data:image/png;base64,[^"]+)" width="512" height="384"', html)
+    assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (64, 48)
+    assert 'class="ca-enlarged"' in html and "image-rendering: pixelated" in html
