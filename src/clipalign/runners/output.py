@@ -10,7 +10,9 @@ committed and is discarded.
 Resume trusts the manifest, not file names: every listed part must be present with its checksum and
 the parts contiguous from 0, or the run refuses. The single file is merged and renamed into place
 before the manifest says "complete", and parts are deleted only after that, so a run interrupted in
-its clean-up leaves a complete output that a rerun refuses like any complete output.
+its clean-up leaves a complete output, which a rerun treats like any complete output: with the same
+settings there is nothing to score (:class:`OutputComplete`), with others it is refused, each
+differing setting named.
 
 Parts written by clipalign 0.1 (no manifest) are adopted when they are contiguous from 0 and match
 the settings; a gap is refused. ``--overwrite`` deletes only files named as clipalign names them;
