@@ -25,7 +25,7 @@ _GAP = 0.1  # inches between caption words on a line
 _LEADING = 0.12  # inches between caption lines
 _MAX_IMAGE_HEIGHT = 6.0  # inches
 _BAR = 0.14  # inches: the colour bar's height
-_BAR_LABELS = 0.45  # inches below the bar for its ticks and label
+_BAR_LABELS = 0.38  # inches below the bar for its ticks and label
 
 
 def _style(word: Word, colour: str) -> dict[str, Any]:
