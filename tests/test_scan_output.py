@@ -359,9 +359,7 @@ def test_identical_rerun_reports_the_finished_output_and_changed_settings_are_na
 def test_setting_changes_count_an_unrecorded_setting_as_its_old_default():
     old = {"epsilon": -5e-5, "layers": 3, "template": "A photo depicts "}
     assert setting_changes(old, {**old, "mode": "threshold"}) == []  # 0.1 output: threshold implied
-    assert setting_changes(old, {**old, "mode": "most_negative"}) == [
-        'mode: "threshold" → "most_negative"'
-    ]
+    assert setting_changes(old, {**old, "mode": "most_negative"}) == ['mode: "threshold" → "most_negative"']
     assert setting_changes(old, {**old, "layers": 2, "model": "x"}) == [
         "layers: 3 → 2",
         'model: not recorded → "x"',
