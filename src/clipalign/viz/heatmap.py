@@ -99,7 +99,8 @@ def word_grid_figure(
     for ax in axes.flat[len(maps) :]:
         ax.set_axis_off()
     if mappable is not None:
-        fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.02).set_label("interaction")
+        bar = fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.02, aspect=25 * rows)  # as tall as the rows
+        bar.set_label("interaction")
     fig.suptitle(wrap_text(fig, result.caption, panel * columns, fontsize=12), fontsize=12)
     return fig
 
