@@ -99,7 +99,8 @@ def word_grid_figure(
     for ax in axes.flat[len(maps) :]:
         ax.set_axis_off()
     if mappable is not None:
-        bar = fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.02, aspect=25 * rows)  # as tall as the rows
+        # a bar is at most `aspect` times as long as it is wide: let it span every row
+        bar = fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.02, aspect=25 * rows)
         bar.set_label("interaction")
     fig.suptitle(wrap_text(fig, result.caption, panel * columns, fontsize=12), fontsize=12)
     return fig
