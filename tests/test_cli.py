@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -245,3 +246,116 @@ def test_readme_first_command_uses_a_shipped_example():
     assert {"file": command[1], "wrong_caption": command[2]}.items() <= next(
         e for e in synthetic_examples() if e["file"] == command[1]
     ).items()
+
+
+# --- Output without colour or width: piped, NO_COLOR, 80 columns ------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture(scope="module")
+def grid7_model_dir(tmp_path_factory, tokenizer_dir):
+    """A tiny random CLIP on a 7×7 patch grid, as wide as ViT-B/32's."""
+    from clipalign.testing import save_random_clip, tiny_clip_config
+
+    return save_random_clip(tmp_path_factory.mktemp("grid7"), tiny_clip_config(image_size=56), tokenizer_dir)
+
+
+def cli_text(monkeypatch, capsys, argv: list[str], **env: str) -> str:
+    """Stdout of one in-process command (stdout is captured: not a terminal), with ``env`` set."""
+    monkeypatch.setenv("COLUMNS", "80")
+    for key in ("NO_COLOR", "FORCE_COLOR"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
+def colour_codes(text: str) -> set[str]:
+    """The foreground/background colour codes among the ANSI styles of ``text`` (bold etc. left out)."""
+    codes = {code for style in re.findall(r"\x1b\[([0-9;]*)m", text) for code in style.split(";")}
+    return {c for c in codes if c[:1] in ("3", "4", "9") or c.startswith("10")}
+
+
+def assert_uncut(out: str, width: int = 80) -> None:
+    assert "…" not in out and "\x1b" not in out
+    assert max(len(line) for line in out.splitlines()) <= width
+
+
+def test_piped_words_and_score_print_signed_scores_and_mark_misaligned_words(
+    tiny_model_dir, photo, adapter, monkeypatch, capsys
+):
+    caption = "a green apple next to a blue cup"
+    [scored] = CLIP4DM(adapter).attribute([photo], [caption])
+    epsilon = float(np.median([w.score for w in scored.words]))
+    [result] = CLIP4DM(adapter, epsilon=epsilon).attribute([photo], [caption])
+    flagged = [w for w in result.words if w.misaligned]
+    assert 0 < len(flagged) < len(result.words)
+    argv = [photo, caption, "--model", str(tiny_model_dir), "--epsilon", repr(epsilon)]
+    out = cli_text(monkeypatch, capsys, ["words", *argv])
+    assert_uncut(out)
+    marked = " ".join(f"[{w.word}]" if w.misaligned else w.word for w in result.words)
+    assert out.splitlines()[0] == marked
+    rows = [line.split("│") for line in out.splitlines() if line.count("│") == 3]
+    assert [r[1].strip() for r in rows] == [w.word for w in result.words]
+    assert [r[2].strip() for r in rows] == [f"{w.score:+.3e}" for w in result.words]
+    assert [r[3].strip() == "✗" for r in rows] == [w.misaligned for w in result.words]
+    assert f"F-CLIPScore {result.f_clipscore:+.3e}" in out
+    # colour, where shown, only repeats the text: the same output with colour forced, codes removed
+    coloured = cli_text(monkeypatch, capsys, ["words", *argv], FORCE_COLOR="1")
+    assert "\x1b[" in coloured and ANSI.sub("", coloured) == out
+    plain = cli_text(monkeypatch, capsys, ["words", *argv], FORCE_COLOR="1", NO_COLOR="1")
+    assert ANSI.sub("", plain) == out and colour_codes(plain) == set() and colour_codes(coloured)
+    scores = cli_text(monkeypatch, capsys, ["score", *argv])
+    assert_uncut(scores)
+    assert scores.splitlines()[0] == marked and f"{result.f_clipscore:+.3e}" in scores
+
+
+def test_piped_interactions_print_every_grid_value_and_mark_the_span_at_80_columns(
+    grid7_model_dir, photo, monkeypatch, capsys
+):
+    caption = "a white husky and a black dog running in a snow covered forest"
+    argv = ["interactions", photo, caption, "--model", str(grid7_model_dir), "--steps", "2"]
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main([*argv, "--json", "--span", "black dog", "--box", "10,5,40,40"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["grid"] == [7, 7]
+    out = cli_text(monkeypatch, capsys, [*argv, "--span", "black dog", "--box", "10,5,40,40"])
+    assert_uncut(out)
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if "7×7 patch grid" in line) + 1
+    printed = [line.split() for line in lines[start : start + 7]]
+    assert printed == [[f"{v:+.2e}" for v in row] for row in data["span"]["grid_values"]]
+    rows = [line.split("│") for line in lines if line.count("│") == 4]
+    assert [r[1].strip() for r in rows] == [w["word"] for w in data["words"]]
+    matrix = np.asarray(data["matrix"])
+    whole = [f"{matrix[w['tokens']].sum():+.3e}" for w in data["words"]]
+    assert [r[2].strip() for r in rows] == whole
+    assert [r[3].strip() for r in rows] == [f"{w['score']:+.3e}" for w in data["box"]["words"]]
+    assert [r[4].strip() for r in rows] == [
+        "*" if w["word"] in ("black", "dog") else "" for w in data["words"]
+    ]
+
+
+def test_report_table_keeps_every_header_and_number_whole_when_narrow(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(image)
+    pairs = tmp_path / "p.jsonl"
+    rows = [{"image": "a.png", "caption": f"a red ball {i}"} for i in range(4)]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "s.parquet"
+    argv = ["scan", str(pairs), "--out", str(out), "--model", str(tiny_model_dir), "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["report", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    for width in (80, 40, 24):
+        text = cli_text(monkeypatch, capsys, ["report", str(out)], COLUMNS=str(width))
+        assert_uncut(text, width)  # at 24 columns cells fold onto more lines, still whole
+        if width >= 40:
+            assert " F-CLIPScore " in text and " CLIPScore " in text
+            for stat in ("mean", "p5", "p50", "p95"):
+                assert f"{summary['f_clipscore'][stat]:.4g}" in text

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -332,6 +333,7 @@ def test_browser_end_to_end(demo_server, tmp_path):
         page.mouse.up()
         expect(page.locator("#region .ca-word")).to_have_count(len(CAPTION.split()))
         page.screenshot(path=tmp_path / "demo.png", full_page=True)
+        assert_underline_inside(page, "#words")
 
         not_an_image = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hi"}
         page.set_input_files("#upload", files=[not_an_image])
@@ -346,3 +348,65 @@ def test_browser_end_to_end(demo_server, tmp_path):
         page.screenshot(path=tmp_path / "demo-long-caption.png", full_page=True)
         browser.close()
     assert errors == []
+
+
+# --- Screenshots: the misaligned words' wavy underline is drawn whole, small images shown large ----
+
+
+def underline_pixels(page, word) -> tuple[np.ndarray, int, int]:
+    """Where the wavy underline of ``word`` (a misaligned ``.ca-word``) is drawn, as a mask over its
+    box's pixels (the box as screenshot with the underline, minus without), and the box's size."""
+    box = word.bounding_box()
+    assert box is not None
+    clip = {k: box[k] for k in ("x", "y", "width", "height")}
+    shown = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("RGB")).astype(int)
+    hide = page.add_style_tag(content=".ca-misaligned { text-decoration-color: transparent !important; }")
+    hidden = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("RGB")).astype(int)
+    hide.evaluate("element => element.remove()")
+    return np.abs(shown - hidden).max(axis=-1) > 40, shown.shape[1], shown.shape[0]
+
+
+def assert_underline_inside(page, selector: str) -> int:
+    """Every misaligned word under ``selector`` shows its whole underline inside its box: under most
+    of the word, with at least one blank pixel row between it and the 2-pixel bottom border (an
+    underline that reaches the border is drawn over by it: clipped). Returns how many were checked."""
+    words = page.locator(f"{selector} .ca-misaligned")
+    assert words.count() > 0
+    for i in range(words.count()):
+        mask, width, height = underline_pixels(page, words.nth(i))
+        rows, cols = np.nonzero(mask)
+        assert rows.size, f"word {i}: no underline drawn"
+        assert cols.max() - cols.min() >= 0.5 * (width - 8), f"word {i}: underline under part of it"
+        assert rows.min() > 2 and rows.max() < height - 3, (
+            f"word {i}: underline rows {rows.min()}..{rows.max()} of {height}"
+        )
+    return words.count()
+
+
+@pytest.mark.slow
+def test_words_html_page_in_the_browser_shows_a_small_image_large_and_whole_underlines(adapter, tmp_path):
+    """``words --html`` of a 64×48 image: shown at least 384 pixels high, pixel-sharp, and the
+    misaligned words' underlines are not clipped."""
+    pytest.importorskip(
+        "playwright", reason="the browser test needs playwright: pip install 'clipalign[test]'"
+    )
+    from playwright.sync_api import sync_playwright
+
+    from clipalign.viz.html import save_html
+
+    assert Path(CHROMIUM).exists(), f"Chromium not found at {CHROMIUM}: apt-get install chromium"
+    small = Image.open(io.BytesIO(EXAMPLE)).convert("RGB").resize((64, 48), Image.NEAREST)
+    [scored] = CLIP4DM(adapter).attribute([small], [CAPTION])
+    epsilon = float(np.median([w.score for w in scored.words]))
+    [result] = CLIP4DM(adapter, epsilon=epsilon).attribute([small], [CAPTION])
+    page_file = save_html(small, result, tmp_path / "page.html")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.goto(page_file.as_uri())
+        image = page.locator("figure img").bounding_box()
+        assert image is not None and image["height"] >= 384 and image["width"] == pytest.approx(512, abs=1)
+        assert page.eval_on_selector("figure img", "el => getComputedStyle(el).imageRendering") == "pixelated"
+        assert assert_underline_inside(page, ".ca-caption") == len(result.misaligned_words)
+        page.screenshot(path=tmp_path / "page.png", full_page=True)
+        browser.close()

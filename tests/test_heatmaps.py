@@ -176,3 +176,28 @@ def test_importing_the_heatmaps_leaves_the_matplotlib_backend_alone():
     env = {**os.environ, "MPLBACKEND": "svg"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert proc.stdout.strip() == "svg"
+
+
+@pytest.mark.parametrize("size", [(70, 50), (40, 64)])
+def test_word_grid_colour_bar_spans_the_panels_and_a_long_caption_wraps(adapter, size):
+    """The grid's colour bar runs from the lowest image to the top row of images (not a short bar in
+    the middle of a tall grid), and the caption above is wrapped to the grid's width."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from clipalign.viz.heatmap import word_grid_figure
+
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    caption = "a traffic light showing red under a blue sky with white clouds drifting by " * 3
+    [result] = TokenPatchInteractions(adapter, steps=2).attribute(image, caption)
+    fig = word_grid_figure(image, result)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    images = [ax.get_window_extent(renderer) for ax in fig.axes if ax.get_images()]
+    [bar] = [ax.get_window_extent(renderer) for ax in fig.axes if not ax.get_images() and ax.axison]
+    top, bottom = max(b.y1 for b in images), min(b.y0 for b in images)
+    assert bar.y0 == pytest.approx(bottom, abs=3)
+    assert top - 3 <= bar.y1 <= top + 0.05 * (top - bottom) + 30  # up to the top row's word titles
+    title = fig._suptitle
+    assert title is not None and "\n" in title.get_text()
+    extent = title.get_window_extent(renderer)
+    assert extent.x0 >= 0 and extent.x1 <= fig.bbox.width

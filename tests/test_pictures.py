@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib.util
 import io
 import json
 import re
+import warnings
 from importlib.resources import files
 from pathlib import Path
 
@@ -131,3 +133,119 @@ def test_shipped_examples_are_what_the_script_renders():
         assert np.array_equal(drawn, np.asarray(Image.open(shipped / entry["file"]).convert("RGB")))
     readme_example = np.asarray(Image.open(ROOT / "examples" / "apple_and_cup.png").convert("RGB"))
     assert np.array_equal(readme_example, np.asarray(script.apple_and_cup()))
+
+
+# --- Layout: every text inside the canvas, small images scaled up, decorations whole ---------------
+
+
+def drawn_texts(fig) -> list[tuple[str, float, float]]:
+    """(text, left, right) in pixels of every figure text as drawn, its box and outline included."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    spans = []
+    for text in fig.texts:
+        patch = text.get_bbox_patch()
+        if patch is None:
+            extent, edge = text.get_window_extent(renderer), 0.0
+        else:
+            extent, edge = patch.get_window_extent(renderer), patch.get_linewidth() * fig.dpi / 72
+        spans.append((text.get_text(), extent.x0 - edge / 2, extent.x1 + edge / 2))
+    return spans
+
+
+def white_border(path: Path) -> bool:
+    """Whether the outermost pixel rows and columns of a saved picture are all white (nothing cut)."""
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    edges = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return bool((edges >= 250).all())
+
+
+LONG_WORD = "supercalifragilistic-expialidocious-antidisestablishmentarianism-with-no-spaces-green"
+
+
+@pytest.mark.parametrize(
+    ("scene", "caption"),
+    [
+        (
+            "traffic_light.png",
+            "the quick brown fox jumps over the lazy dog while a green bird watches the tall trees",
+        ),
+        ("traffic_light.png", f"a {LONG_WORD} light"),
+        ("apple_and_cup.png", " ".join(["apple green"] * 45)),
+    ],
+    ids=["wrapped-lines", "word-wider-than-a-line", "cut-at-the-context"],
+)
+def test_png_caption_is_laid_out_inside_the_canvas(adapter, scene, caption, tmp_path):
+    """Every word box lies inside the canvas (a word too long for a line is broken, not cut), the words
+    read in order, and the saved picture has blank edges: nothing touches them."""
+    image = Image.open(files("clipalign") / "examples" / scene).convert("RGB").resize((40, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the context cut, tested above
+        [scored] = CLIP4DM(adapter).attribute([image], [caption])
+    epsilon = float(np.median([w.score for w in scored.words]))
+    result = dataclasses.replace(
+        scored, words=[dataclasses.replace(w, misaligned=w.score <= epsilon) for w in scored.words]
+    )
+    fig = words_figure(image, result)
+    width = fig.bbox.width
+    texts = drawn_texts(fig)
+    for text, left, right in texts:
+        assert left >= 0 and right <= width, (text, left, right, width)
+    words = "".join(w.word for w in result.words)
+    assert words in "".join(text for text, _, _ in texts)  # all there, in order (long words in parts)
+    path = save(fig, tmp_path / "words.png")
+    assert white_border(path)
+    short_side = min(Image.open(path).size)
+    assert short_side >= 384
+
+
+def test_png_shows_a_tiny_image_large_and_pixel_sharp(adapter, tmp_path):
+    tiny = Image.open(ROOT / "examples" / "apple_and_cup.png").convert("RGB").resize((64, 48), Image.NEAREST)
+    [result] = CLIP4DM(adapter).attribute([tiny], ["a green apple"])
+    fig = words_figure(tiny, result)
+    [ax] = fig.axes[:1]
+    drawn_texts(fig)  # draws
+    box = ax.get_window_extent()
+    assert min(box.width, box.height) >= 384
+    assert ax.get_images()[0].get_interpolation() == "nearest"
+
+
+def test_span_heatmap_caption_wraps_inside_and_its_colour_bar_is_as_tall_as_the_image(adapter, tmp_path):
+    from clipalign import TokenPatchInteractions
+    from clipalign.viz.heatmap import span_figure
+
+    portrait = Image.open(files("clipalign") / "examples" / "traffic_light.png").convert("RGB")
+    caption = "a traffic light showing red under a blue sky with three small white clouds drifting past " * 2
+    [inter] = TokenPatchInteractions(adapter, steps=2).attribute(
+        [portrait], [caption.strip()], on_error="raise"
+    )
+    fig = span_figure(portrait, inter, "red")
+    texts = drawn_texts(fig)
+    assert len(texts) == len(inter.words) and len({round(top) for top in _text_tops(fig)}) >= 2
+    for text, left, right in texts:
+        assert left >= 0 and right <= fig.bbox.width, text
+    image_ax, bar_ax = fig.axes
+    image_box, bar_box = image_ax.get_window_extent(), bar_ax.get_window_extent()
+    assert bar_box.y0 == pytest.approx(image_box.y0, abs=1) and bar_box.y1 == pytest.approx(
+        image_box.y1, abs=1
+    )
+    assert white_border(save(fig, tmp_path / "span.png"))
+
+
+def _text_tops(fig) -> list[float]:
+    return [text.get_window_extent().y1 for text in fig.texts]
+
+
+def test_html_page_shows_small_images_enlarged_by_a_whole_factor(result):
+    from clipalign.viz.html import display_size
+
+    assert display_size(64, 48) == (512, 384) and display_size(40, 64) == (400, 640)
+    assert display_size(640, 480) == (640, 480) and display_size(4000, 3000) == (1024, 768)
+    assert display_size(8, 1000) == (8, 1000)  # enlarging would pass the longest side allowed
+    small = Image.open(ROOT / "examples" / "apple_and_cup.png").convert("RGB").resize((64, 48))
+    html = page_html(small, result)
+    [url] = re.findall(r'src="(data:image/png;base64,[^"]+)" width="512" height="384"', html)
+    assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (64, 48)
+    assert 'class="ca-enlarged"' in html and "image-rendering: pixelated" in html

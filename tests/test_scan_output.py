@@ -24,7 +24,7 @@ from PIL import Image
 from clipalign import CLIP4DM
 from clipalign.cli.main import main
 from clipalign.runners.local import scan
-from clipalign.runners.output import MANIFEST, PartWriter
+from clipalign.runners.output import MANIFEST, PartWriter, setting_changes
 from clipalign.runners.sources import Columns, table_samples
 from clipalign.settings import ScanSettings
 
@@ -250,8 +250,8 @@ def test_empty_input_gives_an_empty_output_report_reads(tiny_model_dir, tmp_path
         capsys.readouterr()
         assert main(["report", str(out), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["items"] == 0
-        assert main([*argv, "--no-progress"]) == 1
-        assert "already exists and is complete" in capsys.readouterr().err
+        assert main([*argv, "--no-progress"]) == 0
+        assert "already complete with these settings" in capsys.readouterr().out
     assert pq.read_table(tmp_path / "empty.parquet").schema.names[-1] == "error"
 
 
@@ -331,3 +331,36 @@ def test_random_kills_then_reruns_match_an_uninterrupted_scan(reference, seed, n
     assert [r["error"] for r in got] == [r["error"] for r in rows]
     for x, y in zip(got, rows, strict=True):
         assert_close(x, y, f"row {x['index']}")
+
+
+def test_identical_rerun_reports_the_finished_output_and_changed_settings_are_named(
+    tiny_model_dir, tmp_path, capsys
+):
+    """A complete output rerun with the same settings prints its summary and succeeds; with other
+    settings it is refused, each differing setting named with its old and new value."""
+    pairs = write_pairs(tmp_path)
+    for out in (tmp_path / "scores.parquet", tmp_path / "scores-dir"):
+        argv = ["scan", str(pairs), "--out", str(out), "--model", str(tiny_model_dir), "--no-progress"]
+        assert main(argv) == 0
+        first = capsys.readouterr().out
+        before = pq.read_table(out).to_pylist()
+        assert main(argv) == 0
+        again = capsys.readouterr().out
+        assert f"{out} is already complete with these settings" in again
+        summary = first[: first.index("wrote ")]
+        assert summary in again  # the same table, failure line and frequent words
+        assert main([*argv, "--epsilon", "0.001", "--layers", "2"]) == 1
+        err = capsys.readouterr().err
+        assert "epsilon: -5e-05 → 0.001" in err and "layers: 3 → 2" in err and "--overwrite" in err
+        assert "template" not in err and len(err.strip().splitlines()) == 1
+        assert pq.read_table(out).to_pylist() == before
+
+
+def test_setting_changes_count_an_unrecorded_setting_as_its_old_default():
+    old = {"epsilon": -5e-5, "layers": 3, "template": "A photo depicts "}
+    assert setting_changes(old, {**old, "mode": "threshold"}) == []  # 0.1 output: threshold implied
+    assert setting_changes(old, {**old, "mode": "most_negative"}) == ['mode: "threshold" → "most_negative"']
+    assert setting_changes(old, {**old, "layers": 2, "model": "x"}) == [
+        "layers: 3 → 2",
+        'model: not recorded → "x"',
+    ]

@@ -7,8 +7,6 @@ import math
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from clipalign.cli.common import (
     PairError,
@@ -119,28 +117,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result: Interactions, report: dict) -> None:
-    from clipalign.viz.terminal import scored_words
+    """The result in words: completeness, each word against the whole image (and the box), the span's
+    patch grid; every number signed and in full, the span's words marked."""
+    from clipalign.viz.terminal import completeness_line, grid_table, interaction_table
 
     console = Console()
-    c = result.completeness
-    console.print(Text(str(result)))
-    console.print(
-        f"completeness: Σ = {c.sum:.6f}, target s(x,y) - s(x,r_y) - s(r_x,y) + s(r_x,r_y) = {c.target:.6f} "
-        f"({c.s_xy:.4f} - {c.s_x_ry:.4f} - {c.s_rx_y:.4f} + {c.s_rx_ry:.4f}), residual {c.residual:.2e}",
-        highlight=False,
+    console.print(str(result), highlight=False)
+    console.print(completeness_line(result), highlight=False)
+    box = report.get("box")
+    selected = (
+        {i for i, w in enumerate(result.words) if set(w.tokens) & set(report["span"]["rows"])}
+        if "span" in report
+        else None
     )
-    word_totals = [(w.word, float(result.matrix[w.tokens].sum())) for w in result.words]
-    console.print(Text("whole image: ").append(scored_words(word_totals)))
-    if "span" in report:
-        grid = Table(
-            title=f"span {report['span']['span']!r} on the {result.grid[0]}×{result.grid[1]} patch grid",
-            show_header=False,
+    console.print(
+        interaction_table(
+            result,
+            box_scores=[w["score"] for w in box["words"]] if box else None,
+            box_name="box " + ",".join(f"{v:g}" for v in box["box"]) if box else "box",
+            selected=selected,
         )
-        for row in report["span"]["grid_values"]:
-            grid.add_row(*(f"{v:+.2e}" for v in row))
-        console.print(grid)
-    if "box" in report:
-        pairs = [(w["word"], w["score"]) for w in report["box"]["words"]]
-        console.print(Text(f"box {tuple(report['box']['box'])}: ").append(scored_words(pairs)))
+    )
+    if "span" in report:
+        rows, cols = result.grid
+        title = f"span {report['span']['span']!r} on the {rows}×{cols} patch grid, top row first"
+        console.print(grid_table(report["span"]["grid_values"], title))
     if "out" in report:
-        console.print(f"wrote {printable(report['out'])}")
+        console.print(f"wrote {printable(report['out'])}", highlight=False)

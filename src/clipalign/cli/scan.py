@@ -15,6 +15,7 @@ from clipalign.cli.common import (
     model_spec,
     open_model,
     print_json,
+    printable,
     word_settings,
 )
 from clipalign.settings import ModelSpec, RaySettings, ScanSettings, WordSettings
@@ -140,7 +141,7 @@ def _metadata(
 def run_scan(args: argparse.Namespace) -> int:
     from clipalign.attribution.words import CLIP4DM
     from clipalign.runners.local import scan
-    from clipalign.runners.output import PartWriter
+    from clipalign.runners.output import OutputComplete, PartWriter
     from clipalign.runners.sources import Columns, open_source
     from clipalign.runners.summary import summarize
 
@@ -150,7 +151,19 @@ def run_scan(args: argparse.Namespace) -> int:
     # a missing input fails here, before any model loads (Ray's read task opens the source again)
     samples = open_source(args.input, columns, args.captions, args.base_dir)
     # so does a bad, busy or complete --out: the writer checks and locks it now
-    with PartWriter(args.out, metadata, options) as writer:
+    console = Console()
+    try:
+        writer = PartWriter(args.out, metadata, options)
+    except OutputComplete as done:
+        console.print(
+            f"{printable(done.out)} is already complete with these settings: nothing to score "
+            "(--overwrite scores it again)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        _show(summarize(done.out), args.histogram, console)
+        return 0
+    with writer:
         if args.engine == "ray":
             try:
                 from clipalign.runners.ray_engine import scan_ray
@@ -165,7 +178,6 @@ def run_scan(args: argparse.Namespace) -> int:
         else:
             attributor = CLIP4DM(open_model(spec), settings=words)
             result = scan(samples, attributor, writer, metadata, options=options)
-    console = Console()
     if result.resumed_from:
         console.print(f"resumed after {result.resumed_from} items already written")
     _show(summarize(result.output), args.histogram, console)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
-from rich.table import Table
 
 from clipalign.cli.common import add_pair_arguments, attribute_pair, print_json
 
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from clipalign.metrics import ref_clip_score, reference_cosines
     from clipalign.results import word_row
     from clipalign.text import CaptionError, validate_caption
-    from clipalign.viz.terminal import coloured_caption
+    from clipalign.viz.terminal import coloured_caption, score_table
 
     for reference in args.reference:
         try:
@@ -57,11 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(scores)
         return 0
-    table = Table(title=coloured_caption(result), title_justify="left", show_header=False, show_edge=False)
-    table.add_row("cosine", f"{result.cosine:.4f}")
-    table.add_row("CLIPScore", f"{result.clipscore:.4f}")
-    table.add_row("RefCLIPScore", "—  (no --reference)" if ref is None else f"{ref:.4f}  ({args.convention})")
-    table.add_row("F-CLIPScore", f"{result.f_clipscore:.3e}")
-    table.add_row("misaligned", ", ".join(s.text for s in result.spans) or "none")
-    Console().print(table)
+    console = Console()
+    console.print(coloured_caption(result))
+    console.print(score_table(result, ref, args.convention))
     return 0

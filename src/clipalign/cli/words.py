@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipalign.viz.terminal import score_line, word_table
+    from clipalign.viz.terminal import coloured_caption, score_line, word_table
 
     check_output(args.html)
     check_output(args.png)
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         console = Console()
+        console.print(coloured_caption(result))
         console.print(word_table(result))
         console.print(score_line(result))
     return 0

@@ -10,7 +10,9 @@ committed and is discarded.
 Resume trusts the manifest, not file names: every listed part must be present with its checksum and
 the parts contiguous from 0, or the run refuses. The single file is merged and renamed into place
 before the manifest says "complete", and parts are deleted only after that, so a run interrupted in
-its clean-up leaves a complete output that a rerun refuses like any complete output.
+its clean-up leaves a complete output, which a rerun treats like any complete output: with the same
+settings there is nothing to score (:class:`OutputComplete`), with others it is refused, each
+differing setting named.
 
 Parts written by clipalign 0.1 (no manifest) are adopted when they are contiguous from 0 and match
 the settings; a gap is refused. ``--overwrite`` deletes only files named as clipalign names them;
@@ -36,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipalign.runners.schema import METADATA_KEY, SCHEMA, Row
-from clipalign.settings import ScanSettings, comparable
+from clipalign.settings import LEGACY_DEFAULTS, ScanSettings, comparable
 
 MANIFEST = "_clipalign.json"
 DIR_LOCK = ".clipalign.lock"
@@ -46,6 +48,35 @@ LEGACY_TMP = re.compile(r"part-\d{12}\.tmp")
 """A temporary part of clipalign 0.1, left by a killed run."""
 
 COMPLETE = "already exists and is complete: use --overwrite to score again"
+
+
+class OutputComplete(ValueError):
+    """The output is already complete, written with the same settings: there is nothing to score.
+
+    A ValueError (the library refuses to write it again); ``clipalign scan`` reports the finished
+    output instead and succeeds.
+    """
+
+    def __init__(self, out: Path) -> None:
+        super().__init__(f"{out} {COMPLETE}")
+        self.out = out
+
+
+def setting_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Each setting that differs between a recorded run (``old``) and this one, as ``name: old → new``.
+
+    A setting the old run did not record counts as its :data:`~clipalign.settings.LEGACY_DEFAULTS`
+    value (or "not recorded"), as :func:`~clipalign.settings.comparable` does.
+    """
+    missing = object()
+    changes = []
+    for key in sorted(comparable(old).keys() | comparable(new).keys()):
+        before = old.get(key, LEGACY_DEFAULTS.get(key, missing))
+        after = new.get(key, LEGACY_DEFAULTS.get(key, missing))
+        if before != after:
+            shown = ["not recorded" if v is missing else json.dumps(v) for v in (before, after)]
+            changes.append(f"{key}: {shown[0]} → {shown[1]}")
+    return changes
 
 
 def owned(name: str) -> bool:
@@ -73,6 +104,12 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
         return manifest
     except ValueError as exc:
         raise ValueError(f"{path} is unreadable ({exc}): use --overwrite to start again") from exc
+
+
+def _recorded(path: Path) -> dict[str, Any]:
+    """The settings a Parquet output file or part records in its schema."""
+    recorded: dict[str, Any] = json.loads((pq.read_schema(path).metadata or {}).get(METADATA_KEY, b"{}"))
+    return recorded
 
 
 def _sync(path: Path) -> None:
@@ -210,14 +247,15 @@ class PartWriter:
                         f"{self.out} has leftover parts in {self.directory} (an older clipalign's): "
                         f"delete {self.directory} to keep {self.out}, or use --overwrite"
                     )
-                raise ValueError(f"{self.out} {COMPLETE}")
+                self._check_settings(_recorded(self.out), self.out)
+                raise OutputComplete(self.out)
             parts = self._adopt(present)
         else:
             self._check_settings(manifest.get("settings", {}), self.directory / MANIFEST)
             if manifest.get("complete"):
                 if self.single_file:
                     self._finish_clean_up(sum(p["rows"] for p in manifest["parts"]))
-                raise ValueError(f"{self.out} {COMPLETE}")
+                raise OutputComplete(self.out)
             parts = self._verify(manifest["parts"])
         listed = {p["file"] for p in parts}
         for name in os.listdir(self.directory) if self.directory.is_dir() else []:
@@ -235,10 +273,13 @@ class PartWriter:
         self._clean_up()
 
     def _check_settings(self, settings: dict[str, Any], where: Path) -> None:
-        """Refuse output written with other settings; a setting it predates counts as its old value."""
-        if comparable(settings) != comparable(self.metadata):
+        """Refuse output written with other settings, naming each; a setting it predates counts as its
+        old value."""
+        changes = setting_changes(settings, self.metadata)
+        if changes:
             raise ValueError(
-                f"{where} was written with other settings; use --overwrite to start again or another --out"
+                f"{where} was written with other settings ({'; '.join(changes)}): "
+                "use --overwrite to start again or another --out"
             )
 
     def _verify(self, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -261,9 +302,7 @@ class PartWriter:
         parts: list[dict[str, Any]] = []
         expected = 0
         for path in present:
-            self._check_settings(
-                json.loads((pq.read_schema(path).metadata or {}).get(METADATA_KEY, b"{}")), path
-            )
+            self._check_settings(_recorded(path), path)
             first = int(path.stem.split("-")[1])
             if first != expected:
                 raise ValueError(

@@ -56,14 +56,15 @@ class ScanSummary:
     f_values: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def table(self) -> Table:
+        """Mean and percentiles of CLIPScore and F-CLIPScore, one statistic per row (fits 80 columns;
+        a cell too long for a narrower terminal folds onto a second line instead of being cut)."""
         table = Table(title=f"{self.items} items, {self.failed} failed", show_edge=False)
-        table.add_column("")
-        for name in ("mean", "p5", "p25", "p50", "p75", "p95"):
-            table.add_column(name, justify="right")
-        for name, stats in (("CLIPScore", self.clipscore), ("F-CLIPScore", self.f_clipscore)):
+        table.add_column("", overflow="fold")
+        for name in ("CLIPScore", "F-CLIPScore"):
+            table.add_column(name, justify="right", overflow="fold")
+        for stat in ("mean", "p5", "p25", "p50", "p75", "p95"):
             table.add_row(
-                name,
-                *(f"{stats.get(k, float('nan')):.4g}" for k in ("mean", "p5", "p25", "p50", "p75", "p95")),
+                stat, *(f"{s.get(stat, float('nan')):.4g}" for s in (self.clipscore, self.f_clipscore))
             )
         return table
 

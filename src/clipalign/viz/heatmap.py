@@ -11,29 +11,32 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
-from matplotlib.offsetbox import AnchoredOffsetbox, HPacker, TextArea
 from PIL import Image
 
 from clipalign.results import Interactions
+from clipalign.viz.layout import Piece, draw, keep_canvas, line_count, line_height, wrap, wrap_text
 from clipalign.viz.palette import CMAP, diverging_norm
 
 HIGHLIGHT = "#1b7837"
 
 
-def _caption_box(result: Interactions, highlighted: set[int], fontsize: float) -> HPacker:
-    """The caption as written, the highlighted words bold and coloured."""
-    parts: list[Artist] = []
-    for i, w in enumerate(result.words):
-        props = {"fontsize": fontsize, "color": HIGHLIGHT if i in highlighted else "0.15"}
-        if i in highlighted:
-            props["fontweight"] = "bold"
-        parts.append(TextArea(w.word + " ", textprops=props))
-    return HPacker(children=parts, pad=0, sep=0)
+def _caption(result: Interactions, highlighted: set[int], fontsize: float) -> list[Piece]:
+    """The caption's words, the highlighted ones bold and coloured."""
+    return [
+        Piece(
+            w.word,
+            {
+                "fontsize": fontsize,
+                "color": HIGHLIGHT if i in highlighted else "0.15",
+                "fontweight": "bold" if i in highlighted else "normal",
+            },
+        )
+        for i, w in enumerate(result.words)
+    ]
 
 
 def _overlay(ax: Axes, image: Image.Image, heat: np.ndarray, norm: TwoSlopeNorm, alpha: float) -> AxesImage:
@@ -52,25 +55,25 @@ def span_figure(
     occurrence: int | None = None,
     alpha: float = 0.6,
 ) -> Figure:
-    """The image with the span's interaction map over it, a colour bar, and the caption, span marked."""
+    """The caption (span marked, wrapped within the canvas) above the image with the span's
+    interaction map over it, and a colour bar as tall as the image."""
     heat = result.span_heatmap(span, occurrence)
     words = {i for i, w in enumerate(result.words) if set(w.tokens) & set(result.span_rows(span, occurrence))}
-    width, height = image.size
-    fig = Figure(figsize=(7, 7 * height / width + 0.9), dpi=110)
-    ax = fig.subplots()
+    width, margin, bar_room = 7.0, 0.15, 1.25  # inches; the colour bar, its ticks and label on the right
+    fig = Figure(dpi=110)
+    caption = wrap(fig, _caption(result, words, 10), width - 2 * margin, gap=0.07)
+    line_h = line_height(caption, 0.04)
+    image_w = width - 2 * margin - bar_room
+    image_h = min(image_w * image.height / image.width, 6.0)
+    image_w = image_h * image.width / image.height
+    height = margin + line_count(caption) * line_h + 0.1 + image_h + margin
+    fig.set_size_inches(width, height)
+    keep_canvas(fig)
+    draw(fig, caption, margin, height - margin, line_h)
+    ax = fig.add_axes((margin / width, margin / height, image_w / width, image_h / height))
     mappable = _overlay(ax, image, heat, diverging_norm(heat), alpha)
-    bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03)
-    bar.set_label("interaction (+ supports, − contradicts)")
-    box = AnchoredOffsetbox(
-        loc="lower left",
-        child=_caption_box(result, words, 10),
-        pad=0.1,
-        frameon=False,
-        bbox_to_anchor=(0.0, 1.01),
-        bbox_transform=ax.transAxes,
-        borderpad=0.0,
-    )
-    ax.add_artist(box)
+    cax = fig.add_axes(((margin + image_w + 0.15) / width, margin / height, 0.18 / width, image_h / height))
+    fig.colorbar(mappable, cax=cax).set_label("interaction (+ supports, − contradicts)")
     return fig
 
 
@@ -92,12 +95,14 @@ def word_grid_figure(
     mappable = None
     for ax, i, heat in zip(axes.flat, indices, maps, strict=False):
         mappable = _overlay(ax, image, heat, norm, alpha)
-        ax.set_title(result.words[i].word, fontsize=11)
+        ax.set_title(wrap_text(fig, result.words[i].word, panel - 0.1, fontsize=11), fontsize=11)
     for ax in axes.flat[len(maps) :]:
         ax.set_axis_off()
     if mappable is not None:
-        fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.02).set_label("interaction")
-    fig.suptitle(result.caption, fontsize=12)
+        # a bar is at most `aspect` times as long as it is wide: let it span every row
+        bar = fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.02, aspect=25 * rows)
+        bar.set_label("interaction")
+    fig.suptitle(wrap_text(fig, result.caption, panel * columns, fontsize=12), fontsize=12)
     return fig
 
 

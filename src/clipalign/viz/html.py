@@ -20,9 +20,9 @@ from clipalign.viz.palette import MISALIGNED_EDGE, gradient, ink, score_colours,
 
 CSS = f"""
 .ca-caption {{ font-size: 1.35rem; line-height: 2.3; white-space: pre-wrap; margin: 0.4rem 0; }}
-.ca-word {{ padding: 0.15em 0.3em; border-radius: 0.3em; border: 2px solid transparent; }}
+.ca-word {{ padding: 0.25em 0.3em; border-radius: 0.3em; border: 2px solid transparent; }}
 .ca-misaligned {{ border-color: {MISALIGNED_EDGE}; text-decoration: underline wavy {MISALIGNED_EDGE};
-  text-decoration-thickness: 1px; text-underline-offset: 0.25em; font-weight: 600; }}
+  text-decoration-thickness: 1px; text-underline-offset: 0.12em; font-weight: 600; }}
 .ca-cut {{ color: #888; text-decoration: line-through; }}
 .ca-legend {{ display: flex; align-items: center; gap: 0.5rem; font-size: 0.85rem; color: #444;
   flex-wrap: wrap; margin: 0.4rem 0; }}
@@ -39,6 +39,7 @@ body { font-family: system-ui, sans-serif; margin: 0; background: #fafafa; color
 .ca-page { max-width: 52rem; margin: 1.5rem auto; padding: 0 1rem; }
 .ca-page figure { margin: 0; }
 .ca-page img { max-width: 100%; height: auto; border-radius: 0.4rem; display: block; }
+.ca-page img.ca-enlarged { image-rendering: pixelated; }
 .ca-page figcaption, .ca-meta { color: #666; font-size: 0.8rem; margin-top: 0.3rem; }
 """
 
@@ -101,26 +102,48 @@ def scores_html(result: WordAlignment) -> str:
     return f'<dl class="ca-scores">{cells}</dl>'
 
 
-def image_data_url(image: Image.Image, max_side: int = 1024) -> str:
-    """The image (shrunk to ``max_side`` pixels at most) as a base64 JPEG ``data:`` URL."""
+def image_data_url(image: Image.Image, max_side: int = 1024, *, lossless: bool = False) -> str:
+    """The image (shrunk to ``max_side`` pixels at most) as a base64 ``data:`` URL: JPEG, or PNG when
+    ``lossless`` (for small images shown enlarged, whose every pixel is seen)."""
     copy = image.convert("RGB")
     copy.thumbnail((max_side, max_side))
     buffer = io.BytesIO()
-    copy.save(buffer, format="JPEG", quality=92)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    if lossless:
+        copy.save(buffer, format="PNG")
+    else:
+        copy.save(buffer, format="JPEG", quality=92)
+    kind = "png" if lossless else "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def display_size(width: int, height: int, short_side: int = 384, max_side: int = 1024) -> tuple[int, int]:
+    """How large to show an image: small ones enlarged by a whole factor (pixels stay square and sharp)
+    until the short side reaches ``short_side``, the long side kept within ``max_side``; others as they
+    are (shrunk to ``max_side`` like :func:`image_data_url`)."""
+    factor = min(-(-short_side // min(width, height)), max_side // max(width, height))
+    if factor > 1:
+        return width * factor, height * factor
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def page_html(image: Image.Image, result: WordAlignment, model: str | None = None) -> str:
     """A complete HTML document: the image, the coloured caption, its legend and the scores."""
     peak = score_peak([w.score for w in result.words])
     source = result.source or "image"
+    width, height = display_size(*image.size)
+    enlarged = width > image.width
+    picture = (
+        f'<img src="{image_data_url(image, lossless=enlarged)}" width="{width}" height="{height}" '
+        f'alt="{escape(source)}"' + (' class="ca-enlarged">' if enlarged else ">")
+    )
     meta = f"ε = {result.epsilon:g}, mode {result.mode}" + (f", model {model}" if model else "")
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>clipalign: {escape(result.caption)}</title><style>{CSS}{_PAGE_CSS}</style></head>\n"
         '<body><main class="ca-page">'
-        f'<figure><img src="{image_data_url(image)}" alt="{escape(source)}">'
+        f"<figure>{picture}"
         f"<figcaption>{escape(source)}</figcaption></figure>\n"
         f"{caption_html(result)}\n{legend_html(peak, 'word score; boxed = misaligned')}\n"
         f'{scores_html(result)}\n<p class="ca-meta">{escape(meta)}</p></main></body></html>\n'
