@@ -82,6 +82,9 @@ SKIPPED = {
     r"clipalign eval (foil|nocaps-foil|hat|seetrue-feedback|richhf|pointing-coco|pointing-flickr30k) .*": (
         "needs the benchmark's published files; tests/test_datasets.py reads real HAT and nocaps-FOIL files"
     ),
+    r"clipalign download (nocaps|richhf) .*": (
+        "fetches images over the network; tests/test_download.py runs it against a local server"
+    ),
     r"clipalign scan .* --engine ray .*": (
         "needs a Ray cluster with those GPUs or CPUs; tests/test_scan_ray.py runs this engine on a local Ray"
     ),
