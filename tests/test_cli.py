@@ -201,13 +201,15 @@ def test_model_path_errors_name_the_path(photo, tmp_path, monkeypatch, capsys):
 
 
 def test_demo_without_its_extra_says_how_to_install_it(monkeypatch, capsys):
-    """The hint keeps its brackets: rich would read ``[demo]`` as markup and print ``clipalign``."""
+    """The hint keeps its brackets: rich would read ``[demo]`` as markup and print ``.``."""
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "starlette" else find_spec(name, *a)
     )
     assert main(["demo", "--model", "synthetic"]) == 1
-    assert "the demo needs starlette: pip install 'clipalign[demo]'" in one_error_line(capsys)
+    assert "the demo needs starlette: pip install -e '.[demo]' in the clipalign checkout" in one_error_line(
+        capsys
+    )
 
 
 def test_help_shows_defaults_and_ascii_numbers(monkeypatch, capsys):
@@ -312,6 +314,41 @@ def test_piped_words_and_score_print_signed_scores_and_mark_misaligned_words(
     assert scores.splitlines()[0] == marked and f"{result.f_clipscore:+.3e}" in scores
 
 
+def printed_grid(lines: list[str], rows: int) -> list[list[str]]:
+    """The patch grid as printed: column blocks (a header of column numbers, then one numbered line per
+    row) put side by side again; the column numbers must run 0, 1, ... across the blocks."""
+    grid: list[list[str]] = [[] for _ in range(rows)]
+    columns: list[int] = []
+    for i, line in enumerate(lines):
+        if "patch grid" in line:
+            columns += [int(c) for c in lines[i + 1].split()]
+            for r, row in enumerate(lines[i + 2 : i + 2 + rows]):
+                label, *values = row.split()
+                assert int(label) == r
+                grid[r] += values
+    assert columns == list(range(len(grid[0])))
+    return grid
+
+
+def test_piped_interactions_grid_wider_than_the_terminal_comes_in_whole_column_blocks(
+    tokenizer_dir, photo, tmp_path, monkeypatch, capsys
+):
+    """A 14×14 grid (ViT-B/16's) at 80 columns: every number whole, in blocks of columns."""
+    from clipalign.testing import save_random_clip, tiny_clip_config
+
+    model = save_random_clip(tmp_path / "grid14", tiny_clip_config(image_size=112), tokenizer_dir)
+    argv = ["interactions", photo, "a black dog", "--model", str(model), "--steps", "2", "--span", "dog"]
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["grid"] == [14, 14]
+    out = cli_text(monkeypatch, capsys, argv)
+    assert_uncut(out)
+    assert printed_grid(out.splitlines(), 14) == [
+        [f"{v:+.2e}" for v in row] for row in data["span"]["grid_values"]
+    ]
+
+
 def test_piped_interactions_print_every_grid_value_and_mark_the_span_at_80_columns(
     grid7_model_dir, photo, monkeypatch, capsys
 ):
@@ -324,9 +361,7 @@ def test_piped_interactions_print_every_grid_value_and_mark_the_span_at_80_colum
     out = cli_text(monkeypatch, capsys, [*argv, "--span", "black dog", "--box", "10,5,40,40"])
     assert_uncut(out)
     lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if "7×7 patch grid" in line) + 1
-    printed = [line.split() for line in lines[start : start + 7]]
-    assert printed == [[f"{v:+.2e}" for v in row] for row in data["span"]["grid_values"]]
+    assert printed_grid(lines, 7) == [[f"{v:+.2e}" for v in row] for row in data["span"]["grid_values"]]
     rows = [line.split("│") for line in lines if line.count("│") == 4]
     assert [r[1].strip() for r in rows] == [w["word"] for w in data["words"]]
     matrix = np.asarray(data["matrix"])

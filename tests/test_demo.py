@@ -26,8 +26,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("starlette", reason="the web demo tests need starlette: pip install 'clipalign[demo]'")
-pytest.importorskip("uvicorn", reason="the web demo tests need uvicorn: pip install 'clipalign[demo]'")
+pytest.importorskip(
+    "starlette",
+    reason="the web demo tests need starlette: pip install -e '.[demo]' in the clipalign checkout",
+)
+pytest.importorskip(
+    "uvicorn", reason="the web demo tests need uvicorn: pip install -e '.[demo]' in the clipalign checkout"
+)
 
 from clipalign import CLIP4DM
 from clipalign.cli.main import main

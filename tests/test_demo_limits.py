@@ -18,7 +18,10 @@ from importlib.resources import files
 import pytest
 from PIL import ExifTags, Image
 
-pytest.importorskip("starlette", reason="the web demo tests need starlette: pip install 'clipalign[demo]'")
+pytest.importorskip(
+    "starlette",
+    reason="the web demo tests need starlette: pip install -e '.[demo]' in the clipalign checkout",
+)
 pytest.importorskip("httpx", reason="starlette's TestClient needs httpx: pip install 'clipalign[test]'")
 
 import httpx

@@ -11,8 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-pytest.importorskip("ray", reason="the Ray engine tests need Ray: pip install 'clipalign[ray]'")
-pytest.importorskip("ray.data", reason="the Ray engine tests need Ray Data: pip install 'clipalign[ray]'")
+pytest.importorskip(
+    "ray", reason="the Ray engine tests need Ray: pip install -e '.[ray]' in the clipalign checkout"
+)
+pytest.importorskip(
+    "ray.data", reason="the Ray engine tests need Ray Data: pip install -e '.[ray]' in the clipalign checkout"
+)
 
 import ray
 from conftest import assert_close

@@ -42,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
     if missing:
-        raise ValueError(f"the demo needs {' and '.join(missing)}: pip install 'clipalign[demo]'")
+        raise ValueError(
+            f"the demo needs {' and '.join(missing)}: pip install -e '.[demo]' in the clipalign checkout"
+        )
     from clipalign.demo import DemoEngine, create_app, listen, serve
     from clipalign.models.base import InteractionAdapter
 

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 def _print_summary(result: Interactions, report: dict) -> None:
     """The result in words: completeness, each word against the whole image (and the box), the span's
     patch grid; every number signed and in full, the span's words marked."""
-    from clipalign.viz.terminal import completeness_line, grid_table, interaction_table
+    from clipalign.viz.terminal import completeness_line, grid_tables, interaction_table
 
     console = Console()
     console.print(str(result), highlight=False)
@@ -141,6 +141,7 @@ def _print_summary(result: Interactions, report: dict) -> None:
     if "span" in report:
         rows, cols = result.grid
         title = f"span {report['span']['span']!r} on the {rows}×{cols} patch grid, top row first"
-        console.print(grid_table(report["span"]["grid_values"], title))
+        for table in grid_tables(report["span"]["grid_values"], title, console.width):
+            console.print(table)
     if "out" in report:
         console.print(f"wrote {printable(report['out'])}", highlight=False)

@@ -72,7 +72,7 @@ def _add_ray_options(parser: argparse.ArgumentParser) -> None:
     """--engine and what :func:`_ray_settings` reads."""
     default = RaySettings()
     group = parser.add_argument_group(
-        "engine", "--engine ray runs the scan on a Ray cluster (clipalign[ray])"
+        "engine", "--engine ray runs the scan on a Ray cluster (extra: pip install -e '.[ray]')"
     )
     group.add_argument(
         "--engine",
@@ -169,7 +169,7 @@ def run_scan(args: argparse.Namespace) -> int:
                 from clipalign.runners.ray_engine import scan_ray
             except ImportError as exc:
                 raise ValueError(
-                    f"--engine ray needs Ray Data: pip install 'clipalign[ray]' ({exc})"
+                    f"--engine ray needs Ray Data: pip install -e '.[ray]' in the clipalign checkout ({exc})"
                 ) from exc
             # the sample stream is rebuilt in a Ray task
             source = functools.partial(open_source, args.input, columns, args.captions, args.base_dir)

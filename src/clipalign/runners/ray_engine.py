@@ -1,6 +1,6 @@
 """The Ray Data scan engine: the local engine's per-batch function on a Ray cluster, same output.
 
-``pip install 'clipalign[ray]'``. The pipeline is three stages:
+``pip install -e '.[ray]'`` (from a checkout). The pipeline is three stages:
 
 1. **read** — one Ray task runs the very sample stream of the local engine (``open_source``), so
    indices, keys, duplicates and unreadable rows are exactly the same, and cuts it into batches of

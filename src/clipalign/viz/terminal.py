@@ -114,16 +114,27 @@ def interaction_table(
     return table
 
 
-def grid_table(values: Sequence[Sequence[float]], title: str) -> Table:
-    """A (rows, cols) patch grid, top row first, each value signed and in full; no borders, so that a
-    7×7 grid fits 80 columns (wider grids fold their cells)."""
+def grid_tables(values: Sequence[Sequence[float]], title: str, width: int) -> list[Table]:
+    """A (rows, cols) patch grid, top row first, each value signed and in full, as column blocks that
+    fit ``width`` characters (a 14×14 grid at 80 columns: columns 0–6, then 7–13), so that no number is
+    ever broken across lines; rows and columns are numbered."""
     scale = max((abs(v) for row in values for v in row), default=0.0)
-    table = Table(title=title, show_header=False, box=None, pad_edge=False, padding=(0, 1))
-    for _ in range(len(values[0]) if values else 0):
-        table.add_column(justify="right", overflow="fold")
-    for row in values:
-        table.add_row(*(Text(f"{v:+.2e}", _strength_style(float(v), scale)) for v in row))
-    return table
+    cols = len(values[0]) if values else 0
+    label = len(str(max(len(values) - 1, 0)))
+    per_block = max(1, (width - label - 1) // (len(f"{-1.0:+.2e}") + 1))
+    tables = []
+    for first in range(0, cols, per_block):
+        block = range(first, min(first + per_block, cols))
+        caption = f"{title} (columns {block[0]}–{block[-1]})" if len(block) < cols else title
+        table = Table(title=caption, box=None, pad_edge=False, padding=(0, 0, 0, 1))
+        table.add_column("", justify="right", no_wrap=True)
+        for c in block:
+            table.add_column(str(c), justify="right", no_wrap=True)
+        for r, row in enumerate(values):
+            cells = (Text(f"{row[c]:+.2e}", _strength_style(float(row[c]), scale)) for c in block)
+            table.add_row(str(r), *cells)
+        tables.append(table)
+    return tables
 
 
 def completeness_line(result: Interactions) -> str:
