@@ -22,6 +22,8 @@ from common import REPO, machine_info, write_results
 from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.cli.main import main as clipalign
 from clipalign.datasets import load_synthetic
+from clipalign.datasets.base import MisalignmentItem
+from clipalign.evaluation.authors import target_of
 from clipalign.evaluation.report import AUTHORS
 from clipalign.synthetic import write_dataset
 from clipalign.text import split_words
@@ -46,6 +48,17 @@ def evaluate(benchmark: str, common: list[str], extra: list[str], out: Path) -> 
     """One ``clipalign eval`` run; its report.json."""
     assert clipalign(["eval", benchmark, *common, *extra]) == 0
     return json.loads((out / benchmark / "report.json").read_text())
+
+
+def random_word_la(foils: list[MisalignmentItem]) -> dict[str, float]:
+    """Expected LA of a uniformly random word: ours (the foil word's position) and the authors' (any
+    word whose lower-cased text equals the foil string, so a repeated word counts each time)."""
+    ours, authors = [], []
+    for item in foils:
+        words = [w.text.lower() for w in split_words(item.caption)]
+        ours.append(1 / len(words))
+        authors.append(words.count(target_of(item)) / len(words))
+    return {"ours": float(np.mean(ours)), "authors": float(np.mean(authors))}
 
 
 def interaction_label(settings: dict[str, Any]) -> str:
@@ -84,9 +97,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"| CLIP4DM, layers={layers} | {m['LA']:.3f} | {m['authors']['LA']:.3f} | "
             f"{ap['F-CLIPScore']:.3f} | {ap['CLIPScore']:.3f} |"
         )
-    random = report["random"]
+    random, chance = report["random"], report["random"]["word_la"]
     lines += [
-        f"| random word / random score | {random['word_la']:.3f} | {random['word_la']:.3f} | "
+        f"| random word / random score | {chance['ours']:.3f} | {chance['authors']:.3f} | "
         f"{random['foil_share']:.3f} | {random['foil_share']:.3f} |",
         "",
         "| pointing game (object phrase → heatmap) | accuracy | energy |",
@@ -105,7 +118,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "LA, ours: the lowest non-punctuation word is the foil word. "
         f"LA, {AUTHORS}: their main.py — the lowest word below ε must equal the foil string (no word "
-        "below ε is a miss). AP: misaligned (foil) captions positive, ranked by −score; the foil share is "
+        "below ε is a miss; a random word hits wherever the foil string recurs). "
+        "AP: misaligned (foil) captions positive, ranked by −score; the foil share is "
         "the AP of random scores. Pointing: accuracy = the heatmap's maximum inside the object's box, "
         "energy = positive mass inside it.",
         "",
@@ -142,7 +156,7 @@ def main() -> None:
             "phrases": next(iter(pointing.values()))["metrics"]["items"],
         },
         "random": {
-            "word_la": float(np.mean([1 / len(split_words(it.caption)) for it in foils])),
+            "word_la": random_word_la(foils),
             "foil_share": len(foils) / len(items),
         },
         "word_level": {k: {f: r[f] for f in keep} for k, r in words.items()},
