@@ -29,6 +29,8 @@ from clipalign.synthetic import write_dataset
 from clipalign.text import split_words
 
 MODEL = SYNTHETIC_CLIP
+MODEL_NAME = str(MODEL.relative_to(REPO)) if MODEL.is_relative_to(REPO) else str(MODEL)
+"""The model as the results name it: relative to the repository, so no local path is committed."""
 SCENES, SEED = 200, 2
 LAYERS = (3, 4)
 POINTING = {"defaults": [], "--exclip": ["--exclip"]}
@@ -45,9 +47,11 @@ def code_version() -> dict[str, Any]:
 
 
 def evaluate(benchmark: str, common: list[str], extra: list[str], out: Path) -> dict[str, Any]:
-    """One ``clipalign eval`` run; its report.json."""
+    """One ``clipalign eval`` run; its report.json, the model named by :data:`MODEL_NAME`."""
     assert clipalign(["eval", benchmark, *common, *extra]) == 0
-    return json.loads((out / benchmark / "report.json").read_text())
+    report = json.loads((out / benchmark / "report.json").read_text())
+    report["settings"]["model"] = MODEL_NAME
+    return report
 
 
 def random_word_la(foils: list[MisalignmentItem]) -> dict[str, float]:
@@ -147,7 +151,7 @@ def main() -> None:
         "command": "python benchmarks/eval_synthetic_world.py",
         "code": code_version(),
         "machine": machine_info(),
-        "model": str(MODEL.relative_to(REPO)) if MODEL.is_relative_to(REPO) else str(MODEL),
+        "model": MODEL_NAME,
         "data": {
             "scenes": SCENES,
             "seed": SEED,
