@@ -1,28 +1,134 @@
 """The synthetic world end to end through `clipalign eval`, the same code path as the real benchmarks.
 
 Writes held-out scenes (seed 2, never seen in training), runs ``clipalign eval synthetic`` (word-level
-LA and AP) and ``clipalign eval pointing-synthetic`` (pointing game) with the committed
-``src/clipalign/checkpoints/synthetic-clip``, and tabulates them beside their baselines in
-``benchmarks/results/synthetic_world.md``. Usage: ``python benchmarks/eval_synthetic_world.py``.
+LA and AP, ours and under the CLIP4DM authors' protocol) with 3 and 4 text layers, and ``clipalign eval
+pointing-synthetic`` (pointing game) with the default interaction settings and with ``--exclip``, all
+with the committed ``src/clipalign/checkpoints/synthetic-clip``, and tabulates them beside their
+baselines in ``benchmarks/results/synthetic_world.{md,json}``, with the code version and every run's
+settings. Usage: ``python benchmarks/eval_synthetic_world.py``.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from common import REPO, machine_info, write_results
 
 from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.cli.main import main as clipalign
 from clipalign.datasets import load_synthetic
+from clipalign.datasets.base import MisalignmentItem
+from clipalign.evaluation.authors import target_of
+from clipalign.evaluation.report import AUTHORS
 from clipalign.synthetic import write_dataset
 from clipalign.text import split_words
 
 MODEL = SYNTHETIC_CLIP
-RESULTS = Path(__file__).resolve().parent / "results"
+MODEL_NAME = str(MODEL.relative_to(REPO)) if MODEL.is_relative_to(REPO) else str(MODEL)
+"""The model as the results name it: relative to the repository, so no local path is committed."""
 SCENES, SEED = 200, 2
+LAYERS = (3, 4)
+POINTING = {"defaults": [], "--exclip": ["--exclip"]}
+"""Pointing-game runs: label → extra ``clipalign eval`` options."""
+
+
+def code_version() -> dict[str, Any]:
+    """The git commit the run used, and whether the working tree had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+    return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(git("status", "--porcelain").strip())}
+
+
+def evaluate(benchmark: str, common: list[str], extra: list[str], out: Path) -> dict[str, Any]:
+    """One ``clipalign eval`` run; its report.json, the model named by :data:`MODEL_NAME`."""
+    assert clipalign(["eval", benchmark, *common, *extra]) == 0
+    report = json.loads((out / benchmark / "report.json").read_text())
+    report["settings"]["model"] = MODEL_NAME
+    return report
+
+
+def random_word_la(foils: list[MisalignmentItem]) -> dict[str, float]:
+    """Expected LA of a uniformly random word: ours (the foil word's position) and the authors' (any
+    word whose lower-cased text equals the foil string, so a repeated word counts each time)."""
+    ours, authors = [], []
+    for item in foils:
+        words = [w.text.lower() for w in split_words(item.caption)]
+        ours.append(1 / len(words))
+        authors.append(words.count(target_of(item)) / len(words))
+    return {"ours": float(np.mean(ours)), "authors": float(np.mean(authors))}
+
+
+def interaction_label(settings: dict[str, Any]) -> str:
+    """A pointing row's settings in words, from its report."""
+    rule = {"gauss": "Gauss–Legendre", "riemann": "right Riemann"}[settings["rule"]]
+    blocks = (settings["text_block"], settings["image_block"])
+    block = "last block" if blocks == (-1, -1) else f"blocks {blocks}"
+    return (
+        f"N={settings['steps']}, {rule}, {settings['normalize']} normalisation, "
+        f"{settings['text_reference']} text reference, {block}"
+    )
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The results tables, ready to quote."""
+    words, pointing, data = report["word_level"], report["pointing"], report["data"]
+    code, machine = report["code"], report["machine"]
+    first = next(iter(words.values()))
+    settings = first["settings"]
+    lines = [
+        f"`{report['command']}` · {machine['date'][:10]} · clipalign {machine['clipalign']} "
+        f"(commit {code['commit'][:10]}{', uncommitted changes' if code['dirty'] else ''}) · "
+        f"torch {machine['torch']}, transformers {machine['transformers']}",
+        "",
+        f"Model `{report['model']}` · {data['scenes']} held-out scenes (seed {data['seed']}): "
+        f"{data['pairs']} pairs, {data['foils']} one-word foils · {data['phrases']} object phrases · "
+        f"word unit `{settings['unit']}`, ε = {settings['epsilon']}, template {settings['template']!r}",
+        "",
+        f"| word level | LA, ours | LA, {AUTHORS} | AP F-CLIPScore, ours | AP CLIPScore |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for layers, run in words.items():
+        m = run["metrics"]
+        ap = m["AP"]["misaligned-positive"]
+        lines.append(
+            f"| CLIP4DM, layers={layers} | {m['LA']:.3f} | {m['authors']['LA']:.3f} | "
+            f"{ap['F-CLIPScore']:.3f} | {ap['CLIPScore']:.3f} |"
+        )
+    random, chance = report["random"], report["random"]["word_la"]
+    lines += [
+        f"| random word / random score | {chance['ours']:.3f} | {chance['authors']:.3f} | "
+        f"{random['foil_share']:.3f} | {random['foil_share']:.3f} |",
+        "",
+        "| pointing game (object phrase → heatmap) | accuracy | energy |",
+        "|---|--:|--:|",
+    ]
+    for label, run in pointing.items():
+        m = run["metrics"]
+        lines.append(
+            f"| interactions, {label} ({interaction_label(run['settings'])}) | {m['accuracy']:.3f} | "
+            f"{m['energy']:.3f} |"
+        )
+    base = next(iter(pointing.values()))["metrics"]
+    lines += [
+        f"| random point / uniform map | {base['random_accuracy']:.3f} | {base['uniform_energy']:.3f} |",
+        f"| centre point | {base['centre_accuracy']:.3f} | — |",
+        "",
+        "LA, ours: the lowest non-punctuation word is the foil word. "
+        f"LA, {AUTHORS}: their main.py — the lowest word below ε must equal the foil string (no word "
+        "below ε is a miss; a random word hits wherever the foil string recurs). "
+        "AP: misaligned (foil) captions positive, ranked by −score; the foil share is "
+        "the AP of random scores. Pointing: accuracy = the heatmap's maximum inside the object's box, "
+        "energy = positive mass inside it.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -32,49 +138,35 @@ def main() -> None:
         out = Path(tmp) / "out"
         common = ["--annotations", str(annotations), "--images", str(images), "--model", str(MODEL)]
         common += ["--out", str(out), "--no-progress"]
-        reports = {}
-        for layers in (3, 4):
-            assert clipalign(["eval", "synthetic", *common, "--layers", str(layers)]) == 0
-            reports[layers] = json.loads((out / "synthetic" / "report.json").read_text())["metrics"]
-        assert clipalign(["eval", "pointing-synthetic", *common]) == 0
-        pointing = json.loads((out / "pointing-synthetic" / "report.json").read_text())["metrics"]
-        foils = [it for it in load_synthetic(annotations, images) if not it.aligned]
-    random_la = float(np.mean([1 / len(split_words(it.caption)) for it in foils]))
-    command = "python benchmarks/eval_synthetic_world.py"
-    lines = [
-        f"`{command}` · model `src/clipalign/checkpoints/synthetic-clip` · "
-        f"{SCENES} held-out scenes (seed {SEED}): "
-        f"{reports[4]['items']} pairs, {len(foils)} one-word foils · {pointing['items']} object phrases",
-        "",
-        "| word level | LA | AP F-CLIPScore | AP CLIPScore |",
-        "|---|--:|--:|--:|",
-    ]
-    for layers, m in reports.items():
-        ap = m["AP"]["misaligned-positive"]
-        lines.append(
-            f"| CLIP4DM, layers={layers} | {m['LA']:.3f} | {ap['F-CLIPScore']:.3f} | {ap['CLIPScore']:.3f} |"
-        )
-    foil_share = len(foils) / reports[4]["items"]
-    lines += [
-        f"| random word / random score | {random_la:.3f} | {foil_share:.3f} | {foil_share:.3f} |",
-        "",
-        "| pointing game (object phrase → heatmap) | accuracy | energy |",
-        "|---|--:|--:|",
-        f"| interactions (N=10, Gauss–Legendre, last block) | {pointing['accuracy']:.3f} | "
-        f"{pointing['energy']:.3f} |",
-        f"| random point / uniform map | {pointing['random_accuracy']:.3f} | "
-        f"{pointing['uniform_energy']:.3f} |",
-        f"| centre point | {pointing['centre_accuracy']:.3f} | — |",
-        "",
-        "AP: misaligned (foil) captions positive, ranked by −score. "
-        "LA: the most negative word is the foil word.",
-    ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "synthetic_world.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "synthetic_world.json").write_text(
-        json.dumps({"word_level": reports, "pointing": pointing, "random_word_la": random_la}, indent=2)
-    )
-    print("\n".join(lines))
+        words = {
+            str(layers): evaluate("synthetic", common, ["--layers", str(layers)], out) for layers in LAYERS
+        }
+        pointing = {
+            label: evaluate("pointing-synthetic", common, extra, out) for label, extra in POINTING.items()
+        }
+        items = load_synthetic(annotations, images)
+    foils = [it for it in items if not it.aligned]
+    keep = ("settings", "headline", "metrics", "seconds")
+    report = {
+        "command": "python benchmarks/eval_synthetic_world.py",
+        "code": code_version(),
+        "machine": machine_info(),
+        "model": MODEL_NAME,
+        "data": {
+            "scenes": SCENES,
+            "seed": SEED,
+            "pairs": len(items),
+            "foils": len(foils),
+            "phrases": next(iter(pointing.values()))["metrics"]["items"],
+        },
+        "random": {
+            "word_la": random_word_la(foils),
+            "foil_share": len(foils) / len(items),
+        },
+        "word_level": {k: {f: r[f] for f in keep} for k, r in words.items()},
+        "pointing": {k: {f: r[f] for f in keep} for k, r in pointing.items()},
+    }
+    write_results("synthetic_world", report, markdown(report))
 
 
 if __name__ == "__main__":
