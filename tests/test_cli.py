@@ -53,7 +53,14 @@ def test_words_json_end_to_end(tiny_model_dir, photo, adapter):
     data = json.loads(proc.stdout)
     for key in ("caption", "cosine", "clipscore", "f_clipscore", "words", "spans", "truncated_words"):
         assert key in data
-    assert [w["word"] for w in data["words"]] == ["a", "cup", "of", "coke,", "snowboarder!"]
+    assert [w["word"] for w in data["words"]] == [
+        "a",
+        "cup",
+        "of",
+        "coke",
+        ",",
+        "snowboarder!",
+    ]  # authors' unit
     [expected] = CLIP4DM(adapter).attribute([photo], [caption])
     assert data["cosine"] == pytest.approx(expected.cosine, abs=1e-6)
     assert [w["misaligned"] for w in data["words"]] == [w.misaligned for w in expected.words]

@@ -152,7 +152,7 @@ def test_cli_interactions_json_png_and_grid(tiny_model_dir, tmp_path, capsys):
     total = np.sum(data["matrix"]) + np.sum(data["cls"])
     assert total == pytest.approx(data["completeness"]["sum"], rel=1e-9)
     assert abs(data["completeness"]["residual"]) < 1e-4 * abs(data["completeness"]["target"])
-    assert [w["word"] for w in data["box"]["words"]] == caption.split()
+    assert [w["word"] for w in data["box"]["words"]] == [*caption[:-1].split(), "."]  # "." a word of its own
     assert Image.open(out).format == "PNG"
     grid = tmp_path / "grid.png"
     assert (

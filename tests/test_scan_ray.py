@@ -96,8 +96,11 @@ def test_cli_ray_engine_matches_local_engine(local_ray, tiny_model_dir, pairs, c
     assert report["items"] == 40 and report["failed"] == 4
     assert report["failures"] == {"missing file": 1, "corrupt image": 1, "missing caption": 1, "duplicate": 1}
     assert report["settings"]["model"] == str(tiny_model_dir)
-    assert main([*argv, "--out", str(ray_out), *ray_flags]) == 1  # complete: needs --overwrite
-    assert "already exists" in capsys.readouterr().err
+    # complete with the same settings: nothing to score, the summary again, exit 0
+    assert main([*argv, "--out", str(ray_out), *ray_flags]) == 0
+    captured = capsys.readouterr()
+    assert "already complete with these settings" in captured.out + captured.err
+    assert pq.read_table(ray_out).to_pylist() == ray_rows
 
 
 def test_ray_engine_resumes_after_written_parts(local_ray, tiny_model_dir, pairs):
