@@ -22,7 +22,10 @@ IMAGES_DIR = SHARED / "images"
 def require(path: Path) -> Path:
     """Skip the calling test, saying which shared file is missing, when ``path`` is absent."""
     if not path.exists():
-        pytest.skip(f"shared data not found: {path} (see ../shared/README.md)")
+        pytest.skip(
+            f"benchmark annotation file not found: {path}; put hat-trainval.json and nocaps-val-foil.json "
+            "from the data/ folder of the ALOHa authors' repository (arXiv 2404.02904) there"
+        )
     return path
 
 

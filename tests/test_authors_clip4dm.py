@@ -152,7 +152,7 @@ def real_annotations() -> tuple[list[dict], list[dict]]:
     if not all(f.exists() for f in files):
         pytest.skip(
             f"HAT / nocaps-FOIL annotations not found in {ANNOTATIONS}: get hat-trainval.json and "
-            "nocaps-val-foil.json from the data/ folder of the ALOHa repository (see ../shared/README.md)"
+            "nocaps-val-foil.json from the data/ folder of the ALOHa authors' repository (arXiv 2404.02904)"
         )
     hat, nocaps = (json.loads(f.read_text()) for f in files)
     return hat, nocaps
