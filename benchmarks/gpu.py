@@ -84,7 +84,7 @@ def plan(quick: bool, cuda: bool) -> dict[str, Any]:
         "batch_sizes": [64, 128, 256, 512, 1024] if cuda else [8, 32],
         "repeats": 3,
         "batch1_calls": 10,
-        "e2e_pairs": 4096 if cuda else 128,
+        "e2e_pairs": 2048 if cuda else 128,
         "e2e_batch": 256 if cuda else 32,
         "e2e_dtypes": ["fp32", "bf16"],
         "interactions_model": INTERACTIONS_MODEL,
@@ -410,7 +410,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{report['command']}` · {m['date'][:10]} · {m['device_name']} · {m['cpu']}, "
         f"{m['cpu_count']} cores · torch {m['torch']}, transformers {m['transformers']} · "
         f"{report['wall_s']:.0f} s in all"
-        + (" · **tiny-model smoke run: sizes and speeds mean nothing**" if s["quick"] else ""),
+        + (" · **tiny-model smoke run: sizes and speeds mean nothing**" if s["quick"] else "")
+        + ("" if report["complete"] else " · **incomplete: stopped before every model was measured**"),
         "",
         "Model only (pixel tensors and encoded captions in; medians of "
         f"{s['repeats']} calls after a warm-up). Peak = max allocated memory (CUDA), or on CPU the "
@@ -437,7 +438,7 @@ def markdown(report: dict[str, Any]) -> str:
             batch1.append(f"| {name} | {dtype} | {fmt(mo['largest_over_batch1'], '.1f')}× |")
     lines += [
         "",
-        f"| model | dtype | batch {max(s['batch_sizes'])} / batch 1 (throughput) |",
+        f"| model | dtype | attribution pairs/s, batch {max(s['batch_sizes'])} / batch 1 |",
         "|---|---|--:|",
     ]
     lines += batch1
@@ -509,6 +510,8 @@ def run(*, quick: bool, device: str | None, results_dir: Path | None) -> int:
     from clipalign.models.base import resolve_device
 
     start = time.perf_counter()
+    if results_dir is not None:
+        common.RESULTS_DIR = results_dir  # write_results reads it at call time
     torch_device = resolve_device(device)
     if torch_device.type == "cuda" and torch_device.index is None:
         torch_device = torch.device("cuda", torch.cuda.current_device())
@@ -528,10 +531,10 @@ def run(*, quick: bool, device: str | None, results_dir: Path | None) -> int:
         inputs = make_inputs(Path(tmp) / "inputs", settings["e2e_pairs"])
         for name in settings["models"]:
             report["models"][name] = bench_model(name, Path(tmp), meter, settings, inputs)
-    report["wall_s"] = time.perf_counter() - start
-    if results_dir is not None:
-        common.RESULTS_DIR = results_dir
-    common.write_results(f"gpu_{card}" + ("_smoke" if quick else ""), report, markdown(report))
+            # written after every model, so a run stopped by a time limit still leaves what it measured
+            report["wall_s"] = time.perf_counter() - start
+            report["complete"] = name == settings["models"][-1]
+            common.write_results(f"gpu_{card}" + ("_smoke" if quick else ""), report, markdown(report))
     return 0
 
 
