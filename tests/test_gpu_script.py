@@ -72,9 +72,8 @@ def test_quick_run_writes_complete_results(tmp_path: Path) -> None:
         assert model_only["largest_over_batch1"] > 0
         assert cell["interactions"]["ms_per_pair"] > 0
         assert cell["interactions"]["steps"] == 10
-        kinds = {"shards", "files"} if dtype == "bf16" else {"shards"}
-        assert set(cell["end_to_end"]) == kinds
-        for run in cell["end_to_end"].values():
+        assert set(cell.get("end_to_end", {})) == ({"shards", "files"} if dtype == "bf16" else set())
+        for run in cell.get("end_to_end", {}).values():
             assert "error" not in run, run
             assert run["pairs_per_s"] > 0 and run["over_model_only"] > 0
     agreement = tiny["bf16"]["agreement"]
