@@ -521,6 +521,12 @@ def run(*, quick: bool, device: str | None, results_dir: Path | None) -> int:
     meter = Meter(torch_device)
     settings = plan(quick, torch_device.type == "cuda")
     card = card_name(torch_device)
+    print(
+        f"gpu.py on {card}: {', '.join(settings['models'])} · {'/'.join(settings['dtypes'])} · "
+        f"batch {settings['batch_sizes']} · scan {settings['e2e_pairs']} pairs",
+        file=sys.stderr,
+        flush=True,
+    )
     report: dict[str, Any] = {
         "command": "python benchmarks/gpu.py" + (" --quick" if quick else ""),
         "machine": {**common.machine_info(), "device": str(torch_device), "device_name": card},
