@@ -42,7 +42,8 @@ class TextOutput:
     """(B, D) text embeddings, unnormalised, in fp32 or wider (half-precision models are upcast)."""
     attentions: tuple[torch.Tensor, ...] | None = None
     """When asked: one post-softmax (B, heads, T, T) map per text block, first to last, in the model's
-    dtype, part of the autograd graph of ``embeds``; None otherwise."""
+    dtype, part of the autograd graph of ``embeds`` (all of them, or the last n when n was asked for);
+    None otherwise."""
 
 
 @runtime_checkable
@@ -93,10 +94,12 @@ class ClipAdapter(Protocol):
         (SigLIP: the attention-pooling head's output, as it has no projection)."""
         ...
 
-    def text_embeddings(self, inputs: TextInputs, output_attentions: bool = False) -> TextOutput:
+    def text_embeddings(self, inputs: TextInputs, output_attentions: bool | int = False) -> TextOutput:
         """Embeddings pooled at ``inputs.pool_index``; with ``output_attentions`` (and grad enabled) each text
         block's attention, differentiable although the parameters are frozen: CLIP4DM takes ∂cos/∂A and
-        reads row ``pool_index``, so that row must be the one the embedding is computed from."""
+        reads row ``pool_index``, so that row must be the one the embedding is computed from. A number n
+        in 1..``num_text_layers`` makes only the last n maps differentiable (the blocks below need build no
+        autograd graph); a larger one is a ValueError."""
         ...
 
 
