@@ -202,11 +202,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """Accept ``fp32``/``fp16``/``bf16`` or a torch dtype."""
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None = None) -> torch.dtype:
+    """Accept ``fp32``/``fp16``/``bf16``, ``auto`` or a torch dtype. ``auto`` is bf16 on a CUDA device that
+    supports it (``device`` as :func:`resolve_device` reads it), else fp32."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        where = resolve_device(device)
+        if where.type != "cuda":
+            return torch.float32
+        with torch.cuda.device(where):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float32
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}") from None
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or 'auto', got {dtype!r}") from None

@@ -217,7 +217,8 @@ class HFCLIPAdapter:
         is put in eval mode with gradients off for its parameters (attribution differentiates activations).
         """
         name = str(name_or_path)
-        torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
         check_local_files(name, allow_pickle)
         model = load_checkpoint(CLIPModel, name, torch_dtype, local_files_only, allow_pickle)
         try:
