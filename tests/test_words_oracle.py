@@ -141,3 +141,71 @@ def test_token_score_is_finite_difference_of_scaled_attention(parts, monkeypatch
         j = first + k
         derivative = (cosine(h, j) - cosine(-h, j)) / (2 * h)
         assert derivative == pytest.approx(heads * token.score, rel=1e-5, abs=1e-12)
+
+
+def full_graph_token_scores(model, tokenizer, processor, images, captions, layers, image=None):
+    """The EOT rows as clipalign 0.2 computed them, restated: one batched HF forward with every activation
+    differentiable from the first block up, the full (B, heads, T, T) product ∂s/∂A ⊙ A for each
+    attributed layer, averaged over heads then layers, and only then the EOT row read."""
+    texts = [TEMPLATE + c for c in captions]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    eot = batch.attention_mask.sum(dim=1) - 1
+    pixels = processor(images=images, return_tensors="pt").pixel_values
+    if image is None:
+        with torch.no_grad():
+            image = model.get_image_features(pixel_values=pixels).pooler_output
+    assert all(p.requires_grad for p in model.parameters())  # so every activation is in the graph
+    out = model.text_model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_attentions=True
+    )
+    pooled = out.last_hidden_state[torch.arange(len(texts)), eot]
+    cosine = torch.nn.functional.cosine_similarity(model.text_projection(pooled), image)
+    maps = out.attentions[-layers:]
+    grads = torch.autograd.grad(cosine.sum(), maps)
+    full = torch.stack([(g * a).mean(dim=1) for g, a in zip(grads, maps, strict=True)]).mean(dim=0)
+    return full[torch.arange(len(texts)), eot], eot
+
+
+@pytest.mark.parametrize("layers", [1, 2, 4])
+def test_only_the_attributed_layers_and_the_eot_row_give_the_same_numbers(parts, adapter, layers):
+    """Differentiating only the last ``layers`` blocks and forming only the EOT row changes no score beyond
+    fp32 rounding: 1e-6 of the largest against the full-graph computation on the same image embedding;
+    5e-6 against the loop oracle, whose pair-at-a-time forward and eager vision tower round differently
+    (the full-graph batched computation itself is 2.3e-6 from it on these pairs)."""
+    model, tokenizer, processor = parts
+    images = [scene(i) for i in range(len(CAPTIONS))]
+    attributor = CLIP4DM(adapter, layers=layers)
+    encoded = [e.with_unit("clip4dm") for e in adapter.encode_captions(CAPTIONS, TEMPLATE)]
+    pixels = adapter.preprocess(images)
+    raw = attributor.attribute_tokens(pixels, encoded)
+    with torch.no_grad():
+        image = adapter.image_embeddings(pixels)
+    full, eot = full_graph_token_scores(model, tokenizer, processor, images, CAPTIONS, layers, image)
+    for b, enc in enumerate(encoded):
+        assert enc.pool_index == eot[b]
+        want = full[b, : eot[b] + 1].detach().numpy()
+        got = raw.token_scores[b, : eot[b] + 1].numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+    results = attributor.attribute(images, CAPTIONS)
+    for image, caption, result in zip(images, CAPTIONS, results, strict=True):
+        expected, _ = oracle_word_scores(model, tokenizer, processor, image, caption, layers)
+        want = np.array([s for _, s in expected])
+        got = [w.score for w in result.words]
+        np.testing.assert_allclose(got, want, rtol=0, atol=5e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_blocks_below_the_attributed_ones_build_no_graph(adapter, layers):
+    inputs = adapter.collate(adapter.encode_captions(CAPTIONS, TEMPLATE))
+    with torch.enable_grad():
+        out = adapter.text_embeddings(inputs, output_attentions=layers)
+    assert out.attentions is not None
+    depth = adapter.num_text_layers
+    assert [a.requires_grad for a in out.attentions] == [False] * (depth - layers) + [True] * layers
+    with pytest.raises(ValueError, match="output_attentions"):
+        adapter.text_embeddings(inputs, output_attentions=depth + 1)
+
+
+def test_only_the_text_tower_runs_eager_attention(adapter):
+    assert adapter.model.config.text_config._attn_implementation == "eager"
+    assert adapter.model.config.vision_config._attn_implementation == "sdpa"

@@ -18,7 +18,8 @@ DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 """The checkpoint used when none is named (Hub name; a local directory works too)."""
 
 Mode = Literal["threshold", "most_negative"]
-DType = Literal["fp32", "fp16", "bf16"]
+DType = Literal["fp32", "fp16", "bf16", "auto"]
+"""Compute dtype; ``auto`` is bf16 on a CUDA device that supports it, else fp32."""
 Rule = Literal["gauss", "riemann"]
 Normalize = Literal["cosine", "exclip"]
 TextReference = Literal["exclip", "pad"]

@@ -79,7 +79,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         f"ships with clipalign and works offline (default: {default.name})",
     )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
-    group.add_argument("--dtype", default=default.dtype, choices=get_args(DType), help="compute dtype")
+    group.add_argument(
+        "--dtype",
+        default=default.dtype,
+        choices=get_args(DType),
+        help="compute dtype (auto: bf16 on a CUDA GPU that supports it, else fp32)",
+    )
     group.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -211,11 +216,13 @@ def open_model(spec: ModelSpec) -> ClipAdapter:
     from transformers.utils import logging as hf_logging
 
     from clipalign.models import load_model
+    from clipalign.models.base import resolve_dtype
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     hub_logging.set_verbosity_error()
-    return load_model(spec.name, device=spec.device, dtype=spec.dtype, allow_pickle=spec.allow_pickle)
+    dtype = resolve_dtype(spec.dtype, spec.device)  # "auto" depends on the device asked for
+    return load_model(spec.name, device=spec.device, dtype=dtype, allow_pickle=spec.allow_pickle)
 
 
 class PairError(ValueError):

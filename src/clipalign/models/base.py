@@ -42,7 +42,8 @@ class TextOutput:
     """(B, D) text embeddings, unnormalised, in fp32 or wider (half-precision models are upcast)."""
     attentions: tuple[torch.Tensor, ...] | None = None
     """When asked: one post-softmax (B, heads, T, T) map per text block, first to last, in the model's
-    dtype, part of the autograd graph of ``embeds``; None otherwise."""
+    dtype, part of the autograd graph of ``embeds`` (all of them, or the last n when n was asked for);
+    None otherwise."""
 
 
 @runtime_checkable
@@ -93,10 +94,12 @@ class ClipAdapter(Protocol):
         (SigLIP: the attention-pooling head's output, as it has no projection)."""
         ...
 
-    def text_embeddings(self, inputs: TextInputs, output_attentions: bool = False) -> TextOutput:
+    def text_embeddings(self, inputs: TextInputs, output_attentions: bool | int = False) -> TextOutput:
         """Embeddings pooled at ``inputs.pool_index``; with ``output_attentions`` (and grad enabled) each text
         block's attention, differentiable although the parameters are frozen: CLIP4DM takes ∂cos/∂A and
-        reads row ``pool_index``, so that row must be the one the embedding is computed from."""
+        reads row ``pool_index``, so that row must be the one the embedding is computed from. A number n
+        in 1..``num_text_layers`` makes only the last n maps differentiable (the blocks below need build no
+        autograd graph); a larger one is a ValueError."""
         ...
 
 
@@ -199,11 +202,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """Accept ``fp32``/``fp16``/``bf16`` or a torch dtype."""
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None = None) -> torch.dtype:
+    """Accept ``fp32``/``fp16``/``bf16``, ``auto`` or a torch dtype. ``auto`` is bf16 on a CUDA device that
+    supports it (``device`` as :func:`resolve_device` reads it), else fp32."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        where = resolve_device(device)
+        if where.type != "cuda":
+            return torch.float32
+        with torch.cuda.device(where):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float32
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}") from None
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or 'auto', got {dtype!r}") from None

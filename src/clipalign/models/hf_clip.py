@@ -217,7 +217,8 @@ class HFCLIPAdapter:
         is put in eval mode with gradients off for its parameters (attribution differentiates activations).
         """
         name = str(name_or_path)
-        torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
         check_local_files(name, allow_pickle)
         model = load_checkpoint(CLIPModel, name, torch_dtype, local_files_only, allow_pickle)
         try:
@@ -226,6 +227,8 @@ class HFCLIPAdapter:
         except (OSError, ValueError) as exc:
             raise model_load_error(name, exc, offline_hint=True) from exc
         check_tokenizer_size(name, len(tokenizer), model.text_model.embeddings.token_embedding.num_embeddings)
+        # only the text tower's attention maps are read: the vision tower runs the fused SDPA kernel
+        model.set_attn_implementation({"vision_config": "sdpa"})
         module: torch.nn.Module = model  # PreTrainedModel.to's @wraps hides its signature from mypy
         module.to(torch_device).eval().requires_grad_(False)
         return cls(model, tokenizer, processor, name=name)
@@ -277,13 +280,19 @@ class HFCLIPAdapter:
         out = self._vision_model(pixel_values=pixel_values)
         return _at_least_fp32(self.model.visual_projection(out.pooler_output))
 
-    def text_embeddings(self, inputs: TextInputs, output_attentions: bool = False) -> TextOutput:
-        """Embeddings pooled at ``pool_index``; with ``output_attentions``, differentiable attention maps."""
-        with self._activations_require_grad(output_attentions and torch.is_grad_enabled()):
+    def text_embeddings(self, inputs: TextInputs, output_attentions: bool | int = False) -> TextOutput:
+        """Embeddings pooled at ``pool_index``; with ``output_attentions``, differentiable attention maps
+        (a number n: only the last n, the blocks below running without autograd)."""
+        depth = self.num_text_layers
+        differentiable = depth if output_attentions is True else int(output_attentions)
+        if not 0 <= differentiable <= depth:
+            raise ValueError(f"output_attentions must be a bool or 1..{depth}, got {output_attentions!r}")
+        first = depth - differentiable if differentiable and torch.is_grad_enabled() else None
+        with self._activations_require_grad(first):
             out = self._text_model(
                 input_ids=inputs.input_ids,
                 attention_mask=inputs.attention_mask,
-                output_attentions=output_attentions,
+                output_attentions=bool(output_attentions),
             )
         hidden = out.last_hidden_state
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), inputs.pool_index]
@@ -396,17 +405,19 @@ class HFCLIPAdapter:
         return _last_block_jvps(last, 0, False, vision.post_layernorm, self.model.visual_projection, post)
 
     @contextmanager
-    def _activations_require_grad(self, enabled: bool) -> Iterator[None]:
-        """Make the token embeddings require grad for one call, so that activations are differentiable
-        even when the parameters are frozen; the hook is always removed."""
-        if not enabled:
+    def _activations_require_grad(self, block: int | None) -> Iterator[None]:
+        """Make the hidden states entering text block ``block`` require grad for one call (None: do
+        nothing), so that activations from there up are differentiable although the parameters are frozen,
+        and the blocks below build no autograd graph; the hook is always removed."""
+        if block is None:
             yield
             return
 
-        def hook(_module: torch.nn.Module, _args: object, output: torch.Tensor) -> torch.Tensor:
-            return output if output.requires_grad else output.detach().requires_grad_(True)
+        def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            hidden, *rest = args
+            return (hidden.detach().requires_grad_(True), *rest)
 
-        handle = self._text_model.embeddings.register_forward_hook(hook)
+        handle = _blocks(self._text_model.encoder)[block].register_forward_pre_hook(hook)
         try:
             yield
         finally:
