@@ -172,3 +172,13 @@ def test_cli_dtype_auto_loads_fp32_on_cpu(tiny_model_dir, tmp_path, monkeypatch,
     assert main(argv) == 0
     assert loaded == [torch.float32]
     capsys.readouterr()
+
+
+def test_load_model_resolves_auto_for_the_device_asked_for(tiny_model_dir, monkeypatch):
+    """A CPU run on a machine whose GPU has bf16 still loads fp32: ``auto`` follows ``device``."""
+    from clipalign import load_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    model = load_model(tiny_model_dir, device="cpu", dtype="auto")
+    assert next(model.model.parameters()).dtype == torch.float32

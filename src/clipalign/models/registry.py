@@ -56,7 +56,7 @@ def load_model(
             (:data:`clipalign.checkpoints.SYNTHETIC_CLIP`), which knows only the shapes world of
             :mod:`clipalign.synthetic` and needs no network.
         device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` picks CUDA when available.
-        dtype: ``fp32``, ``fp16`` or ``bf16``.
+        dtype: ``fp32``, ``fp16``, ``bf16``, or ``auto`` (bf16 on a CUDA device that supports it, else fp32).
         allow_pickle: also accept ``pytorch_model.bin`` weights (read weights-only) when there are no
             safetensors; off by default because a pickle from an untrusted source can run code.
 
@@ -66,7 +66,8 @@ def load_model(
     :class:`ModelLoadError` saying which; there is no fallback to another model.
     """
     name = str(name_or_path)
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     name = str(MODEL_ALIASES.get(name, name))
     if check_local_path(name) is not None:
         return _load(name, torch_device, torch_dtype, allow_pickle, local_files_only=True)
