@@ -216,19 +216,38 @@ class TokenPatchInteractions:
     ) -> tuple[tuple[Head, Head], tuple[Head, Head]]:
         """(f, its post-map) and (g, its post-map): f = post(raw), post the L2 normalisation, or (exCLIP)
         the division by the input's raw embedding norm, held constant."""
+        post_f: UnitPost | ScaledPost
+        post_g: UnitPost | ScaledPost
         if self.settings.normalize == "cosine":
-            post_f = post_g = _unit
+            post_f = post_g = UnitPost()
         else:
-            text_norm, image_norm = raw_text(x[None]).norm(), raw_image(y[None]).norm()
-
-            def post_f(e: torch.Tensor) -> torch.Tensor:
-                return e / text_norm
-
-            def post_g(e: torch.Tensor) -> torch.Tensor:
-                return e / image_norm
-
+            post_f, post_g = ScaledPost(raw_text(x[None]).norm()), ScaledPost(raw_image(y[None]).norm())
         return ((lambda h: post_f(raw_text(h))), post_f), ((lambda h: post_g(raw_image(h))), post_g)
 
 
-def _unit(e: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(e, dim=-1)
+class UnitPost:
+    """L2 normalisation of embeddings (last axis), with its JVP in closed form for the adapters' tails."""
+
+    def __call__(self, e: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(e, dim=-1)
+
+    def jvp(self, e: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
+        """(I − u uᵀ) de / |e| with u = e / |e|; ``e`` broadcasts against ``de``."""
+        norm = e.norm(dim=-1, keepdim=True)
+        unit = e / norm
+        return (de - unit * (unit * de).sum(-1, keepdim=True)) / norm
+
+
+class ScaledPost:
+    """Division by a fixed norm (exCLIP's normalisation held constant along the path); linear, so its JVP
+    is the same division."""
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        self.scale = scale
+
+    def __call__(self, e: torch.Tensor) -> torch.Tensor:
+        return e / self.scale
+
+    def jvp(self, e: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
+        """de / scale (e unused: the map is linear)."""
+        return de / self.scale

@@ -17,6 +17,7 @@ from transformers import (
     CLIPVisionModel,
     PreTrainedTokenizerBase,
 )
+from transformers.activations import QuickGELUActivation
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoder, CLIPEncoderLayer
 
 from clipalign.images.geometry import ImageGeometry
@@ -124,6 +125,14 @@ def _block_position_jvps(
     return hidden, dhidden
 
 
+def _activation_slope(activation: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The derivative of an elementwise activation at x: closed form for CLIP's quick GELU, else forward AD."""
+    if isinstance(activation, QuickGELUActivation):
+        s = torch.sigmoid(1.702 * x)
+        return s + 1.702 * x * s * (1 - s)
+    return torch.func.jvp(activation, (x,), (torch.ones_like(x),))[1]
+
+
 def _tail_jvps(
     block: CLIPEncoderLayer,
     final_norm: torch.nn.LayerNorm,
@@ -134,17 +143,21 @@ def _tail_jvps(
 ) -> torch.Tensor:
     """JVPs (M, S, D) of ``post(projection(final_norm(h + mlp(layer_norm2(h)))))`` at hidden (M, d) along
     dhidden (M, S, d): linear maps and layer norms in closed form on all tangents at once, the primal once
-    per point; the elementwise activation by its derivative and ``post`` by ``torch.func.jvp``."""
+    per point; the elementwise activation by its derivative; ``post`` by its own ``post.jvp(e, de)`` (e
+    broadcasting against de) when it has one, else by ``torch.func.jvp``."""
     mlp = block.mlp
     z, dz = _layer_norm_jvp(block.layer_norm2, hidden[:, None], dhidden)
     pre = mlp.fc1(z)
-    slope = torch.func.jvp(mlp.activation_fn, (pre,), (torch.ones_like(pre),))[1]
+    slope = _activation_slope(mlp.activation_fn, pre)
     dpre = torch.nn.functional.linear(dz, mlp.fc1.weight)
     pooled = hidden[:, None] + mlp.fc2(mlp.activation_fn(pre))
     dpooled = dhidden + torch.nn.functional.linear(slope * dpre, mlp.fc2.weight)
     normed, dnormed = _layer_norm_jvp(final_norm, pooled, dpooled)
     embed = _at_least_fp32(projection(normed))
     dembed = _at_least_fp32(torch.nn.functional.linear(dnormed, projection.weight))
+    post_jvp = getattr(post, "jvp", None)
+    if post_jvp is not None:
+        return post_jvp(embed, dembed)
     return torch.func.jvp(post, (embed.expand_as(dembed).contiguous(),), (dembed,))[1]
 
 
