@@ -126,7 +126,7 @@ def _block_position_jvps(
 
 
 def _activation_slope(activation: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The derivative of an elementwise activation at x: closed form for CLIP's quick GELU, else forward AD."""
+    """An elementwise activation's derivative at x: closed form for CLIP's quick GELU, else forward AD."""
     if isinstance(activation, QuickGELUActivation):
         s = torch.sigmoid(1.702 * x)
         return s + 1.702 * x * s * (1 - s)
