@@ -271,7 +271,8 @@ def test_library_posts_closed_form_jvps_equal_generic_jvps(adapter, monkeypatch,
             def raw_image(h):
                 return adapter.image_head(h, last)
 
-            (f, post_f), (g, post_g) = method._heads(raw_text, raw_image, text[0], image[0])
+            raw = raw_text(text[:1])[0], raw_image(image[:1])[0]
+            (f, post_f), (g, post_g) = method._heads(raw_text, raw_image, *raw)
             cases = [
                 (adapter.text_head_jvps(last, enc.pool_index, post_f), f, text),
                 (adapter.image_head_jvps(last, post_g), g, image),
@@ -296,6 +297,22 @@ def test_chunk_size_does_not_change_the_result(adapter, layer):
         photo(), CAPTION
     )[0]
     np.testing.assert_allclose(a.matrix, b.matrix, rtol=0, atol=1e-6 * np.abs(b.matrix).max())
+
+
+@pytest.mark.parametrize("normalize", ["cosine", "exclip"])
+def test_several_pairs_in_one_call_equal_one_by_one(adapter, normalize):
+    """Pairs after the first reuse the cached image reference: the same numbers as a fresh method per pair."""
+    images, captions = [photo(seed=1), photo(80, 40, 2), photo(seed=1)], ["a dog", CAPTION, CAPTION]
+
+    def method():
+        return TokenPatchInteractions(adapter, normalize=normalize)
+
+    together = method().attribute(images, captions, on_error="raise")
+    for image, caption, got in zip(images, captions, together, strict=True):
+        [alone] = method().attribute(image, caption, on_error="raise")
+        for ours, theirs in ((got.matrix, alone.matrix), (got.cls, alone.cls)):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6 * np.abs(theirs).max())
+        assert got.completeness == alone.completeness
 
 
 def test_several_pairs_and_no_hooks_left(adapter):

@@ -110,6 +110,7 @@ class TokenPatchInteractions:
         self.settings = (settings or InteractionSettings()).replace(**changes)
         self.nodes, self.weights = quadrature(self.settings.rule, self.settings.steps)
         self.model = model
+        self._image_references: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self.text_block = _resolve_block(self.settings.text_block, model.num_text_layers, "text")
         self.image_block = _resolve_block(self.settings.image_block, model.num_vision_layers, "image")
 
@@ -171,7 +172,8 @@ class TokenPatchInteractions:
         ref_ids = torch.tensor([reference], device=model.device)
         pixels = model.preprocess([pil])
         x, r_x = model.text_states(torch.cat([ids, ref_ids]), self.text_block)
-        y, r_y = model.image_states(torch.cat([pixels, torch.zeros_like(pixels)]), self.image_block)
+        [y] = model.image_states(pixels, self.image_block)
+        r_y, raw_gry = self._image_reference(pixels)
 
         def raw_text(h: torch.Tensor) -> torch.Tensor:
             return model.text_head(h, self.text_block, enc.pool_index)
@@ -179,14 +181,17 @@ class TokenPatchInteractions:
         def raw_image(h: torch.Tensor) -> torch.Tensor:
             return model.image_head(h, self.image_block)
 
-        (f, post_f), (g, post_g) = self._heads(raw_text, raw_image, x, y)
+        raw_fx, raw_frx = raw_text(torch.stack([x, r_x]))
+        [raw_gy] = raw_image(y[None])
+        (f, post_f), (g, post_g) = self._heads(raw_text, raw_image, raw_fx, raw_gy)
         text_jvps = model.text_head_jvps(self.text_block, enc.pool_index, post_f) or head_jvps(f)
         image_jvps = model.image_head_jvps(self.image_block, post_g) or head_jvps(g)
         text_cols = integrated_jacobian(text_jvps, x, r_x, self.nodes, self.weights, self.settings.chunk)
         image_cols = integrated_jacobian(image_jvps, y, r_y, self.nodes, self.weights, self.settings.chunk)
         matrix = (text_cols.T @ image_cols).cpu().numpy()
 
-        fx, frx, gy, gry = (e.double()[0] for e in (f(x[None]), f(r_x[None]), g(y[None]), g(r_y[None])))
+        fx, frx = post_f(raw_fx).double(), post_f(raw_frx).double()
+        gy, gry = post_g(raw_gy).double(), post_g(raw_gry).double()
         terms = [float(a @ b) for a, b in ((fx, gy), (fx, gry), (frx, gy), (frx, gry))]
         target = terms[0] - terms[1] - terms[2] + terms[3]
         total = float(matrix.sum())
@@ -211,17 +216,27 @@ class TokenPatchInteractions:
             source=describe_source(image),
         )
 
+    def _image_reference(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image reference's states r_y at the image block and its raw embedding: the same for every
+        pair (all-zero pixels), so computed once per input shape, dtype and device, then reused."""
+        key = (tuple(pixels.shape[1:]), pixels.dtype, pixels.device)
+        if key not in self._image_references:
+            states = self.model.image_states(torch.zeros_like(pixels[:1]), self.image_block)
+            self._image_references[key] = (states[0], self.model.image_head(states, self.image_block)[0])
+        return self._image_references[key]
+
     def _heads(
-        self, raw_text: Head, raw_image: Head, x: torch.Tensor, y: torch.Tensor
+        self, raw_text: Head, raw_image: Head, text_embedding: torch.Tensor, image_embedding: torch.Tensor
     ) -> tuple[tuple[Head, Head], tuple[Head, Head]]:
         """(f, its post-map) and (g, its post-map): f = post(raw), post the L2 normalisation, or (exCLIP)
-        the division by the input's raw embedding norm, held constant."""
+        the division by the input's raw embedding norm (``text_embedding``, ``image_embedding``: the raw
+        embeddings of the input), held constant."""
         post_f: UnitPost | ScaledPost
         post_g: UnitPost | ScaledPost
         if self.settings.normalize == "cosine":
             post_f = post_g = UnitPost()
         else:
-            post_f, post_g = ScaledPost(raw_text(x[None]).norm()), ScaledPost(raw_image(y[None]).norm())
+            post_f, post_g = ScaledPost(text_embedding.norm()), ScaledPost(image_embedding.norm())
         return ((lambda h: post_f(raw_text(h))), post_f), ((lambda h: post_g(raw_image(h))), post_g)
 
 
