@@ -31,22 +31,29 @@ Head = Callable[[torch.Tensor], torch.Tensor]
 
 
 def head_jvps(head: Head) -> PositionJVPs:
-    """Generic position JVPs of any ``head`` (M, S, d) → (M, D) with one ``torch.func.jvp`` per chunk.
+    """Generic position JVPs of any ``head`` (M, S, d) → (M, D) with ``torch.func.jvp`` under ``vmap``.
 
-    The (point, position) pairs are flattened into the head's batch dimension, ``chunk`` at a time, each
-    row its point with the change kept at its position as tangent. One batched JVP per chunk costs a
-    repeated primal but avoids ``vmap``'s per-operation dispatch, which dominates on small models.
+    The tangents (the change kept at one position each) are batched by an inner ``vmap`` around each
+    point, so a point's primal is computed once, not once per tangent; an outer ``vmap`` over the points
+    of a chunk makes one dispatch per ``chunk`` tangents instead of one per point.
     """
 
     def jvps(points: torch.Tensor, delta: torch.Tensor, chunk: int) -> torch.Tensor:
-        count, length = points.shape[:2]
-        pieces = []
-        for rows in torch.arange(count * length, device=points.device).split(chunk):
-            point, position = rows // length, rows % length
-            tangents = torch.zeros((len(rows), *points.shape[1:]), dtype=points.dtype, device=points.device)
-            tangents[torch.arange(len(rows), device=points.device), position] = delta[position]
-            pieces.append(torch.func.jvp(head, (points[point],), (tangents,))[1])
-        return torch.cat(pieces).view(count, length, -1)
+        length, device = points.shape[1], points.device
+        step = max(1, chunk // length)
+        columns = []
+        for positions in torch.arange(length, device=device).split(chunk):
+            tangents = torch.zeros((len(positions), *points.shape[1:]), dtype=points.dtype, device=device)
+            tangents[torch.arange(len(positions), device=device), positions] = delta[positions]
+
+            def at(point: torch.Tensor, tangents: torch.Tensor = tangents) -> torch.Tensor:
+                def along(tangent: torch.Tensor) -> torch.Tensor:
+                    return torch.func.jvp(head, (point[None],), (tangent[None],))[1][0]
+
+                return torch.func.vmap(along)(tangents)
+
+            columns.append(torch.cat([torch.func.vmap(at)(group) for group in points.split(step)]))
+        return torch.cat(columns, dim=1)
 
     return jvps
 
