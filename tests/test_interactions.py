@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers.activations import QuickGELUActivation
 from transformers.models.clip import modeling_clip
 
-from clipalign.attribution.interactions import TokenPatchInteractions, head_jvps, integrated_jacobian
+from clipalign.attribution.interactions import (
+    ScaledPost,
+    TokenPatchInteractions,
+    UnitPost,
+    head_jvps,
+    integrated_jacobian,
+)
 from clipalign.attribution.quadrature import quadrature
+from clipalign.models.hf_clip import _activation_slope, _layer_norm_jvp
 
 CAPTION = "A white husky and a black dog running."
 
@@ -209,6 +217,75 @@ def test_closed_form_last_block_jvps_equal_generic_jvps(adapter, monkeypatch, no
         adapter.model.float()
 
 
+@pytest.mark.parametrize("post", [UnitPost(), ScaledPost(torch.tensor(3.0, dtype=torch.float64))])
+def test_post_maps_closed_form_jvps_equal_forward_ad(post):
+    """fp64: the posts' own JVPs (what the last-block tail uses) equal torch.func JVPs, e broadcasting."""
+    gen = torch.Generator().manual_seed(0)
+    e = torch.randn(3, 1, 8, dtype=torch.float64, generator=gen)
+    de = torch.randn(3, 5, 8, dtype=torch.float64, generator=gen)
+    expected = torch.func.jvp(post, (e.expand_as(de).contiguous(),), (de,))[1]
+    torch.testing.assert_close(post.jvp(e, de), expected, rtol=1e-12, atol=1e-14)
+    plain = e / e.norm(dim=-1, keepdim=True) if isinstance(post, UnitPost) else e / 3
+    torch.testing.assert_close(post(e), plain)
+
+
+def test_layer_norm_and_activation_closed_forms_equal_forward_ad():
+    """fp64: the tail's closed-form layer-norm JVP and quick-GELU slope equal torch.func JVPs; any other
+    activation falls back to forward AD."""
+    gen = torch.Generator().manual_seed(1)
+    norm = torch.nn.LayerNorm(8, dtype=torch.float64)
+    with torch.no_grad():
+        norm.weight.normal_(generator=gen)
+        norm.bias.normal_(generator=gen)
+    x = torch.randn(3, 1, 8, dtype=torch.float64, generator=gen)
+    dx = torch.randn(3, 5, 8, dtype=torch.float64, generator=gen)
+    y, dy = _layer_norm_jvp(norm, x, dx)
+    expected = torch.func.jvp(norm, (x.expand_as(dx).contiguous(),), (dx,))[1]
+    torch.testing.assert_close(dy, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(y, norm(x), rtol=0, atol=0)
+    for activation in (QuickGELUActivation(), torch.nn.GELU()):
+        slope = _activation_slope(activation, x)
+        expected = torch.func.jvp(activation, (x,), (torch.ones_like(x),))[1]
+        torch.testing.assert_close(slope, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("normalize", ["cosine", "exclip"])
+def test_library_posts_closed_form_jvps_equal_generic_jvps(adapter, monkeypatch, normalize):
+    """fp64, with the posts TokenPatchInteractions passes (closed-form post JVPs): the adapter's last-block
+    JVPs equal torch.func JVPs of the plain heads."""
+    monkeypatch.setattr(modeling_clip, "eager_attention_forward", fp64_eager_attention)
+    last = adapter.num_text_layers - 1
+    [enc] = adapter.encode_captions([CAPTION], "")
+    ids = torch.tensor([enc.input_ids, adapter.text_reference_ids(len(enc.input_ids))])
+    pixels = adapter.preprocess([photo(), photo(seed=5)])
+    method = TokenPatchInteractions(adapter, text_block=last, image_block=last, normalize=normalize)
+    adapter.model.double()
+    try:
+        with torch.no_grad():
+            text = adapter.text_states(ids, last)
+            image = adapter.image_states(pixels.double(), last)
+
+            def raw_text(h):
+                return adapter.text_head(h, last, enc.pool_index)
+
+            def raw_image(h):
+                return adapter.image_head(h, last)
+
+            raw = raw_text(text[:1])[0], raw_image(image[:1])[0]
+            (f, post_f), (g, post_g) = method._heads(raw_text, raw_image, *raw)
+            cases = [
+                (adapter.text_head_jvps(last, enc.pool_index, post_f), f, text),
+                (adapter.image_head_jvps(last, post_g), g, image),
+            ]
+            for closed_form, head, states in cases:
+                delta = states[0] - states[1]
+                points = states[1] + torch.tensor([0.3, 0.8], dtype=torch.float64)[:, None, None] * delta
+                got = closed_form(points, delta, 5)
+                torch.testing.assert_close(got, head_jvps(head)(points, delta, 7), rtol=1e-9, atol=1e-12)
+    finally:
+        adapter.model.float()
+
+
 @pytest.mark.parametrize(
     "layer", [pytest.param(1, marks=pytest.mark.slow), -1], ids=["generic-jvp", "closed-form-last-block"]
 )
@@ -220,6 +297,22 @@ def test_chunk_size_does_not_change_the_result(adapter, layer):
         photo(), CAPTION
     )[0]
     np.testing.assert_allclose(a.matrix, b.matrix, rtol=0, atol=1e-6 * np.abs(b.matrix).max())
+
+
+@pytest.mark.parametrize("normalize", ["cosine", "exclip"])
+def test_several_pairs_in_one_call_equal_one_by_one(adapter, normalize):
+    """Pairs after the first reuse the cached image reference: the same numbers as a fresh method per pair."""
+    images, captions = [photo(seed=1), photo(80, 40, 2), photo(seed=1)], ["a dog", CAPTION, CAPTION]
+
+    def method():
+        return TokenPatchInteractions(adapter, normalize=normalize)
+
+    together = method().attribute(images, captions, on_error="raise")
+    for image, caption, got in zip(images, captions, together, strict=True):
+        [alone] = method().attribute(image, caption, on_error="raise")
+        for ours, theirs in ((got.matrix, alone.matrix), (got.cls, alone.cls)):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6 * np.abs(theirs).max())
+        assert got.completeness == alone.completeness
 
 
 def test_several_pairs_and_no_hooks_left(adapter):

@@ -33,27 +33,27 @@ Head = Callable[[torch.Tensor], torch.Tensor]
 def head_jvps(head: Head) -> PositionJVPs:
     """Generic position JVPs of any ``head`` (M, S, d) → (M, D) with ``torch.func.jvp`` under ``vmap``.
 
-    The tangents of one point (the change kept at one position each) are batched by ``vmap`` around a
-    single primal, so the primal is computed once per point and chunk instead of once per tangent.
+    The tangents (the change kept at one position each) are batched by an inner ``vmap`` around each
+    point, so a point's primal is computed once, not once per tangent; an outer ``vmap`` over the points
+    of a chunk makes one dispatch per ``chunk`` tangents instead of one per point.
     """
 
     def jvps(points: torch.Tensor, delta: torch.Tensor, chunk: int) -> torch.Tensor:
-        position_chunks = torch.arange(points.shape[1], device=points.device).split(chunk)
-        out = []
-        for point in points.split(1):
+        length, device = points.shape[1], points.device
+        step = max(1, chunk // length)
+        columns = []
+        for positions in torch.arange(length, device=device).split(chunk):
+            tangents = torch.zeros((len(positions), *points.shape[1:]), dtype=points.dtype, device=device)
+            tangents[torch.arange(len(positions), device=device), positions] = delta[positions]
 
-            def along(tangent: torch.Tensor, point: torch.Tensor = point) -> torch.Tensor:
-                return torch.func.jvp(head, (point,), (tangent[None],))[1][0]
+            def at(point: torch.Tensor, tangents: torch.Tensor = tangents) -> torch.Tensor:
+                def along(tangent: torch.Tensor) -> torch.Tensor:
+                    return torch.func.jvp(head, (point[None],), (tangent[None],))[1][0]
 
-            pieces = []
-            for positions in position_chunks:
-                tangents = torch.zeros(
-                    (len(positions), *point.shape[1:]), dtype=point.dtype, device=point.device
-                )
-                tangents[torch.arange(len(positions), device=point.device), positions] = delta[positions]
-                pieces.append(torch.func.vmap(along)(tangents))
-            out.append(torch.cat(pieces))
-        return torch.stack(out)
+                return torch.func.vmap(along)(tangents)
+
+            columns.append(torch.cat([torch.func.vmap(at)(group) for group in points.split(step)]))
+        return torch.cat(columns, dim=1)
 
     return jvps
 
@@ -117,6 +117,7 @@ class TokenPatchInteractions:
         self.settings = (settings or InteractionSettings()).replace(**changes)
         self.nodes, self.weights = quadrature(self.settings.rule, self.settings.steps)
         self.model = model
+        self._image_references: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self.text_block = _resolve_block(self.settings.text_block, model.num_text_layers, "text")
         self.image_block = _resolve_block(self.settings.image_block, model.num_vision_layers, "image")
 
@@ -178,7 +179,8 @@ class TokenPatchInteractions:
         ref_ids = torch.tensor([reference], device=model.device)
         pixels = model.preprocess([pil])
         x, r_x = model.text_states(torch.cat([ids, ref_ids]), self.text_block)
-        y, r_y = model.image_states(torch.cat([pixels, torch.zeros_like(pixels)]), self.image_block)
+        [y] = model.image_states(pixels, self.image_block)
+        r_y, raw_gry = self._image_reference(pixels)
 
         def raw_text(h: torch.Tensor) -> torch.Tensor:
             return model.text_head(h, self.text_block, enc.pool_index)
@@ -186,14 +188,17 @@ class TokenPatchInteractions:
         def raw_image(h: torch.Tensor) -> torch.Tensor:
             return model.image_head(h, self.image_block)
 
-        (f, post_f), (g, post_g) = self._heads(raw_text, raw_image, x, y)
+        raw_fx, raw_frx = raw_text(torch.stack([x, r_x]))
+        [raw_gy] = raw_image(y[None])
+        (f, post_f), (g, post_g) = self._heads(raw_text, raw_image, raw_fx, raw_gy)
         text_jvps = model.text_head_jvps(self.text_block, enc.pool_index, post_f) or head_jvps(f)
         image_jvps = model.image_head_jvps(self.image_block, post_g) or head_jvps(g)
         text_cols = integrated_jacobian(text_jvps, x, r_x, self.nodes, self.weights, self.settings.chunk)
         image_cols = integrated_jacobian(image_jvps, y, r_y, self.nodes, self.weights, self.settings.chunk)
         matrix = (text_cols.T @ image_cols).cpu().numpy()
 
-        fx, frx, gy, gry = (e.double()[0] for e in (f(x[None]), f(r_x[None]), g(y[None]), g(r_y[None])))
+        fx, frx = post_f(raw_fx).double(), post_f(raw_frx).double()
+        gy, gry = post_g(raw_gy).double(), post_g(raw_gry).double()
         terms = [float(a @ b) for a, b in ((fx, gy), (fx, gry), (frx, gy), (frx, gry))]
         target = terms[0] - terms[1] - terms[2] + terms[3]
         total = float(matrix.sum())
@@ -218,24 +223,53 @@ class TokenPatchInteractions:
             source=describe_source(image),
         )
 
+    def _image_reference(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image reference's states r_y at the image block and its raw embedding: the same for every
+        pair (all-zero pixels), so computed once per input shape, dtype and device, then reused."""
+        key = (tuple(pixels.shape[1:]), pixels.dtype, pixels.device)
+        if key not in self._image_references:
+            states = self.model.image_states(torch.zeros_like(pixels[:1]), self.image_block)
+            self._image_references[key] = (states[0], self.model.image_head(states, self.image_block)[0])
+        return self._image_references[key]
+
     def _heads(
-        self, raw_text: Head, raw_image: Head, x: torch.Tensor, y: torch.Tensor
+        self, raw_text: Head, raw_image: Head, text_embedding: torch.Tensor, image_embedding: torch.Tensor
     ) -> tuple[tuple[Head, Head], tuple[Head, Head]]:
         """(f, its post-map) and (g, its post-map): f = post(raw), post the L2 normalisation, or (exCLIP)
-        the division by the input's raw embedding norm, held constant."""
+        the division by the input's raw embedding norm (``text_embedding``, ``image_embedding``: the raw
+        embeddings of the input), held constant."""
+        post_f: UnitPost | ScaledPost
+        post_g: UnitPost | ScaledPost
         if self.settings.normalize == "cosine":
-            post_f = post_g = _unit
+            post_f = post_g = UnitPost()
         else:
-            text_norm, image_norm = raw_text(x[None]).norm(), raw_image(y[None]).norm()
-
-            def post_f(e: torch.Tensor) -> torch.Tensor:
-                return e / text_norm
-
-            def post_g(e: torch.Tensor) -> torch.Tensor:
-                return e / image_norm
-
+            post_f, post_g = ScaledPost(text_embedding.norm()), ScaledPost(image_embedding.norm())
         return ((lambda h: post_f(raw_text(h))), post_f), ((lambda h: post_g(raw_image(h))), post_g)
 
 
-def _unit(e: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(e, dim=-1)
+class UnitPost:
+    """L2 normalisation of embeddings (last axis), with its JVP in closed form for the adapters' tails."""
+
+    def __call__(self, e: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(e, dim=-1)
+
+    def jvp(self, e: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
+        """(I − u uᵀ) de / |e| with u = e / |e|; ``e`` broadcasts against ``de``."""
+        norm = e.norm(dim=-1, keepdim=True)
+        unit = e / norm
+        return (de - unit * (unit * de).sum(-1, keepdim=True)) / norm
+
+
+class ScaledPost:
+    """Division by a fixed norm (exCLIP's normalisation held constant along the path); linear, so its JVP
+    is the same division."""
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        self.scale = scale
+
+    def __call__(self, e: torch.Tensor) -> torch.Tensor:
+        return e / self.scale
+
+    def jvp(self, e: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
+        """de / scale (e unused: the map is linear)."""
+        return de / self.scale

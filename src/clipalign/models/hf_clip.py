@@ -17,6 +17,7 @@ from transformers import (
     CLIPVisionModel,
     PreTrainedTokenizerBase,
 )
+from transformers.activations import QuickGELUActivation
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoder, CLIPEncoderLayer
 
 from clipalign.images.geometry import ImageGeometry
@@ -75,6 +76,18 @@ def _block_output_at(
     return hidden + block.mlp(block.layer_norm2(hidden))
 
 
+def _layer_norm_jvp(
+    norm: torch.nn.LayerNorm, x: torch.Tensor, dx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm(x)`` and its JVP along ``dx`` (x broadcasts against dx), in closed form: forward-mode autograd
+    of a layer norm runs a Python decomposition, about ten times the cost of the forward."""
+    centred = x - x.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + norm.eps)
+    unit = centred * rstd
+    dunit = rstd * (dx - dx.mean(-1, keepdim=True) - unit * (dx * unit).mean(-1, keepdim=True))
+    return norm(x), dunit if norm.weight is None else dunit * norm.weight
+
+
 def _block_position_jvps(
     block: CLIPEncoderLayer,
     states: torch.Tensor,
@@ -91,8 +104,7 @@ def _block_position_jvps(
     """
     attn = block.self_attn
     batch, length, width = states.shape
-    # (output, JVP) — no aux; row-wise: row i ↔ δ_i
-    z, dz = torch.func.jvp(block.layer_norm1, (states,), (delta.expand_as(states),))[:2]
+    z, dz = _layer_norm_jvp(block.layer_norm1, states, delta)  # dz row i ↔ δ_i
     q, k, v, a, out = _attention_at(attn, z, index, mask_row)  # out (M, H, 1, hd)
     dk = _split_heads(attn, torch.nn.functional.linear(dz, attn.k_proj.weight))
     dv = _split_heads(attn, torch.nn.functional.linear(dz, attn.v_proj.weight))
@@ -113,15 +125,40 @@ def _block_position_jvps(
     return hidden, dhidden
 
 
+def _activation_slope(activation: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An elementwise activation's derivative at x: closed form for CLIP's quick GELU, else forward AD."""
+    if isinstance(activation, QuickGELUActivation):
+        s = torch.sigmoid(1.702 * x)
+        return s + 1.702 * x * s * (1 - s)
+    return torch.func.jvp(activation, (x,), (torch.ones_like(x),))[1]
+
+
 def _tail_jvps(
-    tail: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, dhidden: torch.Tensor
+    block: CLIPEncoderLayer,
+    final_norm: torch.nn.LayerNorm,
+    projection: torch.nn.Linear,
+    post: Callable[[torch.Tensor], torch.Tensor],
+    hidden: torch.Tensor,
+    dhidden: torch.Tensor,
 ) -> torch.Tensor:
-    """JVPs (M, S, D) of a per-vector function at hidden (M, d) along dhidden (M, S, d) (primal shared)."""
-
-    def along(point: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
-        return torch.func.vmap(lambda t: torch.func.jvp(tail, (point,), (t,))[1])(tangents)
-
-    return torch.func.vmap(along)(hidden, dhidden)
+    """JVPs (M, S, D) of ``post(projection(final_norm(h + mlp(layer_norm2(h)))))`` at hidden (M, d) along
+    dhidden (M, S, d): linear maps and layer norms in closed form on all tangents at once, the primal once
+    per point; the elementwise activation by its derivative; ``post`` by its own ``post.jvp(e, de)`` (e
+    broadcasting against de) when it has one, else by ``torch.func.jvp``."""
+    mlp = block.mlp
+    z, dz = _layer_norm_jvp(block.layer_norm2, hidden[:, None], dhidden)
+    pre = mlp.fc1(z)
+    slope = _activation_slope(mlp.activation_fn, pre)
+    dpre = torch.nn.functional.linear(dz, mlp.fc1.weight)
+    pooled = hidden[:, None] + mlp.fc2(mlp.activation_fn(pre))
+    dpooled = dhidden + torch.nn.functional.linear(slope * dpre, mlp.fc2.weight)
+    normed, dnormed = _layer_norm_jvp(final_norm, pooled, dpooled)
+    embed = _at_least_fp32(projection(normed))
+    dembed = _at_least_fp32(torch.nn.functional.linear(dnormed, projection.weight))
+    post_jvp = getattr(post, "jvp", None)
+    if post_jvp is not None:
+        return post_jvp(embed, dembed)
+    return torch.func.jvp(post, (embed.expand_as(dembed).contiguous(),), (dembed,))[1]
 
 
 def _last_block_jvps(
@@ -135,10 +172,6 @@ def _last_block_jvps(
     """Position JVPs of ``post(projection(final_norm(block output at index)))``, ``chunk`` tangents at a
     time; ``causal`` masks the positions after ``index`` out of its attention, as the text tower does."""
 
-    def tail(h: torch.Tensor) -> torch.Tensor:
-        pooled = h + block.mlp(block.layer_norm2(h))
-        return post(_at_least_fp32(projection(final_norm(pooled))))
-
     def jvps(states: torch.Tensor, delta: torch.Tensor, chunk: int) -> torch.Tensor:
         mask_row = None
         if causal:
@@ -147,7 +180,7 @@ def _last_block_jvps(
         pieces = []
         for lo in range(0, states.shape[0], step):
             hidden, dhidden = _block_position_jvps(block, states[lo : lo + step], delta, index, mask_row)
-            pieces.append(_tail_jvps(tail, hidden, dhidden))
+            pieces.append(_tail_jvps(block, final_norm, projection, post, hidden, dhidden))
         return torch.cat(pieces)
 
     return jvps
