@@ -260,8 +260,8 @@ class HFCLIPAdapter:
         except (OSError, ValueError) as exc:
             raise model_load_error(name, exc, offline_hint=True) from exc
         check_tokenizer_size(name, len(tokenizer), model.text_model.embeddings.token_embedding.num_embeddings)
-        # only the text tower's attention maps are read: the vision tower runs the fused SDPA kernel
-        model.set_attn_implementation({"vision_config": "sdpa"})
+        # both towers stay eager: CLIP4DM reads the text tower's maps, and interactions below the last
+        # block differentiate the vision blocks in forward mode, which PyTorch's SDPA kernels lack on CPU
         module: torch.nn.Module = model  # PreTrainedModel.to's @wraps hides its signature from mypy
         module.to(torch_device).eval().requires_grad_(False)
         return cls(model, tokenizer, processor, name=name)
