@@ -136,28 +136,61 @@ def add_word_options(
     )
 
 
-def add_interaction_options(parser: argparse.ArgumentParser) -> None:
-    """The steps, block, rule, normalize, text reference, template and chunk options.
+def add_quadrature_options(group: argparse._ArgumentGroup, *, given_only: bool = False) -> None:
+    """--steps, --block (and per tower), --rule and --normalize. With ``given_only`` they have no
+    default (None = not given), so that a preset (``eval --exclip``) fills what the user left out.
 
     ``--block``/``--text-block``/``--image-block`` also answer to their 0.1 names ``--layer``,
     ``--text-layer``, ``--image-layer``.
     """
     default = InteractionSettings()
-    group = parser.add_argument_group("interactions (second order)")
-    group.add_argument("--steps", type=int, default=default.steps, help="quadrature nodes N")
+
+    def unless_given_only(value: object) -> object:
+        return None if given_only else value
+
+    group.add_argument(
+        "--steps",
+        type=int,
+        default=unless_given_only(default.steps),
+        help=f"quadrature nodes N (default: {default.steps})",
+    )
     group.add_argument(
         "--block",
         "--layer",
         type=int,
-        default=default.text_block,
+        default=unless_given_only(default.text_block),
         help=f"block attributed in both encoders, 0-based (default: {default.text_block}, the last)",
     )
     group.add_argument("--text-block", "--text-layer", type=int, help="text block, overrides --block")
     group.add_argument("--image-block", "--image-layer", type=int, help="vision block, overrides --block")
-    group.add_argument("--rule", default=default.rule, choices=get_args(Rule), help="quadrature rule")
     group.add_argument(
-        "--normalize", default=default.normalize, choices=get_args(Normalize), help="quantity attributed"
+        "--rule",
+        default=unless_given_only(default.rule),
+        choices=get_args(Rule),
+        help=f"quadrature rule (default: {default.rule})",
     )
+    group.add_argument(
+        "--normalize",
+        default=unless_given_only(default.normalize),
+        choices=get_args(Normalize),
+        help=f"quantity attributed (default: {default.normalize})",
+    )
+
+
+def blocks(args: argparse.Namespace) -> dict[str, Any]:
+    """``text_block`` and ``image_block`` from --block and the per-tower options that override it (None
+    only where --block has no default: ``add_quadrature_options(given_only=True)``)."""
+    return {
+        "text_block": args.block if args.text_block is None else args.text_block,
+        "image_block": args.block if args.image_block is None else args.image_block,
+    }
+
+
+def add_interaction_options(parser: argparse.ArgumentParser) -> None:
+    """The quadrature options, the text reference, the template and the chunk size."""
+    default = InteractionSettings()
+    group = parser.add_argument_group("interactions (second order)")
+    add_quadrature_options(group)
     group.add_argument(
         "--text-reference",
         default=default.text_reference,
@@ -177,8 +210,7 @@ def add_interaction_options(parser: argparse.ArgumentParser) -> None:
 def interaction_settings(args: argparse.Namespace) -> InteractionSettings:
     """The interaction options as one :class:`InteractionSettings`."""
     return InteractionSettings(
-        text_block=args.block if args.text_block is None else args.text_block,
-        image_block=args.block if args.image_block is None else args.image_block,
+        **blocks(args),
         steps=args.steps,
         rule=args.rule,
         normalize=args.normalize,

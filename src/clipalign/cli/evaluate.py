@@ -5,21 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import get_args
 
 from rich.console import Console
 from rich.table import Table
 
 from clipalign.cli.common import (
     add_model_options,
+    add_quadrature_options,
     add_word_options,
+    blocks,
     model_spec,
     open_model,
     stderr,
     word_settings,
 )
 from clipalign.datasets import BENCHMARK_NAMES
-from clipalign.settings import InteractionSettings, Normalize, Rule, WordSettings
+from clipalign.settings import InteractionSettings, WordSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,7 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_pointing_options(parser: argparse.ArgumentParser) -> None:
     """The interaction settings of the pointing games; None = not given, so that --exclip can fill them."""
-    default = InteractionSettings()
     group = parser.add_argument_group("interactions (pointing-* benchmarks)")
     group.add_argument(
         "--exclip",
@@ -66,31 +66,13 @@ def _add_pointing_options(parser: argparse.ArgumentParser) -> None:
         help="exCLIP's settings: 10 right-Riemann steps, its normalisation, last block (the options below "
         "still override)",
     )
-    group.add_argument("--steps", type=int, help=f"quadrature nodes N (default: {default.steps})")
-    group.add_argument("--rule", choices=get_args(Rule), help=f"quadrature rule (default: {default.rule})")
-    group.add_argument(
-        "--normalize", choices=get_args(Normalize), help=f"quantity attributed (default: {default.normalize})"
-    )
-    group.add_argument(
-        "--block",
-        "--layer",
-        type=int,
-        help="block attributed in both encoders, 0-based (default: -1, the last)",
-    )
-    group.add_argument("--text-block", "--text-layer", type=int, help="text block, overrides --block")
-    group.add_argument("--image-block", "--image-layer", type=int, help="vision block, overrides --block")
+    add_quadrature_options(group, given_only=True)
 
 
 def pointing_settings(args: argparse.Namespace) -> InteractionSettings | None:
     """The pointing games' :class:`InteractionSettings` (None for the other benchmarks, which refuse
     the interaction options): the defaults, or exCLIP's with ``--exclip``, changed by the options given."""
-    given = {
-        "steps": args.steps,
-        "rule": args.rule,
-        "normalize": args.normalize,
-        "text_block": args.block if args.text_block is None else args.text_block,
-        "image_block": args.block if args.image_block is None else args.image_block,
-    }
+    given = {"steps": args.steps, "rule": args.rule, "normalize": args.normalize, **blocks(args)}
     changes = {name: value for name, value in given.items() if value is not None}
     from clipalign.evaluation.benchmark import is_pointing
 
