@@ -7,12 +7,16 @@ scores a 200-token caption whole, in words, interactions and scans, and cuts a 3
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 from test_words_oracle import oracle_word_scores
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
@@ -24,6 +28,7 @@ from clipalign.runners.sources import Columns, table_samples
 from clipalign.settings import ScanSettings
 from clipalign.testing import save_random_clip, tiny_clip_config
 
+ROOT = Path(__file__).resolve().parents[1]
 LONG = 248
 TEMPLATE = "A photo depicts "
 VOCABULARY = [
@@ -160,3 +165,126 @@ def test_cli_words_names_the_words_cut_at_the_model_limit(long_dir, tmp_path, ca
     out = json.loads(captured.out)
     assert out["truncated_words"] == caption.split()[LONG - 5 :]
     assert f"longer than {LONG} tokens" in captured.err
+
+
+# --- tools/convert_longclip.py: a LongCLIP release (OpenAI CLIP state-dict layout) to an HF folder ---
+
+
+def converter():
+    spec = importlib.util.spec_from_file_location("convert_longclip", ROOT / "tools" / "convert_longclip.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def openai_layout(model: CLIPModel, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The inverse of the conversion, written out name by name: HF ``CLIPModel`` weights in the layout of
+    a LongCLIP release, the text positions split over two tables as LongCLIP keeps them (the rows each
+    table does not use are filled with noise, which the conversion must ignore)."""
+    hf = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    noise = torch.Generator().manual_seed(seed)
+    positions = hf["text_model.embeddings.position_embedding.weight"]
+    first = torch.randn(positions.shape, generator=noise)
+    rest = torch.randn(positions.shape, generator=noise)
+    first[:20], rest[20:] = positions[:20], positions[20:]
+    state = {
+        "token_embedding.weight": hf["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": first,
+        "positional_embedding_res": rest,
+        "ln_final.weight": hf["text_model.final_layer_norm.weight"],
+        "ln_final.bias": hf["text_model.final_layer_norm.bias"],
+        "text_projection": hf["text_projection.weight"].T.contiguous(),
+        "logit_scale": hf["logit_scale"],
+        "visual.class_embedding": hf["vision_model.embeddings.class_embedding"],
+        "visual.conv1.weight": hf["vision_model.embeddings.patch_embedding.weight"],
+        "visual.positional_embedding": hf["vision_model.embeddings.position_embedding.weight"],
+        "visual.ln_pre.weight": hf["vision_model.pre_layrnorm.weight"],
+        "visual.ln_pre.bias": hf["vision_model.pre_layrnorm.bias"],
+        "visual.ln_post.weight": hf["vision_model.post_layernorm.weight"],
+        "visual.ln_post.bias": hf["vision_model.post_layernorm.bias"],
+        "visual.proj": hf["visual_projection.weight"].T.contiguous(),
+    }
+    towers = (
+        ("transformer.", "text_model.", model.config.text_config),
+        ("visual.transformer.", "vision_model.", model.config.vision_config),
+    )
+    for ours, theirs, config in towers:
+        for i in range(config.num_hidden_layers):
+            a, b = f"{ours}resblocks.{i}.", f"{theirs}encoder.layers.{i}."
+            for kind in ("weight", "bias"):
+                q, k, v = (hf[f"{b}self_attn.{p}_proj.{kind}"] for p in "qkv")
+                state[f"{a}attn.in_proj_{kind}"] = torch.cat([q, k, v])
+                state[f"{a}attn.out_proj.{kind}"] = hf[f"{b}self_attn.out_proj.{kind}"]
+                state[f"{a}ln_1.{kind}"] = hf[f"{b}layer_norm1.{kind}"]
+                state[f"{a}ln_2.{kind}"] = hf[f"{b}layer_norm2.{kind}"]
+                state[f"{a}mlp.c_fc.{kind}"] = hf[f"{b}mlp.fc1.{kind}"]
+                state[f"{a}mlp.c_proj.{kind}"] = hf[f"{b}mlp.fc2.{kind}"]
+    return state
+
+
+@pytest.fixture(scope="module")
+def release(long_dir, tmp_path_factory):
+    """The tiny 248-position CLIP written as a LongCLIP ``.pt`` (a plain state dict)."""
+    path = tmp_path_factory.mktemp("release") / "longclip-tiny.pt"
+    model = CLIPModel.from_pretrained(long_dir)
+    torch.save({**openai_layout(model), "context_length": 248}, path)
+    return path
+
+
+def convert(release, tokenizer_dir, out, *extra):
+    """Run the conversion tool's command line on the tiny release (4 heads of 8, not OpenAI's 64)."""
+    argv = [str(release), "--tokenizer", str(tokenizer_dir), "--out", str(out), "--text-heads", "4"]
+    return converter().main([*argv, "--vision-heads", "4", *extra])
+
+
+def test_a_converted_release_gives_the_original_embeddings(
+    long_dir, release, tokenizer_dir, tmp_path, capsys
+):
+    out = tmp_path / "hf"
+    assert convert(release, tokenizer_dir, out) == 0
+    assert f"--model {out}" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_config"]["max_position_embeddings"] == LONG
+    assert config["text_config"]["hidden_act"] == config["vision_config"]["hidden_act"] == "quick_gelu"
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == LONG
+    assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
+    converted = load_model(out, device="cpu")
+    original = CLIPModel.from_pretrained(long_dir, attn_implementation="eager").eval()
+    pixels = converted.preprocess([photo()])
+    with torch.no_grad():
+        image = original.get_image_features(pixel_values=pixels).pooler_output
+        assert torch.allclose(converted.image_embeddings(pixels), image, rtol=0, atol=1e-6)
+        for caption in ("a red ball", caption_of(200)):
+            [encoded] = converted.encode_captions([caption], TEMPLATE)
+            ours = converted.text_embeddings(converted.collate([encoded])).embeds
+            text = original.get_text_features(input_ids=torch.tensor([encoded.input_ids])).pooler_output
+            assert torch.allclose(ours, text, rtol=0, atol=1e-6)
+
+
+def test_a_release_with_more_than_tensors_needs_the_unsafe_flag(long_dir, tokenizer_dir, tmp_path, capsys):
+    release = tmp_path / "training-checkpoint.pt"
+    model = CLIPModel.from_pretrained(long_dir)
+    torch.save({"state_dict": openai_layout(model), "args": argparse.Namespace(lr=1e-5)}, release)
+    capsys.readouterr()  # the loading progress bar
+    assert convert(release, tokenizer_dir, tmp_path / "refused") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--allow-unsafe-pickle" in err
+    assert not (tmp_path / "refused").exists()
+    with pytest.warns(UserWarning, match="full pickle"):
+        assert convert(release, tokenizer_dir, tmp_path / "hf", "--allow-unsafe-pickle") == 0
+    assert load_model(tmp_path / "hf", device="cpu").max_text_tokens == LONG
+
+
+def test_tensors_that_map_to_nothing_are_an_error(long_dir, tokenizer_dir, tmp_path, capsys):
+    state = openai_layout(CLIPModel.from_pretrained(long_dir))
+    torch.save({**state, "visual.extra_head.weight": torch.zeros(2)}, tmp_path / "extra.pt")
+    capsys.readouterr()  # the loading progress bar
+    assert convert(tmp_path / "extra.pt", tokenizer_dir, tmp_path / "a") == 1
+    assert "map to nothing in CLIPModel: ['visual.extra_head.weight']" in capsys.readouterr().err
+    del state["visual.ln_post.bias"]
+    torch.save(state, tmp_path / "missing.pt")
+    assert convert(tmp_path / "missing.pt", tokenizer_dir, tmp_path / "b") == 1
+    assert "lacks the tensor 'visual.ln_post.bias'" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert convert(tmp_path / "junk.pt", tokenizer_dir, tmp_path / "c") == 1
+    assert capsys.readouterr().err.startswith("error: cannot read")
