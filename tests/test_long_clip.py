@@ -288,3 +288,43 @@ def test_tensors_that_map_to_nothing_are_an_error(long_dir, tokenizer_dir, tmp_p
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert convert(tmp_path / "junk.pt", tokenizer_dir, tmp_path / "c") == 1
     assert capsys.readouterr().err.startswith("error: cannot read")
+
+
+def longclip_encode_text(state: dict[str, torch.Tensor], ids: list[int], heads: int) -> torch.Tensor:
+    """LongCLIP's ``encode_text`` restated on its own state dict (the reference for the inverse mapping
+    above): the two position tables added under masks (first 20 rows, the rest), OpenAI CLIP's
+    pre-norm blocks with ``nn.MultiheadAttention`` and quick GELU, pooled at EOT, times text_projection."""
+    n = len(ids)
+    first = torch.zeros(LONG, 1)
+    first[:20] = 1
+    positions = state["positional_embedding"] * first + state["positional_embedding_res"] * (1 - first)
+    x = state["token_embedding.weight"][ids] + positions[:n]
+    width = x.shape[-1]
+    causal = torch.full((n, n), float("-inf")).triu(1)
+    blocks = len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")})
+    for i in range(blocks):
+        p = f"transformer.resblocks.{i}."
+        attention = torch.nn.MultiheadAttention(width, heads)
+        attention.load_state_dict(
+            {k[len(p) + 5 :]: v for k, v in state.items() if k.startswith(p + "attn.")}, strict=True
+        )
+        h = torch.nn.functional.layer_norm(x, (width,), state[p + "ln_1.weight"], state[p + "ln_1.bias"])
+        x = x + attention(h[:, None], h[:, None], h[:, None], attn_mask=causal, need_weights=False)[0][:, 0]
+        h = torch.nn.functional.layer_norm(x, (width,), state[p + "ln_2.weight"], state[p + "ln_2.bias"])
+        h = torch.nn.functional.linear(h, state[p + "mlp.c_fc.weight"], state[p + "mlp.c_fc.bias"])
+        h = h * torch.sigmoid(1.702 * h)
+        x = x + torch.nn.functional.linear(h, state[p + "mlp.c_proj.weight"], state[p + "mlp.c_proj.bias"])
+    x = torch.nn.functional.layer_norm(x, (width,), state["ln_final.weight"], state["ln_final.bias"])
+    return x[ids.index(max(ids))] @ state["text_projection"]
+
+
+def test_the_release_layout_is_longclips_own(long_dir, long_model):
+    """The test's release, run through LongCLIP's text forward, gives the HF model's text embeddings: the
+    inverse mapping the conversion is checked against is the layout LongCLIP reads."""
+    state = openai_layout(CLIPModel.from_pretrained(long_dir))
+    for caption in ("a red ball", caption_of(200)):
+        [encoded] = long_model.encode_captions([caption], TEMPLATE)
+        with torch.no_grad():
+            ours = long_model.text_embeddings(long_model.collate([encoded])).embeds[0]
+            reference = longclip_encode_text(state, encoded.input_ids, heads=4)
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
