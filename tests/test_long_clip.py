@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
 from clipalign import CLIP4DM, CaptionTruncatedWarning, TokenPatchInteractions, load_model
 from clipalign.cli.main import main
+from clipalign.models import CheckpointError
 from clipalign.runners.local import scan
 from clipalign.runners.sources import Columns, table_samples
 from clipalign.settings import ScanSettings
@@ -328,3 +330,16 @@ def test_the_release_layout_is_longclips_own(long_dir, long_model):
             ours = long_model.text_embeddings(long_model.collate([encoded])).embeds[0]
             reference = longclip_encode_text(state, encoded.input_ids, heads=4)
         torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+
+
+def test_a_conversion_whose_config_forgets_the_248_positions_is_refused(long_dir, tmp_path):
+    """A LongCLIP folder whose config.json does not name its positions reads as 77: the 248-row table
+    does not fit, and loading stops instead of cutting captions at 77 with half a position table."""
+    folder = shutil.copytree(long_dir, tmp_path / "forgot")
+    config = json.loads((folder / "config.json").read_text())
+    del config["text_config"]["max_position_embeddings"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        CheckpointError, match=r"wrong shape .*position_embedding.weight: \(248, 32\) vs \(77, 32\)"
+    ):
+        load_model(folder, device="cpu")
