@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     described = families()
     cache, cached = cached_models(args.cache_dir, [f.model_type for f in described])
     report: dict[str, Any] = {
-        "families": [f.to_dict() for f in described],
+        "families": [asdict(f) for f in described],
         "aliases": {name: str(path) for name, path in MODEL_ALIASES.items()},
         "cache_dir": cache,
         "cached": [asdict(m) for m in cached],

@@ -62,9 +62,6 @@ class Family:
     adapter: str
     needs: str
 
-    def to_dict(self) -> dict[str, str]:
-        return {"model_type": self.model_type, "adapter": self.adapter, "needs": self.needs}
-
 
 def families() -> list[Family]:
     """Every registered family: its ``model_type``, the adapter class, and what its checkpoints need (the
