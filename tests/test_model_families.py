@@ -95,7 +95,8 @@ def test_embeddings_pool_at_eot_as_hf_does(family):
             alone = original.get_text_features(input_ids=torch.tensor([enc.input_ids])).pooler_output
             torch.testing.assert_close(batch[i : i + 1], alone, rtol=0, atol=2e-5)
         image = original.get_image_features(pixel_values=pixels).pooler_output
-        torch.testing.assert_close(model.image_embeddings(pixels), image, rtol=0, atol=1e-6)
+        # our image tower runs fused attention, HF's eager: the same function, summed in another order
+        torch.testing.assert_close(model.image_embeddings(pixels), image, rtol=0, atol=5e-6)
 
 
 def test_word_scores_match_the_oracle(family):
