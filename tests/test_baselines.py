@@ -6,6 +6,8 @@ states (``output_hidden_states``), one patch or one head at a time, never throug
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import math
 
 import numpy as np
@@ -261,3 +263,11 @@ def test_registry_and_adapters_without_clip_internals(adapter):
     # the model-free maps need only the patch grid and geometry
     [centre] = get_baseline("centre", Foreign()).attribute(example_image(), CAPTION, on_error="raise")
     assert centre.grid == adapter.patch_grid
+
+
+@pytest.mark.parametrize("name", ["maskclip", "gradeclip", "ig", "clipsurgery", "reference"])
+def test_docstring_examples_run(name):
+    module = importlib.import_module(f"clipalign.attribution.baselines.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no >>> examples"
+    assert result.failed == 0
