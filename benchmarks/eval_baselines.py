@@ -35,7 +35,7 @@ from clipalign.synthetic import write_dataset
 IG_STEPS = 20
 LABELS = {
     "interactions": "interactions (ours, second order, defaults)",
-    "maskclip": "MaskCLIP (value path of the last block)",
+    "maskclip": "MaskCLIP (value path of the last block, with its residual and MLP)",
     "ig": f"Integrated Gradients (pixels, {IG_STEPS} Gauss–Legendre steps, mean-colour baseline)",
     "clipsurgery": "CLIP Surgery (v–v path, feature surgery against the empty text)",
     "gradeclip": "Grad-ECLIP (gradient-weighted values × loosened attention)",

@@ -58,17 +58,26 @@ def text_direction(adapter, text: str) -> torch.Tensor:
     return unit(adapter.text_embeddings(inputs).embeds[0])
 
 
-def test_maskclip_is_the_value_path_cosine_of_each_patch(adapter):
+@pytest.mark.parametrize("residual", [True, False])
+def test_maskclip_is_the_value_path_cosine_of_each_patch(adapter, residual):
     image = example_image()
-    [result] = MaskCLIP(adapter).attribute([image], [CAPTION], "red ball", on_error="raise")
+    method = MaskCLIP(adapter, residual=residual)
+    [result] = method.attribute([image], [CAPTION], "red ball", on_error="raise")
     clip = adapter.model
     block = clip.vision_model.encoder.layers[-1]
+    mlp = block.mlp
     states = last_block_input(adapter, image)
     direction = text_direction(adapter, "red ball")
     rows, cols = adapter.patch_grid
     for patch in (0, 5, rows * cols - 1):
-        value = linear(block.self_attn.v_proj, ln(block.layer_norm1, states[1 + patch]))
+        x = states[1 + patch]
+        value = linear(block.self_attn.v_proj, ln(block.layer_norm1, x))
         feature = linear(block.self_attn.out_proj, value)
+        if residual:
+            feature = x + feature
+            feature = feature + linear(
+                mlp.fc2, mlp.activation_fn(linear(mlp.fc1, ln(block.layer_norm2, feature)))
+            )
         embedded = ln(clip.vision_model.post_layernorm, feature) @ clip.visual_projection.weight.T
         expected = float(unit(embedded) @ direction)
         assert math.isclose(result.values.reshape(-1)[patch], expected, abs_tol=1e-5)

@@ -14,7 +14,7 @@ from clipalign.attribution.baselines.base import BaselineSettings, FirstOrderMet
 from clipalign.attribution.baselines.clipsurgery import CLIPSurgery, SurgerySettings
 from clipalign.attribution.baselines.gradeclip import GradECLIP
 from clipalign.attribution.baselines.ig import IGSettings, IntegratedGradients
-from clipalign.attribution.baselines.maskclip import MaskCLIP
+from clipalign.attribution.baselines.maskclip import MaskCLIP, MaskCLIPSettings
 from clipalign.attribution.baselines.reference import CentreMap, CentreSettings, RandomMap, RandomSettings
 from clipalign.models.base import ClipAdapter
 
@@ -44,6 +44,7 @@ __all__ = [
     "IGSettings",
     "IntegratedGradients",
     "MaskCLIP",
+    "MaskCLIPSettings",
     "PatchMap",
     "RandomMap",
     "RandomSettings",
