@@ -2,7 +2,8 @@
 
 Writes the held-out scenes of ``eval_synthetic_world.py`` (200 scenes, seed 2, never seen in training),
 and for every object phrase ("red star") with its exact box computes a patch map with each method of
-:data:`clipalign.attribution.baselines.BASELINES` (the phrase's own text embedded) and with our
+:data:`clipalign.attribution.baselines.BASELINES` with its defaults, and MaskCLIP's bare value path (the
+phrase's own text embedded) and with our
 interactions (default settings, the phrase's token rows summed, as ``clipalign eval pointing-synthetic``
 does), all with the committed ``src/clipalign/checkpoints/synthetic-clip``. Each map is spread over the
 image's pixels and scored with the same ``pointing_game`` (accuracy: the maximum inside the box;
@@ -24,7 +25,7 @@ from eval_synthetic_world import MODEL, MODEL_NAME, SCENES, SEED, code_version
 from PIL import Image
 
 from clipalign import TokenPatchInteractions, load_model
-from clipalign.attribution.baselines import BASELINES, PatchMap, get_baseline
+from clipalign.attribution.baselines import PatchMap, get_baseline
 from clipalign.datasets.base import PointingItem
 from clipalign.datasets.synthetic import load_synthetic_pointing
 from clipalign.evaluation.measures import pointing_game
@@ -36,6 +37,7 @@ IG_STEPS = 20
 LABELS = {
     "interactions": "interactions (ours, second order, defaults)",
     "maskclip": "MaskCLIP (value path of the last block, with its residual and MLP)",
+    "maskclip-bare": "MaskCLIP, `residual=False` (the bare value path)",
     "ig": f"Integrated Gradients (pixels, {IG_STEPS} Gauss–Legendre steps, mean-colour baseline)",
     "clipsurgery": "CLIP Surgery (v–v path, feature surgery against the empty text)",
     "gradeclip": "Grad-ECLIP (gradient-weighted values × loosened attention)",
@@ -62,11 +64,19 @@ def interaction_heatmaps(model: ClipAdapter, items: Sequence[PointingItem]) -> l
     return out
 
 
-def baseline_heatmaps(name: str) -> Heatmaps:
-    """Heatmaps of one registered baseline, every phrase a pair (image, caption, phrase characters)."""
+SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ig": ("ig", {"steps": IG_STEPS}),
+    "maskclip-bare": ("maskclip", {"residual": False}),
+}
+"""Rows that are not a registered baseline with its defaults: row → (baseline, settings)."""
+
+
+def baseline_heatmaps(row: str) -> Heatmaps:
+    """Heatmaps of one baseline row, every phrase a pair (image, caption, phrase characters)."""
+    name, settings = SETTINGS.get(row, (row, {}))
 
     def run(model: ClipAdapter, items: Sequence[PointingItem]) -> list[np.ndarray]:
-        method = get_baseline(name, model, **({"steps": IG_STEPS} if name == "ig" else {}))
+        method = get_baseline(name, model, **settings)
         results = method.attribute(
             [it.image for it in items],
             [it.caption for it in items],
@@ -135,9 +145,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         annotations = write_dataset(Path(tmp) / "data", n=SCENES, seed=SEED)
         items = load_synthetic_pointing(annotations, annotations.parent / "images")
-        methods = {"interactions": interaction_heatmaps} | {
-            name: baseline_heatmaps(name) for name in BASELINES
-        }
+        methods = {row: baseline_heatmaps(row) for row in LABELS if row != "interactions"}
+        methods = {"interactions": interaction_heatmaps, **methods}
         rows = {}
         for name, heatmaps in methods.items():
             rows[name] = evaluate(model, items, heatmaps)
@@ -152,7 +161,10 @@ def main() -> None:
         "seed": SEED,
         "phrases": len(items),
         "uniform_energy": float(np.mean(uniform)),
-        "settings": {"ig_steps": IG_STEPS, "interactions": TokenPatchInteractions(model).settings.to_dict()},
+        "settings": {
+            "rows": {row: {"method": m, **kw} for row, (m, kw) in SETTINGS.items()},
+            "interactions": TokenPatchInteractions(model).settings.to_dict(),
+        },
         "methods": rows,
     }
     write_results("baselines_synthetic", report, markdown(report))
