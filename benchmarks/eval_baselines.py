@@ -1,13 +1,13 @@
 """Pointing game of the first-order baselines beside our interactions, on the synthetic world.
 
 Writes the held-out scenes of ``eval_synthetic_world.py`` (200 scenes, seed 2, never seen in training),
-and for every object phrase ("red star") with its exact box computes a patch map with each method of
-:data:`clipalign.attribution.baselines.BASELINES` with its defaults, and MaskCLIP's bare value path (the
-phrase's own text embedded) and with our
-interactions (default settings, the phrase's token rows summed, as ``clipalign eval pointing-synthetic``
-does), all with the committed ``src/clipalign/checkpoints/synthetic-clip``. Each map is spread over the
-image's pixels and scored with the same ``pointing_game`` (accuracy: the maximum inside the box;
-energy: the share of positive mass inside it). Writes ``benchmarks/results/baselines_synthetic.{md,json}``
+and for every object phrase ("red star") with its exact box computes a patch map with our interactions
+(default settings, the phrase's token rows summed, as ``clipalign eval pointing-synthetic`` does) and
+with each baseline of :data:`clipalign.attribution.baselines.BASELINES` (its defaults, the phrase's own
+text embedded; MaskCLIP also without its residual), all with the committed
+``src/clipalign/checkpoints/synthetic-clip``. Each map is spread over the image's pixels and scored
+with the same ``pointing_game`` (accuracy: the maximum inside the box; energy: the share of positive
+mass inside it). Writes ``benchmarks/results/baselines_synthetic.{md,json}``
 with the seconds per phrase of each method. Usage: ``python benchmarks/eval_baselines.py``.
 """
 
