@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import json
 import math
 
 import numpy as np
@@ -280,3 +281,13 @@ def test_docstring_examples_run(name):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0, f"{name} has no >>> examples"
     assert result.failed == 0
+
+
+def test_patch_map_serialises_and_settings_key_only_what_changes_numbers(adapter):
+    [m] = GradECLIP(adapter).attribute(example_image(80, 40), CAPTION, (2, 10), on_error="raise")
+    row = json.loads(json.dumps(m.to_dict()))
+    assert row["method"] == "gradeclip" and row["span"] == [2, 10] and len(row["values"]) == m.grid[0]
+    heat = m.heatmap()
+    assert heat.shape == (40, 80) and np.isnan(heat[:, 0]).all() and not np.isnan(heat[:, 40]).any()
+    ig = IntegratedGradients(adapter, steps=5, batch_size=2, internal_batch_size=4)
+    assert ig.settings.to_dict() == {"text": "span", "template": "", "steps": 5, "method": "gausslegendre"}
