@@ -107,10 +107,12 @@ def speed(name: str, model: ClipAdapter, pairs: Sequence[tuple[Path, str]], budg
     return row
 
 
-def pointing(model: ClipAdapter, annotations: Path, budget: int, out: Path) -> dict[str, Any]:
-    """Pointing-game metrics and seconds of ours and of FIxLIP at ``budget`` on the scenes' objects."""
+def pointing(model: ClipAdapter, annotations: Path, budgets: Sequence[int], out: Path) -> dict[str, Any]:
+    """Pointing-game metrics and seconds of ours and of FIxLIP at each of ``budgets`` on the scenes'
+    objects, keyed ``interactions`` and ``fixlip-<budget>``."""
     items = load_synthetic_pointing(annotations, annotations.parent / "images")
-    methods = {"interactions": TokenPatchInteractions(model), "fixlip": FIxLIP(model, budget=budget)}
+    methods: dict[str, TokenPatchInteractions | FIxLIP] = {"interactions": TokenPatchInteractions(model)}
+    methods.update({f"fixlip-{b}": FIxLIP(model, budget=b) for b in budgets})
     report = {}
     for label, method in methods.items():
         settings = method.settings.to_dict()
@@ -172,7 +174,7 @@ def markdown(report: dict[str, Any]) -> str:
             "| method | accuracy | energy | seconds (all phrases) |",
             "|---|--:|--:|--:|",
         ]
-        for label in ("interactions", "fixlip"):
+        for label in [k for k in p if k == "interactions" or k.startswith("fixlip-")]:
             r = p[label]
             name = "ours" if label == "interactions" else f"FIxLIP, budget {r['settings']['budget']:,}"
             metrics = r["metrics"]
@@ -199,13 +201,19 @@ def main() -> None:
         "--b32-budget", type=int, default=2**14, help="FIxLIP budget for the B/32-sized model"
     )
     parser.add_argument("--scenes", type=int, default=20, help="pointing-game scenes (0: skip)")
-    parser.add_argument("--pointing-budget", type=int, default=2**16, help="FIxLIP budget for pointing")
+    parser.add_argument(
+        "--pointing-budgets",
+        type=int,
+        nargs="+",
+        default=[2**16, AUTHORS_BUDGET],
+        help="FIxLIP budgets, pointing",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        args.pairs, args.b32_budget, args.scenes, args.pointing_budget = 2, 2**10, 5, 2**12
+        args.pairs, args.b32_budget, args.scenes, args.pointing_budgets = 2, 2**10, 5, [2**12]
     require_shared_data()
     synthetic_budget = 2**12 if args.quick else AUTHORS_BUDGET
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,7 +229,7 @@ def main() -> None:
         point = None
         if args.scenes:
             few = write_dataset(work / "pointing", n=args.scenes, seed=SEED)
-            point = {"scenes": args.scenes, **pointing(synthetic, few, args.pointing_budget, work / "cache")}
+            point = {"scenes": args.scenes, **pointing(synthetic, few, args.pointing_budgets, work / "cache")}
     command = " ".join(["python benchmarks/bench_fixlip.py", *sys.argv[1:]])
     report = {
         "command": command,
