@@ -7,6 +7,8 @@ coalition can be enumerated and the exact interaction written as the plain sum o
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -194,3 +196,12 @@ def test_settings_are_checked():
         FIxLIPSettings(value="prob")  # type: ignore[arg-type]
     assert "batch_size" not in FIxLIPSettings().to_dict()
     assert FIxLIPSettings().to_dict()["budget"] == 2**20
+
+
+@pytest.mark.slow
+def test_shapiq_loads_only_when_coalitions_are_sampled():
+    code = (
+        "import sys, clipalign.attribution.fixlip as f; assert 'shapiq' not in sys.modules; "
+        "f.sample_coalitions(3, 8, 0.5, 0); assert 'shapiq' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
