@@ -1,0 +1,343 @@
+"""FIxLIP: token×patch weighted Banzhaf interactions from masked forwards (Baniecki et al., arXiv 2508.05430).
+
+The game, as the authors define it for CLIP: the players are the image patches (row-major) and the
+caption's tokens between SOT and EOT; a coalition keeps its players and masks the others — an absent
+token is hidden from every other position by the attention mask, an absent patch's pixels are set to 0
+*after* normalisation (the processor's mean colour) — and its value is the logit
+``exp(logit_scale) · cos(image, text)`` of the masked pair. The weighted Banzhaf interaction of a patch
+i and a token j with weight p is
+
+    I_ij = Σ_{S ⊆ N∖{i,j}} p^|S| (1−p)^(n−2−|S|) [v(S∪{i,j}) − v(S∪{i}) − v(S∪{j}) + v(S)],
+
+the expected second difference when every other player is present with probability p. It is estimated,
+as the authors' cross-modal estimator does, by drawing image coalitions and text coalitions apart
+(shapiq's :class:`~shapiq.approximator.sampling.CoalitionSampler`, size distribution Binomial(n, p),
+exhaustive sizes first) and evaluating every pair of them: ``m_i`` image-tower and ``m_t`` text-tower
+forwards give ``m_i · m_t`` game values. A weighted least-squares fit of
+v ≈ β₀ + Σ βᵢ sᵢ + Σ βⱼ tⱼ + Σ βᵢⱼ sᵢ tⱼ (kernel p^|S|(1−p)^(n−|S|), importance-corrected for
+sampling) then gives I_ij = βᵢⱼ; at a budget that covers all coalitions it equals the sum above exactly.
+On this cross-modal basis the design matrix is the Kronecker product of the two modalities' designs,
+so the normal equations factor into one small solve per modality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, overload
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipalign.attribution.inputs import item_error, pair_up
+from clipalign.images import ImageInput, describe_source, load_image
+from clipalign.models.base import ClipAdapter, InteractionAdapter, TextInputs
+from clipalign.results import Completeness, Interactions, ItemError, TokenGroup
+from clipalign.settings import RUNTIME, _check_choice, _result_fields
+from clipalign.text.alignment import EncodedCaption
+
+GameValue = Literal["logit", "cosine"]
+TextMask = Literal["attention", "token"]
+
+
+@dataclass(frozen=True)
+class FIxLIPSettings:
+    """FIxLIP's settings (defaults: the authors' pointing-game protocol).
+
+    Attributes:
+        budget: game values per explanation, image coalitions × text coalitions (authors: 2**20).
+        text_budget: text coalitions (authors: 64, or all 2**n when fewer); the image tower gets
+            ``budget // text_budget`` coalitions, at most all 2**patches.
+        p: the Banzhaf weight, the probability that a player is present (0.5 = Banzhaf).
+        seed: random state of both coalition samplers.
+        value: ``logit`` (exp(logit_scale) · cosine, the authors') or ``cosine``.
+        text_mask: ``attention`` hides an absent token with the attention mask (the authors');
+            ``token`` replaces its id with the filler of exCLIP's reference (id 0, ``!``).
+        image_fill: the normalised pixel value of an absent patch (0 = the processor's mean colour).
+        template: prefix read before the caption; its tokens are players too (none by default).
+        batch_size: coalitions per forward of each tower.
+    """
+
+    budget: int = 2**20
+    text_budget: int = 64
+    p: float = 0.5
+    seed: int = 0
+    value: GameValue = "logit"
+    text_mask: TextMask = "attention"
+    image_fill: float = 0.0
+    template: str = ""
+    batch_size: int = field(default=64, metadata=RUNTIME)
+
+    def __post_init__(self) -> None:
+        _check_choice("value", self.value, GameValue)
+        _check_choice("text_mask", self.text_mask, TextMask)
+        if not 0 < self.p < 1:
+            raise ValueError(f"p must be in (0, 1), got {self.p}")
+        if self.text_budget < 2 or self.budget < 4:
+            raise ValueError(f"budget must be ≥ 4 and text_budget ≥ 2, got {self.budget}, {self.text_budget}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but ``batch_size``."""
+        return _result_fields(self)
+
+    def replace(self, **changes: Any) -> FIxLIPSettings:
+        """A copy with some settings changed (validated again)."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, eq=False)
+class FIxLIPInteractions(Interactions):
+    """FIxLIP's token×patch matrix in the shape of :class:`~clipalign.results.Interactions`, so that
+    spans, boxes, heatmaps and the pointing game work on it unchanged.
+
+    ``matrix`` rows are every text position SOT…EOT; the rows of SOT and EOT (never masked, so not
+    players) are 0, as is ``cls`` (the image CLS token is not a player). ``completeness`` holds the game
+    at the four corners — s_xy = v(all patches, all tokens), s_x_ry = v(no patch, all tokens),
+    s_rx_y = v(all patches, no token), s_rx_ry = v(none) — their double difference as ``target`` and
+    Σ matrix as ``sum``: Banzhaf values are not efficient, so ``residual`` is the part of the
+    modalities' joint effect that lies in higher-order interactions, not a quadrature error.
+    ``text_block`` = ``image_block`` = 0 (the inputs are masked), ``steps`` = game values evaluated,
+    ``rule`` = ``"banzhaf"``, ``normalize`` = the game value (``logit`` or ``cosine``).
+    ``token_values`` / ``patch_values`` are the first-order terms of the fit (per row / per patch),
+    ``baseline`` its intercept (≈ v(none)).
+    """
+
+    token_values: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    patch_values: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    baseline: float = 0.0
+    image_coalitions: int = 0
+    text_coalitions: int = 0
+    p: float = 0.5
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "method": "fixlip",
+            "token_values": self.token_values.tolist(),
+            "patch_values": self.patch_values.tolist(),
+            "baseline": self.baseline,
+            "image_coalitions": self.image_coalitions,
+            "text_coalitions": self.text_coalitions,
+            "p": self.p,
+            "seed": self.seed,
+        }
+
+
+def patch_pixel_mask(coalitions: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """(m, patches) bool, patches row-major over ``grid`` → (m, 1, H, W) float, 1 on present patches'
+    pixels; pixels past the last whole patch (which the patch embedding ignores) stay 1."""
+    rows, cols = grid
+    height, width = size
+    mask = coalitions.reshape(-1, 1, rows, cols).float()
+    mask = mask.repeat_interleave(height // rows, dim=2).repeat_interleave(width // cols, dim=3)
+    return torch.nn.functional.pad(mask, (0, width - mask.shape[3], 0, height - mask.shape[2]), value=1.0)
+
+
+def banzhaf_kernel(sizes: np.ndarray, n: int, p: float) -> np.ndarray:
+    """p^k (1−p)^(n−k) per coalition size k, scaled so that the largest is 1 (the fit is scale-free)."""
+    log = sizes * np.log(p) + (n - sizes) * np.log1p(-p)
+    return np.exp(log - log.max())
+
+
+def fit_projection(coalitions: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """P (1+n, m) with β = P y the weighted least-squares fit of y ≈ β₀ + Σ βᵢ sᵢ over the rows of
+    ``coalitions`` (m, n); minimum-norm when the coalitions do not determine every coefficient."""
+    design = np.hstack([np.ones((len(coalitions), 1)), coalitions.astype(np.float64)])
+    weighted = design.T * weights
+    return np.linalg.lstsq(weighted @ design, weighted, rcond=None)[0]
+
+
+def sample_coalitions(n: int, budget: int, p: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct coalitions of n players (m, n) bool and their regression weights (m,): shapiq's sampler
+    with sizes drawn from Binomial(n, p) (sizes it can afford are enumerated whole, the empty and full
+    coalitions always), weights the Banzhaf kernel times the sampler's importance correction."""
+    from scipy.special import binom
+    from shapiq.approximator.sampling import CoalitionSampler
+
+    sizes = np.arange(n + 1)
+    sampler = CoalitionSampler(n, binom(n, sizes) * banzhaf_kernel(sizes, n, p), random_state=seed)
+    sampler.sample(min(budget, 2**n))
+    coalitions = sampler.coalitions_matrix.astype(bool)
+    weights = banzhaf_kernel(coalitions.sum(axis=1), n, p) * sampler.sampling_adjustment_weights
+    return coalitions, weights
+
+
+class FIxLIP:
+    """Token×patch weighted Banzhaf interactions (FIxLIP) for image–caption pairs, from masked forwards.
+
+    Args:
+        model: an adapter from :func:`clipalign.load_model` with a patch grid (HF CLIP).
+        settings: :class:`FIxLIPSettings`; keyword arguments change single fields, e.g. ``budget=2**14``.
+
+    Example:
+        >>> from clipalign.testing import tiny_model, example_image
+        >>> method = FIxLIP(tiny_model(layers=2, image_size=16), budget=128, text_budget=8)
+        >>> [result] = method.attribute([example_image()], ["a red ball"])
+        >>> result.matrix.shape  # caption tokens with SOT and EOT × 2×2 patches
+        (5, 4)
+        >>> (result.image_coalitions, result.text_coalitions)  # all 2**4 and 2**3 coalitions
+        (16, 8)
+    """
+
+    def __init__(self, model: ClipAdapter, *, settings: FIxLIPSettings | None = None, **changes: Any) -> None:
+        if not isinstance(model, InteractionAdapter):
+            raise ValueError(f"{model.name}: its adapter has no patch grid (InteractionAdapter)")
+        self.settings = (settings or FIxLIPSettings()).replace(**changes)
+        self.model: InteractionAdapter = model
+        self.scale = 1.0
+        if self.settings.value == "logit":
+            logit_scale = getattr(getattr(model, "model", None), "logit_scale", None)
+            if not isinstance(logit_scale, torch.Tensor):
+                raise ValueError(f"{model.name}: no logit_scale to compute logits; use value='cosine'")
+            self.scale = float(logit_scale.exp())
+
+    @overload
+    def attribute(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        captions: str | Sequence[str],
+        *,
+        on_error: Literal["raise"],
+    ) -> list[FIxLIPInteractions]: ...
+
+    @overload
+    def attribute(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        captions: str | Sequence[str],
+        *,
+        on_error: Literal["record"] = ...,
+    ) -> list[FIxLIPInteractions | ItemError]: ...
+
+    @torch.no_grad()
+    def attribute(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        captions: str | Sequence[str],
+        *,
+        on_error: Literal["record", "raise"] = "record",
+    ) -> list[FIxLIPInteractions] | list[FIxLIPInteractions | ItemError]:
+        """One :class:`FIxLIPInteractions` per pair, in input order; a pair that fails becomes an
+        :class:`ItemError` (``on_error="record"``) or raises (``"raise"``), as in
+        :meth:`clipalign.TokenPatchInteractions.attribute`."""
+        image_list, caption_list = pair_up(images, captions)
+        results: list[FIxLIPInteractions | ItemError] = []
+        for index, (image, caption) in enumerate(zip(image_list, caption_list, strict=True)):
+            try:
+                results.append(self._pair(image, caption))
+            except Exception as exc:
+                if on_error == "raise":
+                    raise
+                results.append(item_error(index, image, caption, exc))
+        return results
+
+    def text_players(self, encoded: EncodedCaption) -> list[int]:
+        """Token positions that are players: all but the first (SOT) and the pooled one (EOT)."""
+        return [i for i in range(1, len(encoded.input_ids)) if i != encoded.pool_index]
+
+    @torch.no_grad()
+    def coalition_values(
+        self,
+        image: Image.Image,
+        encoded: EncodedCaption,
+        image_coalitions: np.ndarray,
+        text_coalitions: np.ndarray,
+    ) -> np.ndarray:
+        """The game on every pair of coalitions: (m_i, m_t) float64 values of the masked pairs, with
+        ``image_coalitions`` (m_i, patches) and ``text_coalitions`` (m_t, players) boolean."""
+        images = self._image_units(self.model.preprocess([image]), torch.as_tensor(image_coalitions))
+        texts = self._text_units(encoded, torch.as_tensor(text_coalitions))
+        return self.scale * (images @ texts.T).cpu().numpy()
+
+    def _image_units(self, pixels: torch.Tensor, coalitions: torch.Tensor) -> torch.Tensor:
+        """Unit image embeddings (m, D) float64 of ``pixels`` (1, 3, H, W) masked by each coalition."""
+        grid = self.model.patch_grid
+        out = []
+        for batch in coalitions.split(self.settings.batch_size):
+            mask = patch_pixel_mask(batch, grid, (pixels.shape[2], pixels.shape[3])).to(pixels)
+            masked = pixels * mask + self.settings.image_fill * (1 - mask)
+            out.append(torch.nn.functional.normalize(self.model.image_embeddings(masked).double(), dim=-1))
+        return torch.cat(out)
+
+    def _text_units(self, encoded: EncodedCaption, coalitions: torch.Tensor) -> torch.Tensor:
+        """Unit text embeddings (m, D) float64 of the caption masked by each coalition."""
+        model, device = self.model, self.model.device
+        players = torch.tensor(self.text_players(encoded), dtype=torch.long)
+        ids = torch.tensor(encoded.input_ids, dtype=torch.long)
+        filler, _ = model.text_reference_token("exclip")
+        attention = self.settings.text_mask == "attention"
+        out = []
+        for batch in coalitions.bool().split(self.settings.batch_size):
+            batch_ids = ids.repeat(len(batch), 1)
+            mask = torch.ones_like(batch_ids)
+            if attention:
+                mask[:, players] = batch.long()
+            else:
+                batch_ids[:, players] = torch.where(batch, batch_ids[:, players], filler)
+            pool = torch.full((len(batch),), encoded.pool_index, dtype=torch.long)
+            inputs = TextInputs(batch_ids.to(device), mask.to(device), pool.to(device))
+            # asking for every block's map makes every block apply the attention mask
+            embeds = model.text_embeddings(
+                inputs, output_attentions=model.num_text_layers if attention else False
+            )
+            out.append(torch.nn.functional.normalize(embeds.embeds.double(), dim=-1))
+        return torch.cat(out)
+
+    def _pair(self, image: ImageInput, caption: str) -> FIxLIPInteractions:
+        s, model = self.settings, self.model
+        pil = load_image(image)
+        [enc] = model.encode_captions([caption], s.template)
+        players = self.text_players(enc)
+        rows, cols = model.patch_grid
+        n_image, n_text = rows * cols, len(players)
+        text_coalitions, text_weights = sample_coalitions(n_text, min(s.text_budget, 2**n_text), s.p, s.seed)
+        image_budget = max(2, s.budget // len(text_coalitions))
+        image_coalitions, image_weights = sample_coalitions(n_image, image_budget, s.p, s.seed)
+        values = self.coalition_values(pil, enc, image_coalitions, text_coalitions)
+        beta = (
+            fit_projection(image_coalitions, image_weights)
+            @ values
+            @ fit_projection(text_coalitions, text_weights).T
+        )
+
+        matrix = np.zeros((len(enc.input_ids), n_image))
+        matrix[players] = beta[1:, 1:].T
+        token_values = np.zeros(len(enc.input_ids))
+        token_values[players] = beta[0, 1:]
+        image_full, text_full = (image_coalitions.sum(1) == n_image), (text_coalitions.sum(1) == n_text)
+        image_none, text_none = ~image_coalitions.any(1), ~text_coalitions.any(1)
+        terms = [float(values[a][:, b][0, 0]) for a, b in ((image_full, text_full), (image_none, text_full))]
+        terms += [float(values[a][:, b][0, 0]) for a, b in ((image_full, text_none), (image_none, text_none))]
+        target = terms[0] - terms[1] - terms[2] + terms[3]
+        total = float(matrix.sum())
+        words = [
+            TokenGroup(w.text, w.start, w.end, [int(t) for t in np.flatnonzero(enc.token_word == i)])
+            for i, w in enumerate(enc.words)
+        ]
+        return FIxLIPInteractions(
+            caption=caption,
+            tokens=list(enc.tokens),
+            words=words,
+            grid=(rows, cols),
+            matrix=matrix,
+            cls=np.zeros(len(enc.input_ids)),
+            completeness=Completeness(total, target, total - target, *terms),
+            geometry=model.image_geometry(*pil.size),
+            text_block=0,
+            image_block=0,
+            steps=values.size,
+            rule="banzhaf",
+            normalize=s.value,
+            source=describe_source(image),
+            token_values=token_values,
+            patch_values=beta[1:, 0],
+            baseline=float(beta[0, 0]),
+            image_coalitions=len(image_coalitions),
+            text_coalitions=len(text_coalitions),
+            p=s.p,
+            seed=s.seed,
+        )
