@@ -67,7 +67,7 @@ class IntegratedGradients(FirstOrderMethod):
     settings: IGSettings
 
     def _maps(self, group: Sequence[Prepared]) -> list[tuple[np.ndarray, dict[str, float]]]:
-        from captum.attr import IntegratedGradients as CaptumIG  # type: ignore[import-untyped]
+        from captum.attr import IntegratedGradients as CaptumIG
 
         model = self.model
         pixels = self._pixels(group).float()
