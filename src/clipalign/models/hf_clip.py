@@ -97,8 +97,9 @@ def _block_position_jvps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The attention half of one block at position ``index`` and its derivatives along one-position changes.
 
-    For states (M, S, d) and a change ``delta`` (S, d), returns h = states[:, index] + attention output at
-    ``index`` (M, d) and dh (M, S, d), row i the JVP of h along ``delta`` kept at position i only. Such a
+    For states (M, S, d) and their changes ``delta`` (M, S, d), returns h = states[:, index] + attention
+    output at ``index`` (M, d) and dh (M, S, d), row i of point m the JVP of h along ``delta[m]`` kept at
+    position i only. Such a
     change moves only key i and value i (and the query when i = index), so the JVP is closed-form and all
     S of them cost about one forward of the block: the same numbers as S generic JVPs, far cheaper.
     """
@@ -121,7 +122,7 @@ def _block_position_jvps(
     dhidden = torch.nn.functional.linear(
         dout.transpose(1, 2).reshape(batch, length, width), attn.out_proj.weight
     )
-    dhidden[:, index] += delta[index]
+    dhidden[:, index] += delta[:, index]
     return hidden, dhidden
 
 
@@ -179,7 +180,8 @@ def _last_block_jvps(
         step = max(1, chunk // states.shape[1])
         pieces = []
         for lo in range(0, states.shape[0], step):
-            hidden, dhidden = _block_position_jvps(block, states[lo : lo + step], delta, index, mask_row)
+            piece = slice(lo, lo + step)
+            hidden, dhidden = _block_position_jvps(block, states[piece], delta[piece], index, mask_row)
             pieces.append(_tail_jvps(block, final_norm, projection, post, hidden, dhidden))
         return torch.cat(pieces)
 
@@ -408,6 +410,11 @@ class HFCLIPAdapter:
         return _last_block_jvps(
             last, pool_index, True, text.final_layer_norm, self.model.text_projection, post
         )
+
+    @property
+    def image_prefix(self) -> int:
+        """One non-patch position leads ``image_states``: the class token."""
+        return 1
 
     def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states entering vision block ``layer`` (B, 1 + patches, d); position 0 is CLS."""
