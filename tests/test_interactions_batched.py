@@ -201,3 +201,13 @@ def test_image_prefix_columns_are_cls(adapter, monkeypatch):
     assert flat.cls.shape == (0,) and flat.matrix.shape == (len(flat.tokens), 1 + rows * cols)
     np.testing.assert_array_equal(flat.matrix, np.concatenate([clip.cls[:, None], clip.matrix], axis=1))
     assert flat.completeness == clip.completeness
+
+
+def test_eval_batch_size_reaches_the_pointing_games():
+    from clipalign.cli.evaluate import pointing_settings
+    from clipalign.cli.main import build_parser
+
+    base = ["eval", "pointing-flickr30k", "--annotations", "a", "--images", "i"]
+    assert pointing_settings(build_parser().parse_args([*base, "--batch-size", "3"])).batch_size == 3
+    exclip = pointing_settings(build_parser().parse_args([*base, "--exclip", "--batch-size", "5"]))
+    assert exclip.batch_size == 5 and exclip.rule == "riemann"
