@@ -175,21 +175,21 @@ def test_one_jvp_column_equals_finite_differences(adapter, monkeypatch):
 
 
 @pytest.mark.parametrize("normalize", ["cosine", "exclip"])
-def test_closed_form_last_block_jvps_equal_generic_jvps(adapter, monkeypatch, normalize):
-    """fp64: the adapter's closed-form JVPs (a change at one position moves one key and value) equal
-    torch.func JVPs of the plain head at every position, the pooled one (query moves too) included."""
+@pytest.mark.parametrize("from_last", [1, 2, 3, 4], ids=["last-block", "2-blocks", "3-blocks", "4-blocks"])
+def test_closed_form_jvps_equal_generic_jvps(adapter, monkeypatch, normalize, from_last):
+    """fp64: the adapter's closed-form JVPs equal torch.func JVPs of the plain head at every position, the
+    pooled one (query moves too) included. At the last block a change at one position moves one key and
+    value; from a block below, the first block sees one position, the blocks above whole sequences."""
     monkeypatch.setattr(modeling_clip, "eager_attention_forward", fp64_eager_attention)
-    last = adapter.num_text_layers - 1
-    assert adapter.text_head_jvps(last - 1, 0, lambda e: e) is None
-    assert adapter.image_head_jvps(adapter.num_vision_layers - 2, lambda e: e) is None
+    layer = adapter.num_text_layers - from_last
     [enc] = adapter.encode_captions([CAPTION], "")
     ids = torch.tensor([enc.input_ids, adapter.text_reference_ids(len(enc.input_ids))])
     pixels = adapter.preprocess([photo(), photo(seed=5)])
     adapter.model.double()
     try:
         with torch.no_grad():
-            text = adapter.text_states(ids, last).double()
-            image = adapter.image_states(pixels.double(), last)
+            text = adapter.text_states(ids, layer).double()
+            image = adapter.image_states(pixels.double(), layer)
             scale = torch.tensor(3.0, dtype=torch.float64)
 
             def post(e):
@@ -197,22 +197,23 @@ def test_closed_form_last_block_jvps_equal_generic_jvps(adapter, monkeypatch, no
 
             cases = [
                 (
-                    adapter.text_head_jvps(last, enc.pool_index, post),
-                    lambda h: post(adapter.text_head(h, last, enc.pool_index)),
+                    adapter.text_head_jvps(layer, enc.pool_index, post),
+                    lambda h: post(adapter.text_head(h, layer, enc.pool_index)),
                     text,
                 ),
-                (adapter.image_head_jvps(last, post), lambda h: post(adapter.image_head(h, last)), image),
+                (adapter.image_head_jvps(layer, post), lambda h: post(adapter.image_head(h, layer)), image),
             ]
             for closed_form, head, states in cases:
                 points = states[1] + torch.tensor([0.2, 0.9], dtype=torch.float64)[:, None, None] * (
                     states[0] - states[1]
                 )
                 delta = (states[0] - states[1]).expand_as(points)
-                got = closed_form(points, delta, 5)
                 expected = head_jvps(head)(points, delta, 1000)
                 dims = adapter.model.config.projection_dim
-                assert got.shape == expected.shape == (2, states.shape[1], dims)
-                torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+                assert expected.shape == (2, states.shape[1], dims)
+                for chunk in (5, 1000):  # positions in several chunks, or all at once
+                    got = closed_form(points, delta, chunk)
+                    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
     finally:
         adapter.model.float()
 

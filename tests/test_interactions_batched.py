@@ -91,8 +91,13 @@ def test_batched_equals_the_per_pair_path_at_the_last_block(adapter, normalize, 
 
 
 @pytest.mark.parametrize("normalize", ["cosine", "exclip"])
-def test_batched_equals_the_per_pair_path_below_the_last_block(adapter, normalize):
-    """Generic torch.func JVPs (blocks below the last), different blocks per tower, text template on."""
+@pytest.mark.parametrize("closed_form", [True, False], ids=["closed-form", "generic"])
+def test_batched_equals_the_per_pair_path_below_the_last_block(adapter, monkeypatch, normalize, closed_form):
+    """Blocks below the last, different per tower, text template on: the adapter's closed forms, and the
+    generic torch.func JVPs that an adapter without them gets."""
+    if not closed_form:
+        monkeypatch.setattr(adapter, "text_head_jvps", lambda *args: None)
+        monkeypatch.setattr(adapter, "image_head_jvps", lambda *args: None)
     settings = InteractionSettings(
         text_block=-2, image_block=1, steps=3, normalize=normalize, template="a photo of ", batch_size=8
     )
