@@ -5,9 +5,9 @@ tokenizer attribute one generated 640×480 image and one caption at the last blo
 
 1. accuracy: the relative completeness error |Σ A − target| / |target| of ``TokenPatchInteractions`` for
    Gauss–Legendre and right-Riemann quadrature and several numbers of nodes N;
-2. speed and memory: ours (at the last block, closed-form JVPs of a change at one position; elsewhere
-   ``torch.func.jvp``), ours with the closed form switched off (``generic``: ``torch.func.jvp`` only, what
-   every other layer gets) and exCLIP's method written plainly below (one backward pass per embedding
+2. speed and memory: ours (at the last block, closed-form JVPs of a change at one position), ours with
+   the closed form switched off (``generic``: ``torch.func.jvp`` only, what an adapter without closed forms
+   gets) and exCLIP's method written plainly below (one backward pass per embedding
    dimension), all with the right Riemann rule at N = 10, so all must give the same matrix. Every run is
    a fresh subprocess (one warm-up, one timed call, its peak memory); the variants alternate, and medians
    (and fastest runs) are compared;
@@ -649,7 +649,8 @@ def markdown(report: dict[str, Any]) -> str:
         "tangents: at the last block (as here) the adapter's closed-form JVPs (a change at one position "
         "moves only that position's key and value, and the query at the pooled position). *Generic*: the "
         "same with the closed form switched off, so every column is a `torch.func.jvp` of the head (what "
-        "earlier layers get). *Reference*: exCLIP's method written plainly in the benchmark: the "
+        "an adapter without closed forms gets). *Reference*: exCLIP's method written plainly in the "
+        "benchmark: the "
         f"{SPEED_STEPS} right-Riemann points of each side in one forward through the last block, then one "
         "`torch.autograd.grad` per embedding dimension (D of them), T = (J·δ) summed over channels, "
         "A = TᵀV. Same rule and N, so the matrices must agree: *max rel. diff* = max |A − A_ref| / "
