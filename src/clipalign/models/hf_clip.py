@@ -55,14 +55,19 @@ def _attention_at(
     q (B, H, 1, hd), k and v (B, H, S, hd), the weights (B, H, 1, S) and the output (B, H, 1, hd)."""
     q = _split_heads(attn, attn.q_proj(z[:, index : index + 1]))
     k, v = _split_heads(attn, attn.k_proj(z)), _split_heads(attn, attn.v_proj(z))
-    logits = (q @ k.transpose(-1, -2)) * attn.scale
-    if mask_row is not None:
-        logits = logits + mask_row
-    # softmax in fp32 as HF's eager attention does (in fp64 for fp64 models)
-    weights = torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(
-        q.dtype
-    )
+    weights = _attention_weights(attn, q, k, mask_row)
     return q, k, v, weights, weights @ v
+
+
+def _attention_weights(
+    attn: CLIPAttention, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax(q kᵀ · scale + mask) as HF's eager attention computes it: the softmax in fp32 (in fp64 for
+    fp64 models), the weights in q's dtype."""
+    logits = (q @ k.transpose(-1, -2)) * attn.scale
+    if mask is not None:
+        logits = logits + mask
+    return torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(q.dtype)
 
 
 def _block_output_at(
@@ -192,21 +197,26 @@ def _block_jvp(
         _heads_of(attn, torch.nn.functional.linear(dz, proj.weight))
         for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
     )
-    logits = (q @ k.transpose(-1, -2)) * attn.scale
-    if mask is not None:
-        logits = logits + mask
-    a = torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(q.dtype)
+    a = _attention_weights(attn, q, k, mask)
     dlogits = (dq @ k[:, None].transpose(-1, -2) + q[:, None] @ dk.transpose(-1, -2)) * attn.scale
     dout = _softmax_jvp(a[:, None], dlogits) @ v[:, None] + a[:, None] @ dv
     hidden = states + attn.out_proj(_merged(a @ v))
     dhidden = tangents + torch.nn.functional.linear(_merged(dout), attn.out_proj.weight)
+    return _mlp_half_jvp(block, hidden, dhidden)
+
+
+def _mlp_half_jvp(
+    block: CLIPEncoderLayer, hidden: torch.Tensor, tangents: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MLP half of a block, h + mlp(layer_norm2(h)), on states (M, S, d) and its JVPs along tangents
+    (M, P, S, d)."""
     mlp = block.mlp
-    z, dz = _layer_norm_jvp(block.layer_norm2, hidden[:, None], dhidden)
+    z, dz = _layer_norm_jvp(block.layer_norm2, hidden[:, None], tangents)
     pre = mlp.fc1(z[:, 0])
     slope = _activation_slope(mlp.activation_fn, pre)[:, None]
     dpre = torch.nn.functional.linear(dz, mlp.fc1.weight)
     out = hidden + mlp.fc2(mlp.activation_fn(pre))
-    return out, dhidden + torch.nn.functional.linear(slope * dpre, mlp.fc2.weight)
+    return out, tangents + torch.nn.functional.linear(slope * dpre, mlp.fc2.weight)
 
 
 def _first_block_jvp(
@@ -227,10 +237,7 @@ def _first_block_jvp(
     tangent_rows = torch.arange(len(positions), device=states.device)
     z, dz = _layer_norm_jvp(block.layer_norm1, states, delta)  # dz row i ↔ δ_i
     q, k, v = (_heads_of(attn, proj(z)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-    logits = (q @ k.transpose(-1, -2)) * attn.scale
-    if mask is not None:
-        logits = logits + mask
-    a = torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(q.dtype)
+    a = _attention_weights(attn, q, k, mask)
     out = a @ v  # (M, H, S, hd)
     dz = dz[:, positions]  # (M, P, d)
     dq, dk, dv = (
@@ -247,13 +254,7 @@ def _first_block_jvp(
     hidden = states + attn.out_proj(_merged(out))
     dhidden = torch.nn.functional.linear(dout, attn.out_proj.weight)
     dhidden[:, tangent_rows, positions] += delta[:, positions]
-    mlp = block.mlp
-    z, dz = _layer_norm_jvp(block.layer_norm2, hidden[:, None], dhidden)
-    pre = mlp.fc1(z[:, 0])
-    slope = _activation_slope(mlp.activation_fn, pre)[:, None]
-    dpre = torch.nn.functional.linear(dz, mlp.fc1.weight)
-    output = hidden + mlp.fc2(mlp.activation_fn(pre))
-    return output, dhidden + torch.nn.functional.linear(slope * dpre, mlp.fc2.weight)
+    return _mlp_half_jvp(block, hidden, dhidden)
 
 
 def _pooled_block_jvp(
