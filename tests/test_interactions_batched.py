@@ -216,3 +216,19 @@ def test_eval_batch_size_reaches_the_pointing_games():
     assert pointing_settings(build_parser().parse_args([*base, "--batch-size", "3"])).batch_size == 3
     exclip = pointing_settings(build_parser().parse_args([*base, "--exclip", "--batch-size", "5"]))
     assert exclip.batch_size == 5 and exclip.rule == "riemann"
+
+
+def test_a_change_of_one_sequence_is_shared_by_every_point(adapter):
+    """PositionJVPs take a change per point, or one (S, d) for all of them (the closed forms and generic)."""
+    layer = adapter.num_vision_layers - 1
+    with torch.no_grad():
+        states = adapter.image_states(adapter.preprocess([photo(), photo(seed=5)]), layer)
+        change = states[0] - states[1]
+        points = states[1] + torch.tensor([0.25, 0.75])[:, None, None] * change
+
+        def head(h):
+            return adapter.image_head(h, layer)
+
+        for jvps in (adapter.image_head_jvps(layer, lambda e: e), head_jvps(head)):
+            shared, each = jvps(points, change, 64), jvps(points, change.expand_as(points), 64)
+            torch.testing.assert_close(shared, each, rtol=0, atol=0)

@@ -44,6 +44,7 @@ def head_jvps(head: Head) -> PositionJVPs:
     """
 
     def jvps(points: torch.Tensor, changes: torch.Tensor, chunk: int) -> torch.Tensor:
+        changes = changes.expand_as(points)  # a change (S, d) is every point's
         length, device = points.shape[1], points.device
         step = max(1, chunk // length)
         columns = []

@@ -18,7 +18,8 @@ from clipalign.text.alignment import EncodedCaption
 PositionJVPs = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 """(points (M, S, d), changes (M, S, d), chunk) → (M, S, D): row i of point m is the JVP of an embedding at
 point m along that point's change kept at position i only, evaluated ``chunk`` tangents at a time. Each point
-has its own change, so the path points of several pairs (each its own x − r) go through in one call."""
+has its own change, so the path points of several pairs (each its own x − r) go through in one call; a
+change (S, d) is shared by every point."""
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

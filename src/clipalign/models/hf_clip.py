@@ -299,6 +299,7 @@ def _last_block_jvps(
     *middle, last = blocks
 
     def jvps(states: torch.Tensor, delta: torch.Tensor, chunk: int) -> torch.Tensor:
+        delta = delta.expand_as(states)  # a change (S, d) is every point's
         length, device = states.shape[1], states.device
         mask = _causal_mask(length, states.dtype, device) if causal else None
         mask_row = None if mask is None else mask[:, :, index : index + 1]
