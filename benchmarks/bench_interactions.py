@@ -5,18 +5,24 @@ tokenizer attribute one generated 640×480 image and one caption at the last blo
 
 1. accuracy: the relative completeness error |Σ A − target| / |target| of ``TokenPatchInteractions`` for
    Gauss–Legendre and right-Riemann quadrature and several numbers of nodes N;
-2. speed and memory: ours (at the last block, closed-form JVPs of a change at one position; elsewhere
-   ``torch.func.jvp``), ours with the closed form switched off (``generic``: ``torch.func.jvp`` only, what
-   every other layer gets) and exCLIP's method written plainly below (one backward pass per embedding
+2. speed and memory: ours (at the last block, closed-form JVPs of a change at one position), ours with
+   the closed form switched off (``generic``: ``torch.func.jvp`` only, what an adapter without closed forms
+   gets) and exCLIP's method written plainly below (one backward pass per embedding
    dimension), all with the right Riemann rule at N = 10, so all must give the same matrix. Every run is
    a fresh subprocess (one warm-up, one timed call, its peak memory); the variants alternate, and medians
-   (and fastest runs) are compared. From the repo root:
+   (and fastest runs) are compared;
+3. batching and blocks: ms per pair on 8 pairs (the captions and images of ``bench_words.py``) computed one
+   pair at a time and 8 at a time at the last block, and from blocks −2 and −4 with the adapter's closed
+   form and with generic ``torch.func.jvp``, side by side in one process per model (the B/32-sized model and
+   a 128-wide, 4-layer, 64-px one with 65 image positions), variants rotating, on one torch thread.
+
+From the repo root:
 
     python benchmarks/bench_interactions.py [--quick]
 
 Results go to ``benchmarks/results/interactions_cpu.{json,md}`` (``interactions_cpu_quick.*`` with
 ``--quick``). ``--variant ours|reference --model tiny|b32 --model-dir DIR --out FILE`` is the internal
-mode that runs one measurement in its own process.
+mode that runs one measurement in its own process; ``--variant batching`` runs part 3 for one model.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from PIL import Image
 from clipalign.attribution import interactions
 from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.models.base import InteractionAdapter
+from clipalign.testing import tiny_clip_config
 
 CAPTION = "A white husky and a black dog running in a snow covered forest."
 IMAGE_SIZE = (640, 480)  # width, height
@@ -73,7 +80,24 @@ AGREEMENT_TOLERANCE = 1e-5  # max |A_ours − A_ref| ≤ this · max |A_ref|
 GOAL_SPEEDUP = 10.0  # at least, reference time / ours, for the B/32-sized model
 GOAL_ERROR_RATIO = 10.0  # at least, riemann error / gauss error at N = 10
 VARIANTS = ("ours", "generic", "reference")
-MODEL_KEYS = {"tiny": TINY, "b32": B32}  # --model choice → the name used in reports
+WIDE = "tiny-128-wide"
+MODEL_KEYS = {"tiny": TINY, "b32": B32, "wide": WIDE}  # --model choice → the name used in reports
+BATCH_PAIRS = 8  # part 3: pairs per measurement, and pairs per batch when batched
+BATCHING_THREADS = 1  # part 3: other load on a 2-core machine makes 2 OpenMP threads wait at every kernel
+# part 3 variants: (name, block, batch size, closed form); the B/32-sized model's run below the last block
+# on 1 pair and without generic JVPs from block −4, which alone would take minutes per pair
+BATCHING_VARIANTS = (
+    ("last block, batch 1", -1, 1, True),
+    (f"last block, batch {BATCH_PAIRS}", -1, BATCH_PAIRS, True),
+    ("block −2", -2, BATCH_PAIRS, True),
+    ("block −2, generic", -2, BATCH_PAIRS, False),
+    ("block −4", -4, BATCH_PAIRS, True),
+    ("block −4, generic", -4, BATCH_PAIRS, False),
+)
+BATCHING_MODELS = {WIDE: {"below_last_pairs": BATCH_PAIRS, "skip": ()}}
+BATCHING_MODELS[B32] = {"below_last_pairs": 1, "skip": ("block −4, generic",)}
+BATCHING_REPEATS = 3
+QUICK_BATCHING_REPEATS = 1
 # the code measured, recorded by hash in the JSON (results are only comparable for the same code)
 CODE_FILES = (
     "src/clipalign/attribution/interactions.py",
@@ -314,6 +338,83 @@ def run_measurement(variant: str, model_key: str, model_dir: Path, workdir: Path
     return json.loads(out.read_text()), np.load(workdir / "matrix.npy")
 
 
+def wide_config() -> Any:
+    """The 128-wide, 4-layer, 64-px CLIP (8-px patches: 65 image positions) that the issue profiled."""
+    return tiny_clip_config(hidden_size=128, image_size=64, patch_size=8, projection_dim=64)
+
+
+def measure_batching(model_key: str, model_dir: Path, repeats: int) -> dict[str, Any]:
+    """Part 3 for one model, in this process: ms per pair of each variant, variants rotating after a
+    warm-up, the largest difference of the batched matrices from batch 1 and of the closed forms from the
+    generic JVPs."""
+    from bench_words import CAPTIONS, make_images
+
+    torch.set_num_threads(BATCHING_THREADS)
+    name = MODEL_KEYS[model_key]
+    plan = BATCHING_MODELS[name]
+    adapter = load_cpu_model(model_dir)
+    images, captions = make_images(BATCH_PAIRS, SEED), list(CAPTIONS[:BATCH_PAIRS])
+    variants = [v for v in BATCHING_VARIANTS if v[0] not in plan["skip"]]
+
+    def run(variant: tuple[str, int, int, bool], pairs: int) -> list[Any]:
+        _, block, batch, closed = variant
+        method = TokenPatchInteractions(
+            adapter, text_block=block, image_block=block, batch_size=batch, steps=SPEED_STEPS, chunk=CHUNK
+        )
+        with closed_form_jvps(adapter, closed):
+            return method.attribute(images[:pairs], captions[:pairs], on_error="raise")
+
+    def pairs_of(variant: tuple[str, int, int, bool]) -> int:
+        return BATCH_PAIRS if variant[1] == -1 else plan["below_last_pairs"]
+
+    times: dict[str, list[float]] = {v[0]: [] for v in variants}
+    matrices: dict[str, list[np.ndarray]] = {}
+    load_before = load_average_1min()
+    for variant in variants[:2]:  # warm-up: the last block, one pair (the blocks below share its kernels)
+        run(variant, 1)
+    for r in range(repeats):
+        for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            print(f"  {name}: {variant[0]}, run {r + 1}/{repeats} ...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            results = run(variant, pairs_of(variant))
+            times[variant[0]].append(1e3 * (time.perf_counter() - start) / pairs_of(variant))
+            matrices[variant[0]] = [np.concatenate([x.cls[:, None], x.matrix], axis=1) for x in results]
+    single, batched = matrices[variants[0][0]], matrices[variants[1][0]]
+    gap = max(float(np.abs(b - a).max() / np.abs(a).max()) for a, b in zip(single, batched, strict=True))
+    generic_gaps = {
+        block: max(
+            float(np.abs(a - b).max() / np.abs(b).max())
+            for a, b in zip(matrices[block], matrices[f"{block}, generic"], strict=True)
+        )
+        for block in ("block −2", "block −4")
+        if f"{block}, generic" in matrices
+    }
+    return {
+        "model": name,
+        "pairs": {v[0]: pairs_of(v) for v in variants},
+        "ms_per_pair": times,
+        "median_ms_per_pair": {k: statistics.median(v) for k, v in times.items()},
+        "fastest_ms_per_pair": {k: min(v) for k, v in times.items()},
+        "batched_vs_batch1_max_relative_diff": gap,
+        "closed_vs_generic_max_relative_diff": generic_gaps,
+        "skipped": list(plan["skip"]),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": {"before": load_before, "after": load_average_1min()},
+    }
+
+
+def batching(model_key: str, model_dir: Path, workdir: Path, repeats: int) -> dict[str, Any]:
+    """Run :func:`measure_batching` in a fresh Python process."""
+    workdir.mkdir(parents=True)
+    out = workdir / "batching.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--variant", "batching", "--model", model_key]
+    command += ["--model-dir", str(model_dir), "--out", str(out), "--repeats", str(repeats)]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=None, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed")
+    return json.loads(out.read_text())
+
+
 # --- the two benchmarks, per model -------------------------------------------------------------------------
 
 
@@ -451,6 +552,60 @@ def before_after(load: dict[str, float]) -> str:
     return f"{load['before']:.1f} → {load['after']:.1f}"
 
 
+def batching_markdown(report: dict[str, Any]) -> list[str]:
+    """Part 3: ms per pair per variant and model; the speed-ups of batching and of the closed forms."""
+    plan = report["settings"]["batching"]
+    header = (
+        "| model | variant | pairs | runs | ms per pair, median | ms per pair, fastest | × last block, "
+        f"batch {BATCH_PAIRS} (median) |\n|---|---|--:|--:|--:|--:|--:|"
+    )
+    rows, ratios = [], []
+    batched = f"last block, batch {BATCH_PAIRS}"
+    for name, r in report["batching"].items():
+        median, fastest = r["median_ms_per_pair"], r["fastest_ms_per_pair"]
+        for variant, ms in median.items():
+            rows.append(
+                f"| {name} | {variant} | {r['pairs'][variant]} | {len(r['ms_per_pair'][variant])} "
+                f"| {ms:.1f} | {fastest[variant]:.1f} | {ms / median[batched]:.2f}× |"
+            )
+        for stat, values in (("median", median), ("fastest", fastest)):
+            generic = [
+                f"{values[f'{b}, generic'] / values[b]:.2f}×" if f"{b}, generic" in values else "—"
+                for b in ("block −2", "block −4")
+            ]
+            ratios.append(
+                f"| {name} | {stat} | {values['last block, batch 1'] / values[batched]:.2f}× "
+                f"| {' | '.join(generic)} | {r['batched_vs_batch1_max_relative_diff']:.1e} "
+                f"| {max(r['closed_vs_generic_max_relative_diff'].values(), default=float('nan')):.1e} |"
+            )
+    ratio_header = (
+        f"| model | statistic | batch 1 / batch {BATCH_PAIRS} | generic / closed form, block −2 "
+        "| generic / closed form, block −4 | max rel. diff, batched vs batch 1 "
+        "| max rel. diff, closed vs generic |\n|---|---|--:|--:|--:|--:|--:|"
+    )
+    load = "; ".join(f"{n} {before_after(r['load_average_1min'])}" for n, r in report["batching"].items())
+    runs = report["batching"].items()
+    skipped = ", ".join(f"{n}: {', '.join(r['skipped'])}" for n, r in runs if r["skipped"])
+    note = (
+        f"Batching and blocks: `TokenPatchInteractions(model, steps={plan['steps']}, batch_size=B)` (Gauss–"
+        f"Legendre, chunks of {CHUNK}) on the first {BATCH_PAIRS} captions and images of `bench_words.py` "
+        "(COCO-style, of several lengths; 320×240 to 640×480), in one process per model on "
+        f"{plan['torch_threads']} torch thread (with other load on this 2-core machine, two OpenMP "
+        "threads wait for each other at every small kernel and the timings mean little), variants "
+        "rotating after a warm-up at the last block. "
+        f"*Batch 1* computes one pair per call, *batch {BATCH_PAIRS}* all {BATCH_PAIRS} together (one image-"
+        "states call and one chunked JVP evaluation for the images; per caption length for the text). "
+        "*Block −2 / −4* attribute the input of that block in both towers with the adapter's closed-form "
+        "JVPs (the attributed block along one-position changes, whole-sequence tangents through the blocks "
+        "between, the last block's pooled row); *generic* switches them off, so `torch.func.jvp` under "
+        "`vmap` runs instead, what an adapter without closed forms gets. The B/32-sized model runs below "
+        "the last block on 1 pair"
+        + (f" (not run: {skipped}, minutes per pair)" if skipped else "")
+        + f". 1-min load average before → after: {load}."
+    )
+    return ["", header, *rows, "", ratio_header, *ratios, "", note, ""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """Tables a README can quote verbatim: speed and memory, completeness error vs. N, the N = 10 ratio."""
     m, settings = report["machine"], report["settings"]
@@ -494,7 +649,8 @@ def markdown(report: dict[str, Any]) -> str:
         "tangents: at the last block (as here) the adapter's closed-form JVPs (a change at one position "
         "moves only that position's key and value, and the query at the pooled position). *Generic*: the "
         "same with the closed form switched off, so every column is a `torch.func.jvp` of the head (what "
-        "earlier layers get). *Reference*: exCLIP's method written plainly in the benchmark: the "
+        "an adapter without closed forms gets). *Reference*: exCLIP's method written plainly in the "
+        "benchmark: the "
         f"{SPEED_STEPS} right-Riemann points of each side in one forward through the last block, then one "
         "`torch.autograd.grad` per embedding dimension (D of them), T = (J·δ) summed over channels, "
         "A = TᵀV. Same rule and N, so the matrices must agree: *max rel. diff* = max |A − A_ref| / "
@@ -531,7 +687,7 @@ def markdown(report: dict[str, Any]) -> str:
             *ratios,
             "",
             accuracy_note,
-            "",
+            *(batching_markdown(report) if report.get("batching") else [""]),
         ]
     )
 
@@ -541,7 +697,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help=f"{QUICK_REPEATS} run per variant, N in {QUICK_STEPS_GRID}"
     )
-    parser.add_argument("--variant", choices=VARIANTS, help="internal: run one measurement in this process")
+    parser.add_argument(
+        "--variant", choices=[*VARIANTS, "batching"], help="internal: run one measurement in this process"
+    )
+    parser.add_argument("--repeats", type=int, default=BATCHING_REPEATS, help="internal: part 3 repeats")
     parser.add_argument("--model", choices=sorted(MODEL_KEYS), help="internal: which model --model-dir holds")
     parser.add_argument("--model-dir", type=Path, help="internal: a model saved by save_random_clip")
     parser.add_argument("--out", type=Path, help="internal: where the measurement's JSON goes")
@@ -550,6 +709,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.variant:
         if not (args.model and args.model_dir and args.out):
             parser.error("--variant needs --model, --model-dir and --out")
+        if args.variant == "batching":
+            args.out.write_text(json.dumps(measure_batching(args.model, args.model_dir, args.repeats)) + "\n")
+            return 0
         result = measure(args.variant, args.model_dir, args.out.parent / "matrix.npy")
         result["model"] = MODEL_KEYS[args.model]
         args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -578,6 +740,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seed": SEED,
             "device": "cpu",
             "dtype": "fp32",
+            "batching": {
+                "pairs": BATCH_PAIRS,
+                "models": BATCHING_MODELS if not args.quick else {WIDE: BATCHING_MODELS[WIDE]},
+                "variants": [list(v) for v in BATCHING_VARIANTS],
+                "repeats": QUICK_BATCHING_REPEATS if args.quick else BATCHING_REPEATS,
+                "torch_threads": BATCHING_THREADS,
+                "steps": SPEED_STEPS,
+                "rule": "gauss",
+            },
         },
         "code_sha256": {
             path: hashlib.sha256((REPO / path).read_bytes()).hexdigest()[:16] for path in CODE_FILES
@@ -586,11 +757,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     keys = {name: key for key, name in MODEL_KEYS.items()}
     with tempfile.TemporaryDirectory() as tmp:
+        configs = {**model_configs(), WIDE: wide_config()}
         for name, config in model_configs().items():
             print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
             model_dir = save_model(config, Path(tmp) / name / "model")
             work = Path(tmp) / name / "runs"
             report["models"][name] = bench_model(keys[name], model_dir, work, repeats, steps_grid)
+        report["batching"] = {}
+        for name in report["settings"]["batching"]["models"]:
+            print(f"batching and blocks: {name} ...", file=sys.stderr, flush=True)
+            model_dir = Path(tmp) / name / "model"
+            if not model_dir.exists():
+                save_model(configs[name], model_dir)
+            work = Path(tmp) / name / "batching"
+            batching_repeats = report["settings"]["batching"]["repeats"]
+            report["batching"][name] = batching(keys[name], model_dir, work, batching_repeats)
 
     stem = "interactions_cpu_quick" if args.quick else "interactions_cpu"
     write_results(stem, report, markdown(report))

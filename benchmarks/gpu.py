@@ -6,7 +6,8 @@ tokenizer shipped with clipalign) are timed at fp32 / bf16 / fp16 (no fp16 on CP
 - model only: ``CLIP4DM.attribute_tokens`` on pixel tensors and encoded captions, against a plain forward
   (image + text embeddings under ``no_grad``), and batch 1 against the largest batch;
 - end to end: ``clipalign scan`` (the CLI, in this process) on generated 640×480 JPEG tar shards and files;
-- ``TokenPatchInteractions`` at N = 10 on the B/16-sized model: milliseconds per pair;
+- ``TokenPatchInteractions`` at N = 10 on the B/16-sized model: milliseconds per pair, pairs computed in
+  batches and one at a time;
 - fp16 / bf16 against fp32 on the same pairs: identical flagged words, mean Spearman of word scores.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` per measurement (on CPU, the process's peak RSS so far).
@@ -76,7 +77,8 @@ def plan(quick: bool, cuda: bool) -> dict[str, Any]:
             "e2e_batch": 32,
             "e2e_dtypes": ["bf16"],
             "interactions_model": TINY,
-            "interaction_pairs": 1,
+            "interaction_pairs": 2,
+            "interaction_batch": 2,
         }
     return {
         "models": list(ARCHITECTURES),
@@ -88,7 +90,8 @@ def plan(quick: bool, cuda: bool) -> dict[str, Any]:
         "e2e_batch": 256 if cuda else 32,
         "e2e_dtypes": ["fp32", "bf16"],
         "interactions_model": INTERACTIONS_MODEL,
-        "interaction_pairs": 4 if cuda else 1,
+        "interaction_pairs": 32 if cuda else 2,
+        "interaction_batch": 16 if cuda else 2,
     }
 
 
@@ -302,23 +305,29 @@ def end_to_end(
     }
 
 
-def interactions(adapter: ClipAdapter, meter: Meter, pairs: int) -> dict[str, Any]:
-    """Milliseconds per pair of ``TokenPatchInteractions`` at N = 10 (default rule), one pair per call."""
+def interactions(adapter: ClipAdapter, meter: Meter, pairs: int, batch: int) -> dict[str, Any]:
+    """Milliseconds per pair of ``TokenPatchInteractions`` at N = 10 (default rule) on ``pairs`` pairs:
+    ``batch`` pairs computed together (the batched path), and one pair at a time, side by side."""
     from bench_words import CAPTIONS, make_images
 
     from clipalign.attribution.interactions import TokenPatchInteractions
 
-    method = TokenPatchInteractions(adapter, steps=STEPS)
     images = make_images(pairs, SEED)
-    captions = CAPTIONS[:pairs]
-    times = meter.time(
-        lambda: [method.attribute(i, c, on_error="raise") for i, c in zip(images, captions, strict=True)], 1
-    )
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(pairs)]
+    per_pair = {}
+    for size in (batch, 1):
+        method = TokenPatchInteractions(adapter, steps=STEPS, batch_size=size)
+        [seconds] = meter.time(lambda method=method: method.attribute(images, captions, on_error="raise"), 1)
+        per_pair[size] = 1e3 * seconds / pairs
     return {
         "steps": STEPS,
         "rule": method.settings.rule,
+        "chunk": method.settings.chunk,
         "pairs": pairs,
-        "ms_per_pair": 1e3 * times[0] / pairs,
+        "batch": batch,
+        "ms_per_pair": per_pair[batch],
+        "ms_per_pair_batch1": per_pair[1],
+        "batch1_over_batched": per_pair[1] / per_pair[batch],
     }
 
 
@@ -352,7 +361,10 @@ def bench_model(
             cell["agreement"] = agreement(words["results"], reference)
         if name == settings["interactions_model"]:
             cell["interactions"] = guarded(
-                meter, lambda adapter=adapter: interactions(adapter, meter, settings["interaction_pairs"])
+                meter,
+                lambda adapter=adapter: interactions(
+                    adapter, meter, settings["interaction_pairs"], settings["interaction_batch"]
+                ),
             )
         del adapter
         if dtype in settings["e2e_dtypes"]:
@@ -475,16 +487,18 @@ def markdown(report: dict[str, Any]) -> str:
                 )
     lines += [
         "",
-        "| interactions model | dtype | N | rule | pairs | ms per pair | peak (MiB) |",
-        "|---|---|--:|---|--:|--:|--:|",
+        "| interactions model | dtype | N | rule | pairs | batch | ms per pair | ms per pair, batch 1 "
+        "| batch 1 / batched | peak (MiB) |",
+        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|",
     ]
     for name, dtype, it in measured(report, "interactions"):
         if "error" in it:
-            lines.append(f"| {name} | {dtype} | {STEPS} | | | {it['error']} | {it['peak_mib']:.0f} |")
+            lines.append(f"| {name} | {dtype} | {STEPS} | | | | {it['error']} | | | {it['peak_mib']:.0f} |")
             continue
         lines.append(
-            f"| {name} | {dtype} | {it['steps']} | {it['rule']} | {it['pairs']} "
-            f"| {it['ms_per_pair']:.1f} | {it['peak_mib']:.0f} |"
+            f"| {name} | {dtype} | {it['steps']} | {it['rule']} | {it['pairs']} | {it['batch']} "
+            f"| {it['ms_per_pair']:.1f} | {it['ms_per_pair_batch1']:.1f} "
+            f"| {it['batch1_over_batched']:.2f}× | {it['peak_mib']:.0f} |"
         )
     lines += [
         "",

@@ -72,6 +72,8 @@ def test_quick_run_writes_complete_results(tmp_path: Path) -> None:
         assert model_only["largest_over_batch1"] > 0
         assert cell["interactions"]["ms_per_pair"] > 0
         assert cell["interactions"]["steps"] == 10
+        assert cell["interactions"]["batch"] == 2 and cell["interactions"]["ms_per_pair_batch1"] > 0
+        assert f"| tiny | {dtype} | 10 | gauss | 2 | 2 |" in table
         assert set(cell.get("end_to_end", {})) == ({"shards", "files"} if dtype == "bf16" else set())
         for run in cell.get("end_to_end", {}).values():
             assert "error" not in run, run

@@ -10,7 +10,7 @@ from transformers.activations import QuickGELUActivation
 from transformers.models.clip import modeling_clip
 
 from clipalign.attribution.interactions import (
-    ScaledPost,
+    IdentityPost,
     TokenPatchInteractions,
     UnitPost,
     head_jvps,
@@ -162,7 +162,7 @@ def test_one_jvp_column_equals_finite_differences(adapter, monkeypatch):
 
         alpha = np.array([0.37])
         with torch.no_grad():
-            cols = integrated_jacobian(head_jvps(head), x, r, alpha, np.array([1.0]))
+            [cols] = integrated_jacobian(head_jvps(head), x[None], r, alpha, np.array([1.0]))
             for i in range(x.shape[0]):
                 step = torch.zeros_like(x)
                 step[i] = (x - r)[i]
@@ -175,21 +175,21 @@ def test_one_jvp_column_equals_finite_differences(adapter, monkeypatch):
 
 
 @pytest.mark.parametrize("normalize", ["cosine", "exclip"])
-def test_closed_form_last_block_jvps_equal_generic_jvps(adapter, monkeypatch, normalize):
-    """fp64: the adapter's closed-form JVPs (a change at one position moves one key and value) equal
-    torch.func JVPs of the plain head at every position, the pooled one (query moves too) included."""
+@pytest.mark.parametrize("from_last", [1, 2, 3, 4], ids=["last-block", "2-blocks", "3-blocks", "4-blocks"])
+def test_closed_form_jvps_equal_generic_jvps(adapter, monkeypatch, normalize, from_last):
+    """fp64: the adapter's closed-form JVPs equal torch.func JVPs of the plain head at every position, the
+    pooled one (query moves too) included. At the last block a change at one position moves one key and
+    value; from a block below, the first block sees one position, the blocks above whole sequences."""
     monkeypatch.setattr(modeling_clip, "eager_attention_forward", fp64_eager_attention)
-    last = adapter.num_text_layers - 1
-    assert adapter.text_head_jvps(last - 1, 0, lambda e: e) is None
-    assert adapter.image_head_jvps(adapter.num_vision_layers - 2, lambda e: e) is None
+    layer = adapter.num_text_layers - from_last
     [enc] = adapter.encode_captions([CAPTION], "")
     ids = torch.tensor([enc.input_ids, adapter.text_reference_ids(len(enc.input_ids))])
     pixels = adapter.preprocess([photo(), photo(seed=5)])
     adapter.model.double()
     try:
         with torch.no_grad():
-            text = adapter.text_states(ids, last).double()
-            image = adapter.image_states(pixels.double(), last)
+            text = adapter.text_states(ids, layer).double()
+            image = adapter.image_states(pixels.double(), layer)
             scale = torch.tensor(3.0, dtype=torch.float64)
 
             def post(e):
@@ -197,27 +197,28 @@ def test_closed_form_last_block_jvps_equal_generic_jvps(adapter, monkeypatch, no
 
             cases = [
                 (
-                    adapter.text_head_jvps(last, enc.pool_index, post),
-                    lambda h: post(adapter.text_head(h, last, enc.pool_index)),
+                    adapter.text_head_jvps(layer, enc.pool_index, post),
+                    lambda h: post(adapter.text_head(h, layer, enc.pool_index)),
                     text,
                 ),
-                (adapter.image_head_jvps(last, post), lambda h: post(adapter.image_head(h, last)), image),
+                (adapter.image_head_jvps(layer, post), lambda h: post(adapter.image_head(h, layer)), image),
             ]
             for closed_form, head, states in cases:
                 points = states[1] + torch.tensor([0.2, 0.9], dtype=torch.float64)[:, None, None] * (
                     states[0] - states[1]
                 )
-                delta = states[0] - states[1]
-                got = closed_form(points, delta, 5)
+                delta = (states[0] - states[1]).expand_as(points)
                 expected = head_jvps(head)(points, delta, 1000)
                 dims = adapter.model.config.projection_dim
-                assert got.shape == expected.shape == (2, states.shape[1], dims)
-                torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+                assert expected.shape == (2, states.shape[1], dims)
+                for chunk in (5, 1000):  # positions in several chunks, or all at once
+                    got = closed_form(points, delta, chunk)
+                    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
     finally:
         adapter.model.float()
 
 
-@pytest.mark.parametrize("post", [UnitPost(), ScaledPost(torch.tensor(3.0, dtype=torch.float64))])
+@pytest.mark.parametrize("post", [UnitPost(), IdentityPost()])
 def test_post_maps_closed_form_jvps_equal_forward_ad(post):
     """fp64: the posts' own JVPs (what the last-block tail uses) equal torch.func JVPs, e broadcasting."""
     gen = torch.Generator().manual_seed(0)
@@ -225,7 +226,7 @@ def test_post_maps_closed_form_jvps_equal_forward_ad(post):
     de = torch.randn(3, 5, 8, dtype=torch.float64, generator=gen)
     expected = torch.func.jvp(post, (e.expand_as(de).contiguous(),), (de,))[1]
     torch.testing.assert_close(post.jvp(e, de), expected, rtol=1e-12, atol=1e-14)
-    plain = e / e.norm(dim=-1, keepdim=True) if isinstance(post, UnitPost) else e / 3
+    plain = e / e.norm(dim=-1, keepdim=True) if isinstance(post, UnitPost) else e
     torch.testing.assert_close(post(e), plain)
 
 
@@ -265,21 +266,24 @@ def test_library_posts_closed_form_jvps_equal_generic_jvps(adapter, monkeypatch,
             text = adapter.text_states(ids, last)
             image = adapter.image_states(pixels.double(), last)
 
-            def raw_text(h):
-                return adapter.text_head(h, last, enc.pool_index)
+            post = method._post()
 
-            def raw_image(h):
-                return adapter.image_head(h, last)
+            def f(h):
+                return post(adapter.text_head(h, last, enc.pool_index))
 
-            raw = raw_text(text[:1])[0], raw_image(image[:1])[0]
-            (f, post_f), (g, post_g) = method._heads(raw_text, raw_image, *raw)
+            def g(h):
+                return post(adapter.image_head(h, last))
+
             cases = [
-                (adapter.text_head_jvps(last, enc.pool_index, post_f), f, text),
-                (adapter.image_head_jvps(last, post_g), g, image),
+                (adapter.text_head_jvps(last, enc.pool_index, post), f, text),
+                (adapter.image_head_jvps(last, post), g, image),
             ]
             for closed_form, head, states in cases:
-                delta = states[0] - states[1]
-                points = states[1] + torch.tensor([0.3, 0.8], dtype=torch.float64)[:, None, None] * delta
+                # two points on the path of one pair, one on that of a pair with twice the change
+                change = states[0] - states[1]
+                delta = torch.stack([change, change, 2 * change])
+                alphas = torch.tensor([0.3, 0.8, 0.4], dtype=torch.float64)[:, None, None]
+                points = states[1] + alphas * delta
                 got = closed_form(points, delta, 5)
                 torch.testing.assert_close(got, head_jvps(head)(points, delta, 7), rtol=1e-9, atol=1e-12)
     finally:
@@ -312,7 +316,12 @@ def test_several_pairs_in_one_call_equal_one_by_one(adapter, normalize):
         [alone] = method().attribute(image, caption, on_error="raise")
         for ours, theirs in ((got.matrix, alone.matrix), (got.cls, alone.cls)):
             np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6 * np.abs(theirs).max())
-        assert got.completeness == alone.completeness
+        for name in ("s_xy", "s_x_ry", "s_rx_y", "s_rx_ry"):
+            expected = getattr(alone.completeness, name)
+            assert getattr(got.completeness, name) == pytest.approx(expected, rel=1e-6)
+        # sum and target are differences of those cosines: equal to 1e-6 of the cosines' scale
+        assert got.completeness.sum == pytest.approx(alone.completeness.sum, abs=1e-6)
+        assert got.completeness.target == pytest.approx(alone.completeness.target, abs=1e-6)
 
 
 def test_several_pairs_and_no_hooks_left(adapter):

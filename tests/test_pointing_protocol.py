@@ -14,8 +14,10 @@ from clipalign.cli.main import main
 from clipalign.datasets import AnnotationFormatError, load_pointing_coco, load_pointing_flickr30k
 from clipalign.datasets.pointing_coco import COCO_SYNONYMS
 from clipalign.evaluation.measures import pointing_game
-from clipalign.settings import InteractionSettings
+from clipalign.settings import InteractionSettings, WordSettings
 from clipalign.synthetic.writer import write_dataset
+
+EVAL_BATCH = WordSettings().batch_size  # eval's --batch-size default: pairs per call, pointing games too
 
 # -------------------- Flickr30k Entities splits
 
@@ -200,7 +202,7 @@ def _eval(tmp_path, tiny_model_dir, *extra):
 def test_eval_pointing_exclip_passes_exclips_settings(tmp_path, tiny_model_dir, captured):
     assert _eval(tmp_path, tiny_model_dir, "--exclip", "--limit", "1") == 0
     expected = InteractionSettings(
-        rule="riemann", normalize="exclip", steps=10, text_block=-1, image_block=-1
+        rule="riemann", normalize="exclip", steps=10, text_block=-1, image_block=-1, batch_size=EVAL_BATCH
     )
     assert captured["interactions"] == expected
     report = json.loads((tmp_path / "out" / "pointing-synthetic" / "report.json").read_text())
@@ -211,7 +213,7 @@ def test_eval_pointing_options_override_and_default(tmp_path, tiny_model_dir, ca
     argv = ["--exclip", "--steps", "3", "--block", "1", "--image-block", "0", "--limit", "1"]
     assert _eval(tmp_path, tiny_model_dir, *argv) == 0
     assert captured["interactions"] == InteractionSettings(
-        rule="riemann", normalize="exclip", steps=3, text_block=1, image_block=0
+        rule="riemann", normalize="exclip", steps=3, text_block=1, image_block=0, batch_size=EVAL_BATCH
     )
     argv = [
         "--rule",
@@ -226,9 +228,11 @@ def test_eval_pointing_options_override_and_default(tmp_path, tiny_model_dir, ca
         str(tmp_path / "o2"),
     ]
     assert _eval(tmp_path, tiny_model_dir, *argv) == 0
-    assert captured["interactions"] == InteractionSettings(rule="riemann", normalize="exclip", steps=2)
+    assert captured["interactions"] == InteractionSettings(
+        rule="riemann", normalize="exclip", steps=2, batch_size=EVAL_BATCH
+    )
     assert _eval(tmp_path, tiny_model_dir, "--steps", "2", "--limit", "1", "--out", str(tmp_path / "o3")) == 0
-    assert captured["interactions"] == InteractionSettings(steps=2)
+    assert captured["interactions"] == InteractionSettings(steps=2, batch_size=EVAL_BATCH)
 
 
 def test_eval_split_reaches_the_loader_and_is_refused_elsewhere(tmp_path, tiny_model_dir, capsys):
@@ -320,17 +324,21 @@ def test_phrases_of_one_caption_share_one_matrix(adapter, tmp_path):
         return PointingItem(name, image, text, phrase, start, start + len(phrase), ((0.0, 0.0, 30.0, 30.0),))
 
     items = [item("a", "red ball"), item("b", "green grass"), item("c", "ball", "a ball"), item("d", "ball")]
-    method = TokenPatchInteractions(adapter, steps=2)
+    method = TokenPatchInteractions(adapter, steps=2, batch_size=2)
     calls = []
     real = method.attribute
 
     def counting(images, captions, **kwargs):
-        calls.append(captions[0])
+        calls.append(list(captions))
         return real(images, captions, **kwargs)
 
     method.attribute = counting  # type: ignore[method-assign]
     records = score_pointing(items, method, ResultCache(tmp_path / "cache", {"k": 1}), progress=False)
-    assert calls == [caption, "a ball", caption]  # a, b together; c; d again (not adjacent to a, b)
+    # a, b together; c; d again (not adjacent to a, b): three matrices, two pairs per call
+    assert calls == [[caption, "a ball"], [caption]]
     [alone] = real([image], [caption], on_error="raise")
     expected = pointing_game(alone.span_heatmap([4, 5]), [(0.0, 0.0, 30.0, 30.0)])
     assert (records[1]["hit"], records[1]["energy"]) == pytest.approx(expected)
+    assert [r["id"] for r in ResultCache(tmp_path / "cache", {"k": 1}).load().values()] == list("abcd")
+    assert score_pointing(items, method, ResultCache(tmp_path / "cache", {"k": 1}), progress=False) == records
+    assert len(calls) == 2  # all four cached: nothing computed again

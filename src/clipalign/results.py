@@ -188,9 +188,10 @@ class Interactions(_Serializable):
     """Second-order token×patch interactions of one pair.
 
     ``matrix`` is (tokens × patches): rows are every text position from SOT to EOT (``tokens``),
-    columns the image patches in row-major order of ``grid`` (rows, cols); ``cls`` is the image CLS
-    column. ``matrix.sum() + cls.sum() == completeness.sum``. Positive = the token and patch raise the
-    score together (support), negative = they lower it (contradict).
+    columns the image patches in row-major order of ``grid`` (rows, cols); ``cls`` is, per token, the
+    interaction with the image's non-patch positions (the adapter's ``image_prefix``: CLIP's class token),
+    empty for a model without any (SigLIP). ``matrix.sum() + cls.sum() == completeness.sum``. Positive =
+    the token and patch raise the score together (support), negative = they lower it (contradict).
     """
 
     caption: str

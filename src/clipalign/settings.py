@@ -139,6 +139,9 @@ class InteractionSettings:
             EOT, then id 0, whatever the tokenizer pads with; ``pad`` fills with the tokenizer's pad
             token instead (clipalign 0.1; for ``openai/*`` checkpoints that is EOT: SOT, EOT, EOT...).
         chunk: JVPs evaluated at once (lower it to save memory).
+        batch_size: pairs computed together: their image states, image JVPs and (per caption length)
+            text states and JVPs go through the model in shared calls. Like ``chunk``, it changes speed,
+            not the numbers.
     """
 
     text_block: int = -1
@@ -149,6 +152,7 @@ class InteractionSettings:
     template: str = ""
     text_reference: TextReference = "exclip"
     chunk: int = field(default=256, metadata=RUNTIME)
+    batch_size: int = field(default=8, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
         _check_choice("rule", self.rule, Rule)
@@ -158,9 +162,12 @@ class InteractionSettings:
             raise ValueError(f"steps must be ≥ 1, got {self.steps}")
         if self.chunk < 1:
             raise ValueError(f"chunk must be ≥ 1, got {self.chunk}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything but ``chunk``: blocks, steps, rule, normalize, template, text reference."""
+        """Everything but ``chunk`` and ``batch_size``: blocks, steps, rule, normalize, template, text
+        reference."""
         return _result_fields(self)
 
     def replace(self, **changes: Any) -> InteractionSettings:

@@ -80,6 +80,8 @@ def pointing_settings(args: argparse.Namespace) -> InteractionSettings | None:
         if changes or args.exclip:
             raise ValueError("--exclip, --steps, --rule, --normalize and --block apply to pointing-* only")
         return None
+    # --batch-size (pairs per call) applies to the pointing games' interactions too
+    changes["batch_size"] = args.batch_size
     return InteractionSettings.exclip(**changes) if args.exclip else InteractionSettings(**changes)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -349,23 +348,33 @@ def score_pointing(
 ) -> list[Record]:
     """Pointing-game records (cached) for each phrase: ours, a random point and the image centre.
 
-    Consecutive phrases of the same image and caption share one interaction matrix.
+    Consecutive phrases of the same image and caption share one interaction matrix; the matrices are
+    computed ``method.settings.batch_size`` pairs per call, each call's records appended to the cache.
     """
     done = cache.load()
     rng = np.random.default_rng(seed)
-    todo = [it for it in items if it.id not in done]
-    last: tuple[Path, str, Interactions | ItemError] | None = None
-    for item in tqdm(todo, desc="pointing", unit="phrase", disable=not progress):
-        if last is None or last[:2] != (item.image, item.caption):
-            [computed] = method.attribute([item.image], [item.caption])
-            last = (item.image, item.caption, computed)
-        result = last[2]
-        try:
-            record = _pointing_record(item, result, rng)
-        except ValueError as exc:  # e.g. a phrase that covers no caption word
-            record = {"id": item.id, "error": str(exc)}
-        cache.append([record])
-        done[item.id] = record
+    runs: list[list[PointingItem]] = []  # consecutive phrases of one image and caption
+    for item in (it for it in items if it.id not in done):
+        if runs and (runs[-1][0].image, runs[-1][0].caption) == (item.image, item.caption):
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    size = method.settings.batch_size
+    with tqdm(total=sum(map(len, runs)), desc="pointing", unit="phrase", disable=not progress) as bar:
+        for lo in range(0, len(runs), size):
+            batch = runs[lo : lo + size]
+            results = method.attribute([run[0].image for run in batch], [run[0].caption for run in batch])
+            records = []
+            for run, result in zip(batch, results, strict=True):
+                for item in run:
+                    try:
+                        record = _pointing_record(item, result, rng)
+                    except ValueError as exc:  # e.g. a phrase that covers no caption word
+                        record = {"id": item.id, "error": str(exc)}
+                    records.append(record)
+                    done[item.id] = record
+            cache.append(records)
+            bar.update(len(records))
     return [done[it.id] for it in items]
 
 

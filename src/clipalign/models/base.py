@@ -16,8 +16,10 @@ from clipalign.settings import TextReference
 from clipalign.text.alignment import EncodedCaption
 
 PositionJVPs = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-"""(points (M, S, d), change (S, d), chunk) → (M, S, D): row i is the JVP of an embedding at point m along
-the change kept at position i only, evaluated ``chunk`` tangents at a time."""
+"""(points (M, S, d), changes (M, S, d), chunk) → (M, S, D): row i of point m is the JVP of an embedding at
+point m along that point's change kept at position i only, evaluated ``chunk`` tangents at a time. Each point
+has its own change, so the path points of several pairs (each its own x − r) go through in one call; a
+change (S, d) is shared by every point."""
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -151,10 +153,16 @@ class InteractionAdapter(ClipAdapter, Protocol):
         ``layer``: the remaining blocks, final norm and projection (SigLIP: its head), at ``pool_index``."""
         ...
 
+    @property
+    def image_prefix(self) -> int:
+        """Number of leading non-patch positions in ``image_states`` (CLIP: 1, the class token; SigLIP: 0).
+        Interactions sum those columns into ``cls`` (empty when 0) and read the rest as the patch grid."""
+        ...
+
     def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
-        """Hidden states (B, 1 + rows·cols, d) in ``dtype`` at the input of vision block ``layer``: position
-        0 the class token, then the patches row-major. Interactions read column 0 as ``cls`` and the rest
-        as the grid, so a family without a class token (SigLIP) needs that split changed too."""
+        """Hidden states (B, image_prefix + rows·cols, d) in ``dtype`` at the input of vision block
+        ``layer``: the ``image_prefix`` non-patch positions (CLIP: the class token), then the patches
+        row-major."""
         ...
 
     def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor:

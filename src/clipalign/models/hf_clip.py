@@ -87,14 +87,19 @@ def _attention_at(
     q (B, H, 1, hd), k and v (B, H, S, hd), the weights (B, H, 1, S) and the output (B, H, 1, hd)."""
     q = _split_heads(attn, attn.q_proj(z[:, index : index + 1]))
     k, v = _split_heads(attn, attn.k_proj(z)), _split_heads(attn, attn.v_proj(z))
-    logits = (q @ k.transpose(-1, -2)) * attn.scale
-    if mask_row is not None:
-        logits = logits + mask_row
-    # softmax in fp32 as HF's eager attention does (in fp64 for fp64 models)
-    weights = torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(
-        q.dtype
-    )
+    weights = _attention_weights(attn, q, k, mask_row)
     return q, k, v, weights, weights @ v
+
+
+def _attention_weights(
+    attn: CLIPAttention, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax(q kᵀ · scale + mask) as HF's eager attention computes it: the softmax in fp32 (in fp64 for
+    fp64 models), the weights in q's dtype."""
+    logits = (q @ k.transpose(-1, -2)) * attn.scale
+    if mask is not None:
+        logits = logits + mask
+    return torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(q.dtype)
 
 
 def _block_output_at(
@@ -129,8 +134,9 @@ def _block_position_jvps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The attention half of one block at position ``index`` and its derivatives along one-position changes.
 
-    For states (M, S, d) and a change ``delta`` (S, d), returns h = states[:, index] + attention output at
-    ``index`` (M, d) and dh (M, S, d), row i the JVP of h along ``delta`` kept at position i only. Such a
+    For states (M, S, d) and their changes ``delta`` (M, S, d), returns h = states[:, index] + attention
+    output at ``index`` (M, d) and dh (M, S, d), row i of point m the JVP of h along ``delta[m]`` kept at
+    position i only. Such a
     change moves only key i and value i (and the query when i = index), so the JVP is closed-form and all
     S of them cost about one forward of the block: the same numbers as S generic JVPs, far cheaper.
     """
@@ -153,7 +159,7 @@ def _block_position_jvps(
     dhidden = torch.nn.functional.linear(
         dout.transpose(1, 2).reshape(batch, length, width), attn.out_proj.weight
     )
-    dhidden[:, index] += delta[index]
+    dhidden[:, index] += delta[:, index]
     return hidden, dhidden
 
 
@@ -193,27 +199,164 @@ def _tail_jvps(
     return torch.func.jvp(post, (embed.expand_as(dembed).contiguous(),), (dembed,))[1]
 
 
-def _last_block_jvps(
+def _heads_of(attn: CLIPAttention, t: torch.Tensor) -> torch.Tensor:
+    """(..., S, d) → (..., H, S, head_dim) for any leading dimensions (tangents carry one more)."""
+    return t.unflatten(-1, (attn.num_heads, attn.head_dim)).transpose(-3, -2)
+
+
+def _merged(t: torch.Tensor) -> torch.Tensor:
+    """(..., H, S, head_dim) → (..., S, d): the heads side by side again."""
+    return t.transpose(-3, -2).flatten(-2)
+
+
+def _softmax_jvp(weights: torch.Tensor, dlogits: torch.Tensor) -> torch.Tensor:
+    """The JVP of a softmax over the last axis at ``weights`` (broadcasting) along ``dlogits``."""
+    return weights * (dlogits - (weights * dlogits).sum(-1, keepdim=True))
+
+
+def _block_jvp(
+    block: CLIPEncoderLayer, mask: torch.Tensor | None, states: torch.Tensor, tangents: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One whole encoder block and its JVPs in closed form: states (M, S, d) → (M, S, d) as HF's eager
+    block computes them, tangents (M, P, S, d) → (M, P, S, d), P tangents per point. Every linear map and
+    layer norm runs once on the primal and once on all tangents together, as forward-mode autograd would
+    but without its per-operation dispatch and its decomposed layer norm."""
+    attn = block.self_attn
+    z, dz = _layer_norm_jvp(block.layer_norm1, states[:, None], tangents)
+    z = z[:, 0]
+    q, k, v = (_heads_of(attn, proj(z)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    dq, dk, dv = (
+        _heads_of(attn, torch.nn.functional.linear(dz, proj.weight))
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
+    )
+    a = _attention_weights(attn, q, k, mask)
+    dlogits = (dq @ k[:, None].transpose(-1, -2) + q[:, None] @ dk.transpose(-1, -2)) * attn.scale
+    dout = _softmax_jvp(a[:, None], dlogits) @ v[:, None] + a[:, None] @ dv
+    hidden = states + attn.out_proj(_merged(a @ v))
+    dhidden = tangents + torch.nn.functional.linear(_merged(dout), attn.out_proj.weight)
+    return _mlp_half_jvp(block, hidden, dhidden)
+
+
+def _mlp_half_jvp(
+    block: CLIPEncoderLayer, hidden: torch.Tensor, tangents: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MLP half of a block, h + mlp(layer_norm2(h)), on states (M, S, d) and its JVPs along tangents
+    (M, P, S, d)."""
+    mlp = block.mlp
+    z, dz = _layer_norm_jvp(block.layer_norm2, hidden[:, None], tangents)
+    pre = mlp.fc1(z[:, 0])
+    slope = _activation_slope(mlp.activation_fn, pre)[:, None]
+    dpre = torch.nn.functional.linear(dz, mlp.fc1.weight)
+    out = hidden + mlp.fc2(mlp.activation_fn(pre))
+    return out, tangents + torch.nn.functional.linear(slope * dpre, mlp.fc2.weight)
+
+
+def _first_block_jvp(
     block: CLIPEncoderLayer,
+    mask: torch.Tensor | None,
+    states: torch.Tensor,
+    delta: torch.Tensor,
+    positions: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attributed block, whole, along changes at one position each: states (M, S, d) → (M, S, d), and
+    for each of the P ``positions`` i the JVP along ``delta`` (M, S, d) kept at i → (M, P, S, d).
+
+    As in :func:`_block_position_jvps`, such a change moves only query, key and value i, so every query row
+    j gets a_ji (c_ji (v_i − out_j) + dv_i) with c_ji = scale·q_j·dk_i, and row i also the change of its
+    own query: the projections and attention cost O(d) per tangent instead of O(S·d). The change then
+    spreads to every position through the output projection and the MLP, which run on all of them."""
+    attn = block.self_attn
+    tangent_rows = torch.arange(len(positions), device=states.device)
+    z, dz = _layer_norm_jvp(block.layer_norm1, states, delta)  # dz row i ↔ δ_i
+    q, k, v = (_heads_of(attn, proj(z)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    a = _attention_weights(attn, q, k, mask)
+    out = a @ v  # (M, H, S, hd)
+    dz = dz[:, positions]  # (M, P, d)
+    dq, dk, dv = (
+        _heads_of(attn, torch.nn.functional.linear(dz, proj.weight))
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
+    )  # (M, H, P, hd): tangent p's change of query, key and value positions[p]
+    weight_on = a[..., positions].transpose(-1, -2)  # (M, H, P, S): a_ji, row p for i = positions[p]
+    c = (dk @ q.transpose(-1, -2)) * attn.scale  # (M, H, P, S): c_ji
+    v_moved = v[:, :, positions, None] - out[:, :, None]  # (M, H, P, S, hd)
+    dout = weight_on[..., None] * (c[..., None] * v_moved + dv[:, :, :, None])
+    own = a[:, :, positions]  # (M, H, P, S): row i's weights, whose query moves too
+    dout[:, :, tangent_rows, positions] += _softmax_jvp(own, (dq @ k.transpose(-1, -2)) * attn.scale) @ v
+    dout = dout.permute(0, 2, 3, 1, 4).flatten(-2)  # (M, P, S, d)
+    hidden = states + attn.out_proj(_merged(out))
+    dhidden = torch.nn.functional.linear(dout, attn.out_proj.weight)
+    dhidden[:, tangent_rows, positions] += delta[:, positions]
+    return _mlp_half_jvp(block, hidden, dhidden)
+
+
+def _pooled_block_jvp(
+    block: CLIPEncoderLayer,
+    index: int,
+    mask_row: torch.Tensor | None,
+    states: torch.Tensor,
+    tangents: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention half of the last block at position ``index`` (as :func:`_block_position_jvps`) along
+    whole-sequence tangents: states (M, S, d), tangents (M, P, S, d) → h (M, d), dh (M, P, d)."""
+    attn = block.self_attn
+    z, dz = _layer_norm_jvp(block.layer_norm1, states[:, None], tangents)
+    q, k, v, a, out = _attention_at(attn, z[:, 0], index, mask_row)  # a (M, H, 1, S)
+    dq = _heads_of(attn, torch.nn.functional.linear(dz[:, :, index : index + 1], attn.q_proj.weight))
+    dk = _heads_of(attn, torch.nn.functional.linear(dz, attn.k_proj.weight))
+    dv = _heads_of(attn, torch.nn.functional.linear(dz, attn.v_proj.weight))
+    dlogits = (dq @ k[:, None].transpose(-1, -2) + q[:, None] @ dk.transpose(-1, -2)) * attn.scale
+    dout = _softmax_jvp(a[:, None], dlogits) @ v[:, None] + a[:, None] @ dv  # (M, P, H, 1, hd)
+    hidden = states[:, index] + attn.out_proj(_merged(out)[:, 0])
+    dhidden = tangents[:, :, index] + torch.nn.functional.linear(_merged(dout)[:, :, 0], attn.out_proj.weight)
+    return hidden, dhidden
+
+
+def _last_block_jvps(
+    blocks: Sequence[CLIPEncoderLayer],
     index: int,
     causal: bool,
     final_norm: torch.nn.LayerNorm,
     projection: torch.nn.Linear,
     post: Callable[[torch.Tensor], torch.Tensor],
 ) -> PositionJVPs:
-    """Position JVPs of ``post(projection(final_norm(block output at index)))``, ``chunk`` tangents at a
-    time; ``causal`` masks the positions after ``index`` out of its attention, as the text tower does."""
+    """Position JVPs of ``post(projection(final_norm(output of blocks at index)))``, ``chunk`` tangents at a
+    time; ``causal`` masks later positions out of every attention, as the text tower does.
+
+    With the last block alone, a change at one position moves one key and value (see
+    :func:`_block_position_jvps`): a point's S JVPs cost about one forward of the block. With blocks below
+    it, the first of them still sees a change at one position (:func:`_first_block_jvp`), which then
+    spreads to every position, so each tangent is carried whole through the blocks between
+    (:func:`_block_jvp`) and into the last block's pooled row (:func:`_pooled_block_jvp`).
+    """
+    *middle, last = blocks
 
     def jvps(states: torch.Tensor, delta: torch.Tensor, chunk: int) -> torch.Tensor:
-        mask_row = None
-        if causal:
-            mask_row = _causal_mask(states.shape[1], states.dtype, states.device)[:, :, index : index + 1]
-        step = max(1, chunk // states.shape[1])
-        pieces = []
-        for lo in range(0, states.shape[0], step):
-            hidden, dhidden = _block_position_jvps(block, states[lo : lo + step], delta, index, mask_row)
-            pieces.append(_tail_jvps(block, final_norm, projection, post, hidden, dhidden))
-        return torch.cat(pieces)
+        delta = delta.expand_as(states)  # a change (S, d) is every point's
+        length, device = states.shape[1], states.device
+        mask = _causal_mask(length, states.dtype, device) if causal else None
+        mask_row = None if mask is None else mask[:, :, index : index + 1]
+        step = max(1, chunk // length)
+        if not middle:
+            pieces = []
+            for lo in range(0, states.shape[0], step):
+                piece = slice(lo, lo + step)
+                hidden, dhidden = _block_position_jvps(last, states[piece], delta[piece], index, mask_row)
+                pieces.append(_tail_jvps(last, final_norm, projection, post, hidden, dhidden))
+            return torch.cat(pieces)
+        first, *between = middle
+        columns = []
+        for positions in torch.arange(length, device=device).split(chunk):
+            points_per_piece = max(1, chunk // len(positions))
+            pieces = []
+            for lo in range(0, states.shape[0], points_per_piece):
+                piece = slice(lo, lo + points_per_piece)
+                hidden, tangents = _first_block_jvp(first, mask, states[piece], delta[piece], positions)
+                for block in between:
+                    hidden, tangents = _block_jvp(block, mask, hidden, tangents)
+                pooled, dpooled = _pooled_block_jvp(last, index, mask_row, hidden, tangents)
+                pieces.append(_tail_jvps(last, final_norm, projection, post, pooled, dpooled))
+            columns.append(torch.cat(pieces))
+        return torch.cat(columns, dim=1)
 
     return jvps
 
@@ -454,14 +597,21 @@ class HFCLIPAdapter:
     def text_head_jvps(
         self, layer: int, pool_index: int, post: Callable[[torch.Tensor], torch.Tensor]
     ) -> PositionJVPs | None:
-        """Closed-form position JVPs of ``post(text_head(·))`` at the last block, else None."""
-        if layer != self.num_text_layers - 1:
-            return None
+        """Closed-form position JVPs of ``post(text_head(·))``, from any block (:func:`_last_block_jvps`)."""
         text = self._text_model
-        last = _blocks(text.encoder)[layer]
         return _last_block_jvps(
-            last, pool_index, True, text.final_layer_norm, self.model.text_projection, post
+            _blocks(text.encoder)[layer:],
+            pool_index,
+            True,
+            text.final_layer_norm,
+            self.model.text_projection,
+            post,
         )
+
+    @property
+    def image_prefix(self) -> int:
+        """One non-patch position leads ``image_states``: the class token."""
+        return 1
 
     def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states entering vision block ``layer`` (B, 1 + patches, d); position 0 is CLS."""
@@ -484,9 +634,7 @@ class HFCLIPAdapter:
     def image_head_jvps(
         self, layer: int, post: Callable[[torch.Tensor], torch.Tensor]
     ) -> PositionJVPs | None:
-        """Closed-form position JVPs of ``post(image_head(·))`` at the last block, else None."""
-        if layer != self.num_vision_layers - 1:
-            return None
+        """Closed-form position JVPs of ``post(image_head(·))``, from any block (:func:`_last_block_jvps`)."""
         vision = self._vision_model
-        last = _blocks(vision.encoder)[layer]
-        return _last_block_jvps(last, 0, False, vision.post_layernorm, self.model.visual_projection, post)
+        blocks = _blocks(vision.encoder)[layer:]
+        return _last_block_jvps(blocks, 0, False, vision.post_layernorm, self.model.visual_projection, post)
