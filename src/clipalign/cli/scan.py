@@ -51,7 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=scan_default.workers,
-        help="image decoding threads (per actor with --engine ray)",
+        help="threads that decode and preprocess images (per actor with --engine ray; "
+        f"default: {scan_default.workers})",
+    )
+    p.add_argument(
+        "--jpeg-draft",
+        action="store_true",
+        help="decode JPEGs at reduced size (PIL draft mode, both sides ≥ 2× the model input): faster, "
+        "slightly different pixels and scores (default: off)",
     )
     p.add_argument("--overwrite", action="store_true", help="discard earlier output and start again")
     p.add_argument("--histogram", help="also write a PNG histogram of F-CLIPScore")
@@ -110,6 +117,7 @@ def _scan_settings(args: argparse.Namespace) -> ScanSettings:
         part_size=args.part_size,
         workers=args.workers,
         overwrite=args.overwrite,
+        jpeg_draft=args.jpeg_draft,
         progress=not args.no_progress,
     )
 
