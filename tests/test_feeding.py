@@ -23,14 +23,18 @@ from PIL import Image
 from clipalign import CLIP4DM
 from clipalign.attribution.feeding import prepared_ahead
 from clipalign.attribution.inputs import reason
+from clipalign.cli.common import model_spec, word_settings
 from clipalign.cli.main import build_parser
+from clipalign.cli.scan import _metadata, _scan_settings
 from clipalign.images import load_image
 from clipalign.metrics.functional import clip_score, f_clip_score
 from clipalign.runners.local import draft_size, scan
-from clipalign.runners.sources import Sample
+from clipalign.runners.sources import Columns, Sample
 from clipalign.settings import ScanSettings
 from clipalign.text import CaptionError, CaptionTruncatedWarning, encode_caption, validate_caption
 from clipalign.text.alignment import encode_captions, is_punctuation
+
+pytestmark = pytest.mark.filterwarnings("ignore::clipalign.text.alignment.CaptionTruncatedWarning")
 
 LONG = " ".join(f"word{i}, and" for i in range(60))
 TRICKY = [
@@ -466,8 +470,13 @@ def test_each_token_score_is_the_models(adapter):
 def test_jpeg_draft_is_off_by_default_and_on_with_its_flag(tmp_path):
     assert ScanSettings().jpeg_draft is False
     parser = build_parser()
-    assert parser.parse_args(["scan", "in.jsonl", "--out", "o"]).jpeg_draft is False
-    assert parser.parse_args(["scan", "in.jsonl", "--out", "o", "--jpeg-draft"]).jpeg_draft is True
+    plain = parser.parse_args(["scan", "in.jsonl", "--out", "o"])
+    draft = parser.parse_args(["scan", "in.jsonl", "--out", "o", "--jpeg-draft"])
+    assert plain.jpeg_draft is False and draft.jpeg_draft is True
+    assert _scan_settings(plain).jpeg_draft is False and _scan_settings(draft).jpeg_draft is True
+    # recorded only when on, so that a draft run never resumes or extends a plain one (or the reverse)
+    metadata = [_metadata(a, Columns(), model_spec(a), word_settings(a)) for a in (plain, draft)]
+    assert "jpeg_draft" not in metadata[0] and metadata[1] == {**metadata[0], "jpeg_draft": True}
 
 
 def test_draft_decodes_a_jpeg_smaller_but_never_below_the_size_asked(tmp_path, adapter):

@@ -257,11 +257,13 @@ class CLIP4DM:
         return results
 
     def _load_pair(self, pair: tuple[ImageInput, str]) -> torch.Tensor | Exception:
+        """A pair's pixel values, or why its image failed (the worker-thread step of ``attribute``)."""
         return image_pixels(self.model, pair[0])
 
     def _prepare_pairs(
         self, pairs: Sequence[tuple[ImageInput, str]], images: list[torch.Tensor | Exception]
     ) -> PreparedBatch:
+        """:meth:`prepare` for ``attribute``'s (image, caption) pairs (the collating step)."""
         return self.prepare([s for s, _ in pairs], [c for _, c in pairs], images)
 
     def prepare(

@@ -135,7 +135,8 @@ def _ray_settings(args: argparse.Namespace) -> RaySettings:
 def _metadata(
     args: argparse.Namespace, columns: Columns, spec: ModelSpec, words: WordSettings
 ) -> dict[str, Any]:
-    """What the output's metadata records (and what a resumed run must match); engine-independent."""
+    """What the output's metadata records (and what a resumed run must match); engine-independent.
+    ``jpeg_draft`` changes the scores, so it is recorded when on (absent, it reads as off, as before)."""
     return {
         "clipalign": __version__,
         **spec.to_dict(),
@@ -143,6 +144,7 @@ def _metadata(
         "input": args.input,
         "captions": args.captions,
         "columns": [columns.image, columns.caption, columns.key],
+        **({"jpeg_draft": True} if args.jpeg_draft else {}),
     }
 
 
