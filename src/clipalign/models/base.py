@@ -95,8 +95,8 @@ class ClipAdapter(Protocol):
         ...
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``pixel_values(images)`` moved to ``device`` (non-blocking when pinned), in the dtype the image tower
-        takes them in (fp32 unless the model was built in half precision; see ``dtype``)."""
+        """``pixel_values(images)`` moved to ``device`` (non-blocking when pinned), in the dtype the image
+        tower takes them in (fp32 unless the model was built in half precision; see ``dtype``)."""
         ...
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
