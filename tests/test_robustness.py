@@ -17,7 +17,7 @@ from PIL import Image
 from clipalign import CLIP4DM, CaptionTruncatedWarning, ItemError, TokenPatchInteractions, WordSettings
 from clipalign.cli.main import main
 from clipalign.runners import local
-from clipalign.runners.local import SCHEMA, decode, scan, score_batch
+from clipalign.runners.local import SCHEMA, decode, load_sample, scan, score_batch
 from clipalign.runners.sources import Sample
 from clipalign.settings import ScanSettings
 from clipalign.text import CaptionError, validate_caption
@@ -106,8 +106,8 @@ def test_bad_captions_become_item_errors_and_the_rest_equal_scoring_alone(adapte
 def test_any_exception_while_preparing_a_pair_is_that_pairs_error(adapter, monkeypatch):
     encode = adapter.encode_captions
 
-    def flaky(captions, template):
-        if captions == ["boom"]:
+    def flaky(captions, template):  # fails whenever it sees "boom", alone or in a batch
+        if "boom" in captions:
             raise TypeError("tokenizer exploded")
         return encode(captions, template)
 
@@ -201,7 +201,7 @@ def test_score_batch_gives_error_rows_for_bad_captions_and_scores_the_rest(adapt
     samples = [Sample(i, f"k{i}", None, c) for i, c in enumerate(captions)]  # type: ignore[arg-type]
     images = [scene(i) for i in range(len(samples))]
     attributor = CLIP4DM(adapter)
-    rows = score_batch(attributor, samples, list(images))
+    rows = score_batch(attributor, samples, [adapter.pixel_values([image])[0] for image in images])
     assert [r["error"] is None for r in rows] == [True, False, False, True]
     assert "lone surrogate" in rows[1]["error"] and rows[1]["caption"] == "a \\ud800 cat"
     assert "got dict" in rows[2]["error"] and rows[2]["caption"] is None
@@ -226,26 +226,37 @@ def test_a_scan_with_a_surrogate_caption_finishes_with_an_error_row(adapter, tmp
 
 def test_score_batch_falls_back_to_one_pair_at_a_time(adapter, monkeypatch):
     attributor = CLIP4DM(adapter)
-    attribute = attributor.attribute
+    attribute_tokens = attributor.attribute_tokens
 
-    def batch_fails(images, captions, **kwargs):
-        if len(captions) > 1 or captions == ["boom"]:
+    def batch_fails(pixel_values, encoded):
+        if len(encoded) > 1 or encoded[0].caption == "boom":
             raise RuntimeError("whole batch failed")
-        return attribute(images, captions, **kwargs)
+        return attribute_tokens(pixel_values, encoded)
 
-    monkeypatch.setattr(attributor, "attribute", batch_fails)
+    monkeypatch.setattr(attributor, "attribute_tokens", batch_fails)
     samples = [Sample(0, "a", None, "a dog"), Sample(1, "b", None, "boom")]
-    rows = score_batch(attributor, samples, [scene(0), scene(1)])
+    rows = score_batch(attributor, samples, [adapter.pixel_values([scene(i)])[0] for i in range(2)])
     assert rows[0]["error"] is None and rows[0]["cosine"] is not None
     assert rows[1]["error"] == "RuntimeError: whole batch failed"
 
 
 def test_decode_turns_any_exception_into_a_reason(monkeypatch, tmp_path):
-    def broken(source):
+    def broken(source, **options):
         raise MemoryError("image too large to decode")
 
     monkeypatch.setattr(local, "load_image", broken)
     assert decode(Sample(0, "k", tmp_path / "x.png", "a dog")) == "MemoryError: image too large to decode"
+
+
+def test_load_sample_turns_a_preprocessing_failure_into_that_samples_exception(adapter, monkeypatch):
+    def broken(images):
+        raise ValueError("processor failed")
+
+    monkeypatch.setattr(adapter, "pixel_values", broken)
+    loaded = load_sample(adapter, Sample(0, "k", scene(0), "a dog"))  # type: ignore[arg-type]
+    assert isinstance(loaded, ValueError) and str(loaded) == "processor failed"
+    [row] = score_batch(CLIP4DM(adapter), [Sample(0, "k", None, "a dog")], [loaded])
+    assert row["error"] == "ValueError: processor failed"
 
 
 # --- command line ------------------------------------------------------------------------------------

@@ -184,9 +184,9 @@ def test_resume_skips_written_parts_and_rejects_other_settings(adapter, folder, 
         )
     assert len(list(out.glob("part-*.parquet"))) == 2
     seen = []
-    original = attributor.attribute
+    original = attributor.score_prepared
     monkeypatch.setattr(
-        attributor, "attribute", lambda im, caps, **kw: seen.extend(caps) or original(im, caps, **kw)
+        attributor, "score_prepared", lambda batch, **kw: seen.extend(batch.captions) or original(batch, **kw)
     )
     result = scan(
         table_samples(folder / "p.jsonl", Columns()),

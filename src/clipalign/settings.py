@@ -199,15 +199,18 @@ class ScanSettings:
 
     Attributes:
         part_size: rows per Parquet part, the resume granularity.
-        workers: image decoding threads (per actor with Ray).
+        workers: threads that decode and preprocess images (per actor with Ray).
         overwrite: discard earlier output in ``--out`` and start again.
         progress: show a progress bar.
+        jpeg_draft: decode JPEGs at a reduced scale (PIL's draft mode) that keeps both sides at least twice
+            the model input's; faster, but the pixels, so the scores, change slightly: off by default.
     """
 
     part_size: int = 4096
     workers: int = 4
     overwrite: bool = False
     progress: bool = True
+    jpeg_draft: bool = False
 
     def __post_init__(self) -> None:
         if self.part_size < 1:

@@ -10,21 +10,21 @@ costs one forward and one backward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 import torch
-from PIL import Image
 
+from clipalign.attribution.feeding import prepared_ahead
 from clipalign.attribution.inputs import item_error, pair_up
 from clipalign.images import ImageInput, describe_source, load_image
 from clipalign.metrics.functional import clip_score, f_clip_score
 from clipalign.models.base import ClipAdapter
 from clipalign.results import ItemError, Span, TokenScore, Word, WordAlignment, eligible
 from clipalign.settings import Mode, WordSettings
-from clipalign.text.alignment import EncodedCaption
+from clipalign.text.alignment import CaptionError, EncodedCaption, validate_caption
 
 
 @dataclass
@@ -79,9 +79,12 @@ def _misaligned_mask(scores: np.ndarray, eligible: np.ndarray, mode: Mode, epsil
 
 def merge_spans(caption: str, words: Sequence[Word]) -> list[Span]:
     """Merge misaligned words that are adjacent among the non-punctuation words into spans."""
+    if not any(w.misaligned for w in words):
+        return []
     spans: list[Span] = []
     run: list[int] = []
-    candidates = [i for i, w in enumerate(words) if w.eligible]
+    can_flag = eligible(np.array([w.punctuation for w in words]), np.array([w.num_tokens for w in words]))
+    candidates = np.flatnonzero(can_flag).tolist()
     for i in [*candidates, None]:
         if i is not None and words[i].misaligned:
             run.append(i)
@@ -97,12 +100,42 @@ def merge_spans(caption: str, words: Sequence[Word]) -> list[Span]:
 
 
 @dataclass
-class Prepared:
-    """A pair ready to score: its position in the batch, its decoded image, its encoded caption."""
+class PreparedBatch:
+    """A batch of pairs ready for the model, with the reason each other pair of it could not be prepared.
 
-    position: int
-    image: Image.Image
-    encoded: EncodedCaption
+    Built by :meth:`CLIP4DM.prepare` (in a worker thread when batches are prepared ahead) and scored by
+    :meth:`CLIP4DM.score_prepared`; positions are those of the pairs in the batch.
+    """
+
+    sources: list[object]
+    """Each pair's image input as given (results and errors name it)."""
+    captions: list[object]
+    """Each pair's caption as given."""
+    ready: list[int]
+    """Positions of the pairs ready to score, in order."""
+    pixel_values: torch.Tensor | None
+    """(len(ready), 3, H, W) float32 pixel values of the ready pairs (on the CPU, pinned for a CUDA model)."""
+    encoded: list[EncodedCaption]
+    """The ready pairs' captions, encoded in the run's word unit."""
+    failures: dict[int, Exception]
+    """Position → why that pair could not be prepared."""
+
+
+def image_pixels(model: ClipAdapter, source: object) -> torch.Tensor | Exception:
+    """One image input decoded and preprocessed, (3, H, W) float32 on the CPU, or why it could not be
+    (returned, not raised, so that worker threads report every failure with its pair)."""
+    try:
+        return model.pixel_values([load_image(source)])[0]  # type: ignore[arg-type]
+    except Exception as exc:
+        return exc
+
+
+def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    return (values[lo : lo + size] for lo in range(0, len(values), size))
+
+
+ATTRIBUTE_WORKERS = 4
+"""Threads that decode and preprocess images ahead of the model when ``attribute`` gets several batches."""
 
 
 class CLIP4DM:
@@ -198,121 +231,252 @@ class CLIP4DM:
         always uses the threshold rule. With
         ``on_error="record"`` a pair that fails (an unreadable image, an empty or invalid caption, any
         error while scoring it) becomes an :class:`ItemError` saying why and the rest are still scored;
-        ``on_error="raise"`` raises instead.
+        ``on_error="raise"`` raises instead. With more than one batch, images are decoded and
+        preprocessed, and captions tokenised, in threads while the previous batch is scored.
         """
         overrides = {k: v for k, v in (("mode", mode), ("epsilon", epsilon)) if v is not None}
-        call = self.settings.replace(**overrides)  # validated as the settings themselves are
+        self.settings.replace(**overrides)  # validated as the settings themselves are
         image_list, caption_list = pair_up(images, captions)
         size = self.settings.batch_size
-        results: list[WordAlignment | ItemError] = []
-        for lo in range(0, len(caption_list), size):
-            batch = self._attribute_batch(
-                image_list[lo : lo + size],
-                caption_list[lo : lo + size],
-                lo,
-                call.mode,
-                call.epsilon,
-                on_error,
+        pairs = list(zip(image_list, caption_list, strict=True))
+        if len(pairs) <= size:
+            batches: Iterable[PreparedBatch] = [
+                self._prepare_pairs(pairs, [self._load_pair(p) for p in pairs])
+            ]
+        else:
+            batches = prepared_ahead(
+                _chunks(pairs, size), self._load_pair, self._prepare_pairs, workers=ATTRIBUTE_WORKERS
             )
-            results.extend(batch)
+        results: list[WordAlignment | ItemError] = []
+        for batch in batches:
+            results.extend(
+                self.score_prepared(
+                    batch, mode=mode, epsilon=epsilon, first_index=len(results), on_error=on_error
+                )
+            )
         return results
 
-    def _attribute_batch(
-        self,
-        images: Sequence[ImageInput],
-        captions: Sequence[str],
-        first_index: int,
-        mode: Mode,
-        epsilon: float,
-        on_error: str,
-    ) -> list[WordAlignment | ItemError]:
-        """Prepare each pair on its own (a failure there is that pair's), then score the rest at once.
+    def _load_pair(self, pair: tuple[ImageInput, str]) -> torch.Tensor | Exception:
+        """A pair's pixel values, or why its image failed (the worker-thread step of ``attribute``)."""
+        return image_pixels(self.model, pair[0])
 
+    def _prepare_pairs(
+        self, pairs: Sequence[tuple[ImageInput, str]], images: list[torch.Tensor | Exception]
+    ) -> PreparedBatch:
+        """:meth:`prepare` for ``attribute``'s (image, caption) pairs (the collating step)."""
+        return self.prepare([s for s, _ in pairs], [c for _, c in pairs], images)
+
+    def prepare(
+        self,
+        sources: Sequence[object],
+        captions: Sequence[object],
+        images: Sequence[torch.Tensor | Exception],
+    ) -> PreparedBatch:
+        """A batch ready for :meth:`score_prepared` from each pair's image input, caption and pixel values
+        (3, H, W) from :meth:`ClipAdapter.pixel_values`, or the exception that stopped them.
+
+        Captions are tokenised in one call (should it raise, one by one, so that the failure is the
+        pair's); a caption's failure is reported before its image's. Pixels are stacked, into pinned
+        memory for a CUDA model so that the copy to the device does not block. Safe in a worker thread.
+        """
+        failures: dict[int, Exception] = {}
+        valid: list[int] = []
+        for i, caption in enumerate(captions):
+            try:
+                validate_caption(caption)
+                valid.append(i)
+            except CaptionError as exc:
+                failures[i] = exc
+        encoded = self._encode({i: cast(str, captions[i]) for i in valid}, failures)
+        for i in valid:
+            image = images[i]
+            if i not in failures and isinstance(image, Exception):
+                failures[i] = image
+        ready = [i for i in valid if i not in failures]
+        pixels = None
+        if ready:
+            rows = [cast(torch.Tensor, images[i]) for i in ready]
+            pin = self.model.device.type == "cuda"
+            out = torch.empty((len(rows), *rows[0].shape), dtype=rows[0].dtype, pin_memory=pin)
+            pixels = torch.stack(rows, out=out)
+        return PreparedBatch(
+            list(sources), list(captions), ready, pixels, [encoded[i] for i in ready], failures
+        )
+
+    def _encode(self, captions: dict[int, str], failures: dict[int, Exception]) -> dict[int, EncodedCaption]:
+        """Position → encoded caption in one tokenizer call; failures found one caption at a time."""
+        template, unit = self.settings.template, self.settings.unit
+        try:
+            batch = self.model.encode_captions(list(captions.values()), template)
+            return {i: e.with_unit(unit) for i, e in zip(captions, batch, strict=True)}
+        except Exception:
+            encoded = {}
+            for i, caption in captions.items():
+                try:
+                    [enc] = self.model.encode_captions([caption], template)
+                    encoded[i] = enc.with_unit(unit)
+                except Exception as exc:
+                    failures[i] = exc
+            return encoded
+
+    @overload
+    def score_prepared(
+        self,
+        batch: PreparedBatch,
+        *,
+        mode: Mode | None = ...,
+        epsilon: float | None = ...,
+        first_index: int = ...,
+        on_error: Literal["raise"],
+    ) -> list[WordAlignment]: ...
+
+    @overload
+    def score_prepared(
+        self,
+        batch: PreparedBatch,
+        *,
+        mode: Mode | None = ...,
+        epsilon: float | None = ...,
+        first_index: int = ...,
+        on_error: Literal["record"] = ...,
+    ) -> list[WordAlignment | ItemError]: ...
+
+    def score_prepared(
+        self,
+        batch: PreparedBatch,
+        *,
+        mode: Mode | None = None,
+        epsilon: float | None = None,
+        first_index: int = 0,
+        on_error: Literal["record", "raise"] = "record",
+    ) -> list[WordAlignment] | list[WordAlignment | ItemError]:
+        """Score a prepared batch at once: one result per pair in batch order, as :meth:`attribute` gives.
+
+        A pair that could not be prepared is an :class:`ItemError` (index ``first_index`` + position).
         When scoring the batch fails, each pair is scored alone: one bad pair, or a batch too large for
         memory, then costs only its own result, and a genuine model failure is recorded for every pair.
+        ``on_error="raise"`` raises the first failure instead.
         """
-        slots: list[WordAlignment | ItemError | None] = [None] * len(captions)
+        overrides = {k: v for k, v in (("mode", mode), ("epsilon", epsilon)) if v is not None}
+        call = self.settings.replace(**overrides)
+        slots: list[WordAlignment | ItemError | None] = [None] * len(batch.sources)
 
-        def failed(i: int, exc: Exception) -> None:
+        def failed(position: int, exc: Exception) -> None:
             if on_error == "raise":
                 raise exc
-            slots[i] = item_error(first_index + i, images[i], captions[i], exc)
+            caption = batch.captions[position]
+            slots[position] = item_error(first_index + position, batch.sources[position], caption, exc)  # type: ignore[arg-type]
 
-        prepared: list[Prepared] = []
-        for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
-            try:
-                [enc] = self.model.encode_captions([caption], self.settings.template)
-                enc = enc.with_unit(self.settings.unit)
-                prepared.append(Prepared(i, load_image(image), enc))
-            except Exception as exc:
-                failed(i, exc)
-        groups = [prepared] if prepared else []
+        for position in sorted(batch.failures):
+            failed(position, batch.failures[position])
+        groups = [list(range(len(batch.ready)))] if batch.ready else []
         while groups:
             group = groups.pop(0)
             try:
-                results = self._score(group, images, mode, epsilon)
+                results = self._score(batch, group, call.mode, call.epsilon)
             except Exception as exc:
                 if len(group) == 1:
-                    failed(group[0].position, exc)
+                    failed(batch.ready[group[0]], exc)
                 else:
-                    groups = [[item] for item in group] + groups
+                    groups = [[k] for k in group] + groups
                 continue
-            for item, result in zip(group, results, strict=True):
-                slots[item.position] = result
+            for k, result in zip(group, results, strict=True):
+                slots[batch.ready[k]] = result
         return [s for s in slots if s is not None]
 
     def _score(
-        self, group: Sequence[Prepared], images: Sequence[ImageInput], mode: Mode, epsilon: float
+        self, batch: PreparedBatch, group: list[int], mode: Mode, epsilon: float
     ) -> list[WordAlignment]:
-        """One forward and one backward for the prepared pairs of ``group``, in its order."""
-        encoded = [item.encoded for item in group]
-        raw = self.attribute_tokens(self.model.preprocess([item.image for item in group]), encoded)
-        return self._build(raw, encoded, [images[item.position] for item in group], mode, epsilon)
+        """One forward and one backward for the ready pairs ``group`` (indices into ``batch.ready``)."""
+        assert batch.pixel_values is not None  # a batch with ready pairs has their pixels
+        pixels = batch.pixel_values if len(group) == len(batch.ready) else batch.pixel_values[group]
+        # float32 as prepared: the image tower takes fp32 pixel values (a model built in half precision
+        # casts them in its patch embedding, as for any fp32 input)
+        pixels = pixels.to(self.model.device, non_blocking=pixels.is_pinned())
+        encoded = [batch.encoded[k] for k in group]
+        raw = self.attribute_tokens(pixels, encoded)
+        sources = [describe_source(batch.sources[batch.ready[k]]) for k in group]
+        return self._build(raw, encoded, sources, mode, epsilon)
 
     def _build(
         self,
         raw: TokenAttribution,
         encoded: Sequence[EncodedCaption],
-        sources: Sequence[ImageInput],
+        sources: Sequence[str],
         mode: Mode,
         epsilon: float,
     ) -> list[WordAlignment]:
+        """Results from a batch's raw scores: arithmetic batched, then one pass of plain Python per pair."""
         means, counts = word_scores(raw.token_scores, encoded)
         cosine = raw.cosine.double().cpu()
         token_rows = raw.token_scores.double().cpu().numpy()
+        punct = [np.array([w.punctuation for w in e.words], dtype=bool) for e in encoded]
+        can_flag = [eligible(p, n) for p, n in zip(punct, counts, strict=True)]
+        below = [_misaligned_mask(s, f, "threshold", epsilon) for s, f in zip(means, can_flag, strict=True)]
+        marked = (
+            below
+            if mode == "threshold"
+            else [_misaligned_mask(s, f, mode, epsilon) for s, f in zip(means, can_flag, strict=True)]
+        )
+        f_scores = _f_clip_scores(cosine, means, below)
+        cosines, clipscores = cosine.tolist(), clip_score(cosine).tolist()
         results = []
         for b, enc in enumerate(encoded):
-            scores, n_tok = means[b], counts[b]
-            punct = np.array([w.punctuation for w in enc.words], dtype=bool)
-            can_flag = eligible(punct, n_tok)
-            below = _misaligned_mask(scores, can_flag, "threshold", epsilon)
-            marked = below if mode == "threshold" else _misaligned_mask(scores, can_flag, mode, epsilon)
             words = [
-                Word(w.text, w.start, w.end, float(s), bool(m), bool(p), int(n))
-                for w, s, m, p, n in zip(enc.words, scores, marked, punct, n_tok, strict=True)
-            ]
-            cos = cosine[b : b + 1]
-            f_score = f_clip_score(cos, torch.from_numpy(scores)[None], torch.from_numpy(below)[None])
-            tokens = [
-                TokenScore(
-                    enc.tokens[t], *enc.token_spans[t], float(token_rows[b, t]), int(enc.token_word[t])
+                Word(w.text, w.start, w.end, s, m, p, n)
+                for w, s, m, p, n in zip(
+                    enc.words,
+                    means[b].tolist(),
+                    marked[b].tolist(),
+                    punct[b].tolist(),
+                    counts[b].tolist(),
+                    strict=True,
                 )
-                for t in np.flatnonzero(enc.token_word >= 0)
+            ]
+            scored = np.flatnonzero(enc.token_word >= 0)
+            tokens = [
+                TokenScore(enc.tokens[t], enc.token_spans[t][0], enc.token_spans[t][1], score, word)
+                for t, score, word in zip(
+                    scored.tolist(),
+                    token_rows[b, scored].tolist(),
+                    enc.token_word[scored].tolist(),
+                    strict=True,
+                )
             ]
             results.append(
                 WordAlignment(
                     caption=enc.caption,
-                    cosine=float(cos[0]),
-                    clipscore=float(clip_score(cos)[0]),
-                    f_clipscore=float(f_score[0]),
+                    cosine=cosines[b],
+                    clipscore=clipscores[b],
+                    f_clipscore=f_scores[b],
                     words=words,
                     spans=merge_spans(enc.caption, words),
                     truncated_words=[w.text for w in enc.truncated_words],
                     mode=mode,
                     epsilon=epsilon,
                     tokens=tokens,
-                    source=describe_source(sources[b]),
+                    source=sources[b],
                     unit=enc.unit,
                 )
             )
         return results
+
+
+def _f_clip_scores(
+    cosine: torch.Tensor, scores: Sequence[np.ndarray], below: Sequence[np.ndarray]
+) -> list[float]:
+    """F-CLIPScore of every pair, one :func:`f_clip_score` call per word count: each row is then reduced
+    exactly as it is alone, with no padding that could change the order of its sum."""
+    out = [0.0] * len(scores)
+    by_length: dict[int, list[int]] = {}
+    for b, s in enumerate(scores):
+        by_length.setdefault(len(s), []).append(b)
+    for rows in by_length.values():
+        values = f_clip_score(
+            cosine[rows],
+            torch.from_numpy(np.stack([scores[b] for b in rows])),
+            torch.from_numpy(np.stack([below[b] for b in rows])),
+        ).tolist()
+        for b, value in zip(rows, values, strict=True):
+            out[b] = value
+    return out

@@ -66,22 +66,29 @@ def describe_source(source: object) -> str:
     return f"<{type(source).__name__}>"
 
 
-def load_image(source: ImageInput, *, max_aspect_ratio: float | None = MAX_ASPECT_RATIO) -> Image.Image:
+def load_image(
+    source: ImageInput,
+    *,
+    max_aspect_ratio: float | None = MAX_ASPECT_RATIO,
+    draft: tuple[int, int] | None = None,
+) -> Image.Image:
     """Load ``source`` as a new, fully decoded RGB image, raising ``ImageLoadError`` for anything unusable.
 
     A PIL image is used at its current frame, so frames from ``ImageSequence`` can be scored one by one.
     Files must be regular files (a FIFO would block), and images whose longest side exceeds
     ``max_aspect_ratio`` × the shortest are refused before decoding (``None`` allows any shape); the
-    pixel-count limit is PIL's ``Image.MAX_IMAGE_PIXELS`` decompression-bomb check.
+    pixel-count limit is PIL's ``Image.MAX_IMAGE_PIXELS`` decompression-bomb check. ``draft`` (width,
+    height) lets a JPEG file be decoded at 1/2, 1/4 or 1/8 scale (PIL's draft mode), the smallest that
+    keeps both sides at least that; other formats and inputs are unaffected.
     """
     if max_aspect_ratio is not None and not max_aspect_ratio >= 1:
         raise ValueError(f"max_aspect_ratio must be at least 1 or None, got {max_aspect_ratio!r}")
     name = describe_source(source)
     if isinstance(source, (str, os.PathLike)):
         _require_regular_file(source, name)
-        return _to_rgb(_read_file(source, name, max_aspect_ratio), name)
+        return _to_rgb(_read_file(source, name, max_aspect_ratio, draft), name)
     if isinstance(source, bytes):
-        return _to_rgb(_read_file(io.BytesIO(source), name, max_aspect_ratio), name)
+        return _to_rgb(_read_file(io.BytesIO(source), name, max_aspect_ratio, draft), name)
     if isinstance(source, Image.Image):
         _check_aspect(source.width, source.height, name, max_aspect_ratio)
         return _to_rgb(_decode(source, name), name)
@@ -126,15 +133,21 @@ def _check_aspect(width: int, height: int, name: str, max_aspect_ratio: float | 
 
 
 def _read_file(
-    path: str | os.PathLike[str] | io.BytesIO, name: str, max_aspect_ratio: float | None
+    path: str | os.PathLike[str] | io.BytesIO,
+    name: str,
+    max_aspect_ratio: float | None,
+    draft: tuple[int, int] | None = None,
 ) -> Image.Image:
-    """Open an image file, check its header size, then decode the first frame (truncation fails here)."""
+    """Open an image file, check its header size, then decode the first frame (truncation fails here),
+    reduced in draft mode to no less than ``draft`` when given and the format allows it."""
     try:
         image = Image.open(path)
     except Exception as exc:
         raise _read_error(name, exc) from exc
     with image:
         _check_aspect(image.width, image.height, name, max_aspect_ratio)
+        if draft is not None:
+            image.draft(None, draft)
         return _decode(image, name)
 
 

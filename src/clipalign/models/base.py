@@ -89,9 +89,16 @@ class ClipAdapter(Protocol):
         causal mask hides it from EOT; a bidirectional encoder must mask it or pad to a fixed length."""
         ...
 
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Pixel values (B, 3, H, W) float32 on the CPU, resized, cropped and normalised exactly as the
+        family's image processor does (the crop must match ``image_geometry``). Called from worker threads
+        to prepare batches ahead of the model, so it must be thread-safe, and a batch must equal its images
+        processed one at a time and stacked."""
+        ...
+
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Pixel values (B, 3, H, W) on ``device`` in ``dtype``, resized, cropped and normalised as the
-        family's image processor does (the crop must match ``image_geometry``)."""
+        """``pixel_values(images)`` moved to ``device`` (non-blocking when pinned), in the dtype the image
+        tower takes them in (fp32 unless the model was built in half precision; see ``dtype``)."""
         ...
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:

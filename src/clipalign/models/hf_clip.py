@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import get_args
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import (
@@ -30,7 +31,7 @@ from clipalign.models.base import (
 )
 from clipalign.models.checkpoint import check_local_files, check_tokenizer_size, load_checkpoint
 from clipalign.settings import TextReference
-from clipalign.text.alignment import EncodedCaption, encode_caption
+from clipalign.text.alignment import EncodedCaption, encode_captions
 
 EXCLIP_REFERENCE_TOKEN_ID = 0
 """exCLIP's text reference fills every position but SOT and EOT with token id 0 (``!`` for CLIP)."""
@@ -464,29 +465,36 @@ class HFCLIPAdapter:
         return self._text_model.config.max_position_embeddings
 
     def encode_captions(self, captions: Sequence[str], template: str) -> list[EncodedCaption]:
-        """Tokenize each caption as ``SOT + template + caption + EOT``, truncating whole words past 77."""
+        """Tokenize ``SOT + template + caption + EOT`` for every caption in one tokenizer call, truncating
+        whole words past 77."""
         tok = self.tokenizer
-        bos, eos, limit = [tok.bos_token_id], [tok.eos_token_id], self.max_text_tokens
-        return [
-            encode_caption(tok, c, template=template, prefix_ids=bos, suffix_ids=eos, max_length=limit)
-            for c in captions
-        ]
+        return encode_captions(
+            tok,
+            captions,
+            template=template,
+            prefix_ids=[tok.bos_token_id],
+            suffix_ids=[tok.eos_token_id],
+            max_length=self.max_text_tokens,
+        )
 
     def collate(self, encoded: Sequence[EncodedCaption]) -> TextInputs:
         """Right-pad to the longest caption of the batch (the causal mask keeps padding out of EOT)."""
-        length = max(len(e.input_ids) for e in encoded)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(encoded), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(encoded), length), dtype=torch.long)
-        for i, e in enumerate(encoded):
-            ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-            mask[i, : len(e.input_ids)] = 1
-        pool = torch.tensor([e.pool_index for e in encoded], dtype=torch.long)
-        return TextInputs(ids.to(self.device), mask.to(self.device), pool.to(self.device))
+        lengths = np.array([len(e.input_ids) for e in encoded], dtype=np.int64)
+        ids = np.full((len(encoded), int(lengths.max())), self.tokenizer.pad_token_id, dtype=np.int64)
+        for row, e in zip(ids, encoded, strict=True):
+            row[: len(e.input_ids)] = e.input_ids
+        mask = (np.arange(ids.shape[1])[None] < lengths[:, None]).astype(np.int64)
+        pool = np.array([e.pool_index for e in encoded], dtype=np.int64)
+        return TextInputs(*(torch.from_numpy(a).to(self.device) for a in (ids, mask, pool)))
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(B, 3, H, W) float32 on the CPU from the PIL image processor; each image is processed on its own,
+        so a batch equals its images processed one by one and stacked, and worker threads may call it."""
+        return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"].float()
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        return pixels.to(self.device, self.weight_dtype)
+        pixels = self.pixel_values(images)
+        return pixels.to(self.device, non_blocking=pixels.is_pinned()).to(self.weight_dtype)
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """CLS-pooled image embeddings, every block on fused attention; in half precision under autocast

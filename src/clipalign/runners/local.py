@@ -1,4 +1,8 @@
-"""The local scan engine: stream samples, decode images in threads, score batches, write Parquet parts.
+"""The local scan engine: stream samples, prepare batches in threads, score them, write Parquet parts.
+
+Worker threads decode and preprocess each image and a collating thread tokenises each batch's captions
+in one call and stacks its pixels, while the model scores the batch before
+(:func:`~clipalign.attribution.feeding.prepared_ahead`).
 
 Output is a directory of ``part-NNNNN.parquet`` files, or one ``.parquet`` file merged from them at
 the end, written by :class:`~clipalign.runners.output.PartWriter`: parts are committed to a manifest,
@@ -7,21 +11,22 @@ so a killed run resumes after the last committed part with no duplicate and no m
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import itertools
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import torch
 from PIL import Image
 from tqdm import tqdm
 
-from clipalign.attribution.inputs import item_error, reason
-from clipalign.attribution.words import CLIP4DM
+from clipalign.attribution.feeding import prepared_ahead
+from clipalign.attribution.inputs import reason
+from clipalign.attribution.words import CLIP4DM, PreparedBatch
 from clipalign.images import load_image
+from clipalign.models.base import ClipAdapter
 from clipalign.results import ItemError, WordAlignment, word_row
 from clipalign.runners.output import PartWriter, writing
 from clipalign.runners.schema import METADATA_KEY as METADATA_KEY
@@ -66,61 +71,91 @@ def result_row(sample: Sample, result: WordAlignment) -> Row:
     }
 
 
-def decode(sample: Sample) -> Image.Image | str:
-    """The sample's RGB image, or the reason it cannot be used (runs in worker threads; never raises)."""
+def decode(sample: Sample, draft: tuple[int, int] | None = None) -> Image.Image | str:
+    """The sample's RGB image, or the reason it cannot be used (runs in worker threads; never raises).
+
+    ``draft`` (width, height): a JPEG is decoded at the smallest scale that keeps both sides at least that.
+    """
     if sample.error is not None:
         return sample.error
     if sample.image is None:
         return "no image"
     try:
-        return load_image(sample.image)
+        return load_image(sample.image, draft=draft)
     except Exception as exc:
         return reason(exc)
 
 
-def score_batch(attributor: CLIP4DM, samples: list[Sample], images: list[Image.Image | str]) -> list[Row]:
-    """Rows for one batch: one forward and one backward for every sample that decoded.
+Loaded = torch.Tensor | Exception | str
+"""A sample's pixel values (3, H, W), why its image could not be decoded (str) or preprocessed."""
 
-    Every failure of one sample becomes its error row (CLIP4DM records them per pair); should scoring
-    the batch still raise, each sample is scored alone so that the scan always gets one row per sample.
-    """
+
+def load_sample(model: ClipAdapter, sample: Sample, draft: tuple[int, int] | None = None) -> Loaded:
+    """Decode a sample's image and preprocess it (in a worker thread; never raises)."""
+    image = decode(sample, draft)
+    if isinstance(image, str):
+        return image
+    try:
+        return model.pixel_values([image])[0]
+    except Exception as exc:
+        return exc
+
+
+@dataclass
+class SampleBatch:
+    """A batch of samples with the rows already known (errors) and the rest prepared for the model."""
+
+    samples: list[Sample]
+    rows: list[Row | None]
+    prepared: PreparedBatch
+    todo: list[int]
+    """Position in ``samples`` of each pair of ``prepared``."""
+
+
+def prepare_samples(attributor: CLIP4DM, samples: Sequence[Sample], loaded: Sequence[Loaded]) -> SampleBatch:
+    """Error rows for samples without an image or caption; the others prepared (captions tokenised in one
+    call, pixels stacked) by :meth:`CLIP4DM.prepare`. Safe in a worker thread."""
     rows: list[Row | None] = [None] * len(samples)
     todo: list[int] = []
-    pairs: list[tuple[Image.Image, str]] = []
-    for i, (sample, image) in enumerate(zip(samples, images, strict=True)):
+    for i, (sample, image) in enumerate(zip(samples, loaded, strict=True)):
         if isinstance(image, str):
             rows[i] = error_row(sample, image)
         elif sample.caption is None:
             rows[i] = error_row(sample, "no caption")
         else:
             todo.append(i)
-            pairs.append((image, sample.caption))
-    results: list[WordAlignment | ItemError] | None = None
-    # a batch that raises is retried pair by pair after the handler, once its memory is released
-    with contextlib.suppress(Exception):
-        results = attributor.attribute([image for image, _ in pairs], [caption for _, caption in pairs])
-    if results is None:
-        results = [
-            _score_alone(attributor, samples[i].index, *pair) for i, pair in zip(todo, pairs, strict=True)
-        ]
-    for i, result in zip(todo, results, strict=True):
+    prepared = attributor.prepare(
+        [samples[i].image for i in todo],
+        [samples[i].caption for i in todo],
+        [cast(torch.Tensor | Exception, loaded[i]) for i in todo],
+    )
+    return SampleBatch(list(samples), rows, prepared, todo)
+
+
+def score_samples(attributor: CLIP4DM, batch: SampleBatch) -> list[Row]:
+    """Rows for one prepared batch, in sample order: one forward and one backward for every sample that
+    could be prepared; every failure of one sample is its error row (CLIP4DM retries a failing batch pair
+    by pair, so the scan always gets one row per sample)."""
+    rows = list(batch.rows)
+    results = attributor.score_prepared(batch.prepared)
+    for i, result in zip(batch.todo, results, strict=True):
+        sample = batch.samples[i]
         rows[i] = (
-            error_row(samples[i], result.error)
-            if isinstance(result, ItemError)
-            else result_row(samples[i], result)
+            error_row(sample, result.error) if isinstance(result, ItemError) else result_row(sample, result)
         )
     return [r for r in rows if r is not None]
 
 
-def _score_alone(
-    attributor: CLIP4DM, index: int, image: Image.Image, caption: str
-) -> WordAlignment | ItemError:
-    """One pair scored on its own, its failure recorded (the fallback when a whole batch raised)."""
-    try:
-        [result] = attributor.attribute([image], [caption])
-    except Exception as exc:
-        return item_error(index, image, caption, exc)
-    return result
+def score_batch(attributor: CLIP4DM, samples: Sequence[Sample], loaded: Sequence[Loaded]) -> list[Row]:
+    """Rows for one batch of loaded samples (:func:`load_sample`), prepared and scored in this thread."""
+    return score_samples(attributor, prepare_samples(attributor, samples, loaded))
+
+
+def draft_size(model: ClipAdapter) -> tuple[int, int]:
+    """(width, height) a JPEG may be reduced to with ``--jpeg-draft``: twice the model input's sides, so the
+    processor still downsizes every drafted image (its resize target is at most the input size)."""
+    height, width = model.pixel_values([Image.new("RGB", (64, 64))]).shape[-2:]
+    return 2 * width, 2 * height
 
 
 @dataclass
@@ -132,20 +167,10 @@ class ScanResult:
     resumed_from: int
 
 
-def _prefetch(
-    samples: Iterator[Sample], batch_size: int, pool: ThreadPoolExecutor, depth: int
-) -> Iterator[tuple[list[Sample], list[Future]]]:
-    """Batches with their images decoding ahead in the pool, ``depth`` batches in flight at most."""
-    queue: deque[tuple[list[Sample], list[Future]]] = deque()
-    while True:
-        while len(queue) < depth:
-            batch = list(itertools.islice(samples, batch_size))
-            if not batch:
-                break
-            queue.append((batch, [pool.submit(decode, s) for s in batch]))
-        if not queue:
-            return
-        yield queue.popleft()
+def _batches(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
+    """Consecutive lists of ``size`` samples (the last may be shorter)."""
+    while batch := list(itertools.islice(samples, size)):
+        yield batch
 
 
 def scan(
@@ -171,13 +196,18 @@ def scan(
         stream = itertools.islice(iter(samples), done, None)
         bar = tqdm(total=total, initial=done, unit="pair", desc="scan", disable=not options.progress)
         scored = 0
-        workers = options.workers
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            batches = _prefetch(stream, attributor.settings.batch_size, pool, depth=max(2, workers // 2 + 1))
-            for batch, futures in batches:
-                writer.add(score_batch(attributor, batch, [f.result() for f in futures]))
-                scored += len(batch)
-                bar.update(len(batch))
+        model = attributor.model
+        draft = draft_size(model) if options.jpeg_draft else None
+        batches = prepared_ahead(
+            _batches(stream, attributor.settings.batch_size),
+            functools.partial(load_sample, model, draft=draft),
+            functools.partial(prepare_samples, attributor),
+            workers=options.workers,
+        )
+        for batch in batches:
+            writer.add(score_samples(attributor, batch))
+            scored += len(batch.samples)
+            bar.update(len(batch.samples))
         bar.close()
         writer.finish()
     return ScanResult(writer.out, scored, done)

@@ -9,7 +9,7 @@
    how far the reader runs ahead, so nothing is materialised on the driver or in the object store.
 2. **score** — ``map_batches`` over a fixed pool of :class:`ScoreActor`, one per GPU (or
    ``concurrency`` CPU actors), each loading the model once and calling the local engine's
-   :func:`~clipalign.runners.local.decode` (in ``options.workers`` threads) and
+   :func:`~clipalign.runners.local.load_sample` (in ``options.workers`` threads) and
    :func:`~clipalign.runners.local.score_batch`.
 3. **write** — the driver receives the scored batches in input order (``preserve_order``) and writes
    them with the local engine's :class:`~clipalign.runners.output.PartWriter`: the same
@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from clipalign.attribution.words import CLIP4DM
 from clipalign.models import load_model
-from clipalign.runners.local import Row, ScanResult, decode, score_batch
+from clipalign.runners.local import Row, ScanResult, draft_size, load_sample, score_batch
 from clipalign.runners.output import PartWriter, writing
 from clipalign.runners.sources import Sample
 from clipalign.settings import ModelSpec, RaySettings, ScanSettings, WordSettings
@@ -84,7 +84,7 @@ def read_batches(
 class ScoreActor:
     """The score stage: holds the model; each call scores batches of samples into local-engine rows."""
 
-    def __init__(self, spec: ModelSpec, words: WordSettings, workers: int, cwd: str) -> None:
+    def __init__(self, spec: ModelSpec, words: WordSettings, options: ScanSettings, cwd: str) -> None:
         from huggingface_hub.utils import logging as hub_logging
         from transformers.utils import logging as hf_logging
 
@@ -96,15 +96,17 @@ class ScoreActor:
         warnings.filterwarnings("ignore", category=CaptionTruncatedWarning)
         model = load_model(spec.name, device=spec.device, dtype=spec.dtype, allow_pickle=spec.allow_pickle)
         self.attributor = CLIP4DM(model, settings=words)
-        self.pool = ThreadPoolExecutor(max_workers=workers)
+        draft = draft_size(model) if options.jpeg_draft else None
+        self.load = functools.partial(load_sample, model, draft=draft)
+        self.pool = ThreadPoolExecutor(max_workers=options.workers)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         positions = batch.column("position").to_pylist()
         results = []
         for blob in batch.column("payload").to_pylist():
             samples: list[Sample] = pickle.loads(blob)
-            images = list(self.pool.map(decode, samples))
-            results.append(pickle.dumps(score_batch(self.attributor, samples, images)))
+            loaded = list(self.pool.map(self.load, samples))
+            results.append(pickle.dumps(score_batch(self.attributor, samples, loaded)))
         return pa.table(
             {"position": pa.array(positions, pa.int64()), "payload": pa.array(results, pa.large_binary())}
         )
@@ -160,7 +162,7 @@ def _pipeline(
     samples: SampleFactory,
     spec: ModelSpec,
     words: WordSettings,
-    workers: int,
+    options: ScanSettings,
     cluster: RaySettings,
     skip: int,
 ) -> ray.data.Dataset:
@@ -179,7 +181,7 @@ def _pipeline(
             ScoreActor,
             batch_size=1,
             batch_format="pyarrow",
-            fn_constructor_kwargs={"spec": spec, "words": words, "workers": workers, "cwd": cwd},
+            fn_constructor_kwargs={"spec": spec, "words": words, "options": options, "cwd": cwd},
             compute=ray.data.ActorPoolStrategy(size=cluster.num_gpus if gpu else cluster.concurrency),
             num_gpus=1 if gpu else 0,
             num_cpus=cluster.num_cpus,
@@ -220,7 +222,7 @@ def scan_ray(
             actors use ``cuda`` when ``cluster.num_gpus`` > 0, else ``cpu``.
         out: the output path, or a :class:`~clipalign.runners.output.PartWriter` already opened.
         metadata: what every part records; a resumed run must match it.
-        words, options: as for the local engine (``options.workers`` decoding threads per actor).
+        words, options: as for the local engine (``options.workers`` loading threads per actor).
         cluster: where to run; an already initialised Ray is used as it is.
     """
     options = options or ScanSettings()
@@ -232,7 +234,7 @@ def scan_ray(
         scored = 0
         try:
             with _ray_data(cluster.address):
-                for rows in _in_order(_pipeline(samples, spec, words, options.workers, cluster, done), done):
+                for rows in _in_order(_pipeline(samples, spec, words, options, cluster, done), done):
                     writer.add(rows)
                     scored += len(rows)
                     bar.update(len(rows))

@@ -172,13 +172,62 @@ def encode_caption(
     and a :class:`CaptionTruncatedWarning` says what was cut.
     ``pool_index`` is the position of the first suffix token (CLIP's EOT, which the text embedding pools).
     """
-    validate_caption(caption)
+    [encoded] = encode_captions(
+        tokenizer,
+        [caption],
+        template=template,
+        prefix_ids=prefix_ids,
+        suffix_ids=suffix_ids,
+        max_length=max_length,
+        unit=unit,
+    )
+    return encoded
+
+
+def encode_captions(
+    tokenizer: PreTrainedTokenizerBase,
+    captions: Sequence[str],
+    *,
+    template: str,
+    prefix_ids: Sequence[int],
+    suffix_ids: Sequence[int],
+    max_length: int,
+    unit: WordUnit = "clip4dm",
+) -> list[EncodedCaption]:
+    """:func:`encode_caption` for a list in one tokenizer call (a fast tokenizer encodes each text of a
+    batch exactly as it encodes it alone); the first caption that cannot be encoded raises."""
+    for caption in captions:
+        validate_caption(caption)
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("a fast tokenizer (with offset mapping) is required to align tokens with words")
-    text = template + caption
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    ids = list(enc["input_ids"])
-    spans = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    if not captions:
+        return []
+    batch = tokenizer(
+        [template + caption for caption in captions],
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        verbose=False,
+    )
+    return [
+        _wrap(tokenizer, caption, ids, offsets, template, prefix_ids, suffix_ids, max_length, unit)
+        for caption, ids, offsets in zip(captions, batch["input_ids"], batch["offset_mapping"], strict=True)
+    ]
+
+
+def _wrap(
+    tokenizer: PreTrainedTokenizerBase,
+    caption: str,
+    token_ids: Sequence[int],
+    offsets: Sequence[tuple[int, int]],
+    template: str,
+    prefix_ids: Sequence[int],
+    suffix_ids: Sequence[int],
+    max_length: int,
+    unit: WordUnit,
+) -> EncodedCaption:
+    """One tokenized ``template + caption`` mapped to its words, cut to fit and wrapped in special tokens."""
+    ids = list(token_ids)
+    spans = [(int(a), int(b)) for a, b in offsets]
     words = split_words(caption, unit)
     tlen = len(template)
     starts = np.array([a for a, _ in spans], dtype=np.int64) - tlen
@@ -203,7 +252,7 @@ def encode_caption(
             f"caption longer than {max_length} tokens: dropped its last {len(truncated)} words: "
             f"{_dropped_preview(caption, truncated)}",
             CaptionTruncatedWarning,
-            stacklevel=3,
+            stacklevel=5,
         )
 
     n_pre, n_suf = len(prefix_ids), len(suffix_ids)
