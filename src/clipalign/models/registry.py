@@ -13,6 +13,7 @@ from clipalign.models.base import ClipAdapter, ModelLoadError, model_load_error,
 from clipalign.models.checkpoint import CheckpointError
 from clipalign.models.errors import check_local_path
 from clipalign.models.hf_clip import HFCLIPAdapter
+from clipalign.models.hf_siglip import HFSiglipAdapter, Siglip2NaFlexRefusal
 from clipalign.settings import DEFAULT_MODEL
 
 MODEL_ALIASES: dict[str, Path] = {"synthetic": SYNTHETIC_CLIP}
@@ -30,7 +31,11 @@ class AdapterFactory(Protocol):
     ) -> ClipAdapter: ...
 
 
-_ADAPTERS: dict[str, AdapterFactory] = {"clip": HFCLIPAdapter}
+_ADAPTERS: dict[str, AdapterFactory] = {
+    "clip": HFCLIPAdapter,
+    "siglip": HFSiglipAdapter,
+    "siglip2": Siglip2NaFlexRefusal,
+}
 
 
 def register_adapter(model_type: str, factory: AdapterFactory) -> None:
