@@ -239,6 +239,64 @@ def test_a_token_spanning_two_words_belongs_to_the_first(siglip, family):
     assert tokens[-1] == ("e." if family == "siglip2" else "e")
 
 
+def test_spiece_tokenizer_equals_hf_siglip_tokenizer(tmp_path):
+    """HF's slow ``SiglipTokenizer`` (needs ``sentencepiece``) and our fast rebuild give the same ids, on a
+    SentencePiece model trained with SentencePiece's defaults (NFKC map, dummy prefix) and text that
+    exercises every canonicalisation step: case, punctuation, whitespace runs, NFKC, non-ASCII."""
+    spm = pytest.importorskip("sentencepiece")
+    from transformers import SiglipTokenizer
+
+    from clipalign.testing import _tokenizer_corpus
+
+    odd = [
+        "Ünïcödé café naïve",
+        "ＦＵＬＬ width １２３",
+        "2.5 m and 10,000 people",
+        "e-mail: a@b.com (really?)",
+    ]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([*_tokenizer_corpus(), *odd * 5]),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=300,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    slow, fast = SiglipTokenizer(str(tmp_path / "sp.model")), spiece_tokenizer(tmp_path / "sp.model")
+    texts = [
+        *CAPTIONS,
+        *odd,
+        "  A  photo,   of a DOG!!  ",
+        "don't",
+        "x ▁ y",
+        "tab\there\nnewline",
+        "ﬁne",
+        "a...b",
+    ]
+    for text in texts:
+        assert fast(text)["input_ids"] == slow(text)["input_ids"], text
+
+
+def test_gemma_tokenizer_lower_cases_when_its_config_says_so(tmp_path):
+    folder = save_random_siglip(tmp_path, "siglip2")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": True}))
+    tok = load_siglip_tokenizer(str(folder), True)
+    assert tok("A Snowboarder")["input_ids"] == tok("a snowboarder")["input_ids"]
+    encoding = tok("A Snowboarder", return_offsets_mapping=True, add_special_tokens=False)
+    assert [tuple(span) for span in encoding["offset_mapping"]][-1] == (
+        1,
+        13,
+    )  # "▁snowboarder": " Snowboarder"
+    assert (
+        load_siglip_tokenizer(str(folder), True).backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
+    )
+
+
 def test_spiece_model_alone_gives_the_tokenizer(tmp_path):
     """Google's SigLIP folders hold ``spiece.model`` and no ``tokenizer.json``: the fast tokenizer is
     rebuilt from it and ``tokenizer_config.json`` alone."""
