@@ -293,12 +293,13 @@ def test_library_box_must_be_finite(adapter):
 
 
 class FailingConfig:
-    """Stands in for ``AutoConfig`` in the registry: raises what transformers raises for a Hub failure."""
+    """Stands in for ``PretrainedConfig`` in the registry (which reads config.json with its
+    ``get_config_dict``): raises what transformers raises for a Hub failure."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
 
-    def from_pretrained(self, name: str, local_files_only: bool = False):
+    def get_config_dict(self, name: str, local_files_only: bool = False):
         raise OSError(f"cannot load {name}") from self.error
 
 
@@ -331,7 +332,7 @@ def connection_error() -> Exception:
     ],
 )
 def test_hub_failures_are_named_with_offline_hints(monkeypatch, error, problem):
-    monkeypatch.setattr(registry, "AutoConfig", FailingConfig(error()))
+    monkeypatch.setattr(registry, "PretrainedConfig", FailingConfig(error()))
     with pytest.raises(ModelLoadError) as info:
         load_model("acme/none", device="cpu")
     message = str(info.value)
@@ -341,7 +342,9 @@ def test_hub_failures_are_named_with_offline_hints(monkeypatch, error, problem):
 
 
 def test_a_path_that_does_not_exist_is_never_a_hub_name(monkeypatch, tmp_path):
-    monkeypatch.setattr(registry, "AutoConfig", FailingConfig(RuntimeError("the Hub must not be asked")))
+    monkeypatch.setattr(
+        registry, "PretrainedConfig", FailingConfig(RuntimeError("the Hub must not be asked"))
+    )
     for name in (str(tmp_path / "nope"), "./nope", "~/surely/not/here", "a/b/c"):
         with pytest.raises(ModelLoadError, match=r"the path '.*' does not exist$"):
             load_model(name, device="cpu")
@@ -350,7 +353,9 @@ def test_a_path_that_does_not_exist_is_never_a_hub_name(monkeypatch, tmp_path):
 def test_a_folder_without_config_is_not_sent_to_the_hub(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
-    monkeypatch.setattr(registry, "AutoConfig", FailingConfig(RuntimeError("the Hub must not be asked")))
+    monkeypatch.setattr(
+        registry, "PretrainedConfig", FailingConfig(RuntimeError("the Hub must not be asked"))
+    )
     with pytest.raises(ModelLoadError) as info:
         load_model("models", device="cpu")
     message = str(info.value)

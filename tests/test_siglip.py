@@ -156,10 +156,12 @@ def test_word_scores_are_batch_invariant(siglip):
     batched = attributor.attribute(images, CAPTIONS, on_error="raise")
     for image, caption, together in zip(images, CAPTIONS, batched, strict=True):
         [alone] = attributor.attribute([image], [caption], on_error="raise")
+        want = np.array([w.score for w in together.words])
+        # fp32 rounding of batched kernels only (a leak from padding or batch-mates moves scores by >1%)
         np.testing.assert_allclose(
-            [w.score for w in alone.words], [w.score for w in together.words], rtol=0, atol=1e-9
+            [w.score for w in alone.words], want, rtol=0, atol=1e-5 * np.abs(want).max()
         )
-        assert alone.cosine == pytest.approx(together.cosine, abs=1e-7)
+        assert alone.cosine == pytest.approx(together.cosine, abs=1e-6)
 
 
 def fp64_eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):

@@ -1,11 +1,13 @@
 """CLIP4DM word scores in half precision agree with fp32; ``dtype="auto"`` picks bf16 only where it is native.
 
-Measured on the shipped synthetic model over 50 generated scenes × 5 captions (250 pairs, CPU, both
-towers eager): fp16 flags the same words as fp32 on 99.6 % of pairs and 99.6 % of captions rank their
-words with Spearman ρ ≥ 0.99 (lowest 0.964); bf16 flags the same words on 95.6 % of pairs, 98.0 % of
-captions have ρ ≥ 0.99 and the lowest ρ is 0.921. bf16's 8-bit mantissa is the limit, not the
-attribution: rounding the weights alone to bf16 and computing in fp32 already changes about 1.6 % of
-pairs' flags. The bounds below sit just under these measurements (CPU runs are deterministic).
+Half precision is mixed precision: the vision tower runs under autocast (matmuls in fp16/bf16, residual
+stream and norms in fp32, weights kept fp32) and the text tower, whose ∂cos/∂A decide the flags, in fp32.
+Measured on the shipped synthetic model over 50 generated scenes × 5 captions (250 pairs, CPU): fp16 flags
+the same words as fp32 on 100 % of pairs, every caption ρ ≥ 0.997; bf16 on 98.8 % of pairs, 99.2 % of
+captions ρ ≥ 0.99, the lowest 0.964. On a tiny random model (40 images × 4 captions) both flag the same
+words on every pair; bf16's lowest ρ is 0.964. Casting whole towers to bf16 instead (weights and
+residual stream) flagged the same words on only 95.6 % of synthetic pairs: a bf16 text tower alone moves
+scores near ε. The bounds below sit just under these measurements (CPU runs are deterministic).
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import torch
 from scipy.stats import spearmanr
 
 from clipalign import CLIP4DM, WordAlignment, load_model
-from clipalign.attribution import words
 from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.cli.main import main
-from clipalign.models.base import resolve_dtype
+from clipalign.models.base import DTYPES, resolve_dtype
 from clipalign.settings import ModelSpec
 from clipalign.synthetic import generate_scenes
 
@@ -41,17 +42,6 @@ CAPTIONS = [
 ]
 
 
-def relative_error(reference: list[WordAlignment], other: list[WordAlignment]) -> float:
-    """Largest word-score difference of a caption over its largest fp32 word score, worst caption."""
-    worst = 0.0
-    for a, b in zip(reference, other, strict=True):
-        want = np.array([w.score for w in a.words])
-        worst = max(
-            worst, float(np.abs(np.array([w.score for w in b.words]) - want).max() / np.abs(want).max())
-        )
-    return worst
-
-
 @pytest.fixture(scope="module")
 def synthetic_pairs():
     images, captions = [], []
@@ -66,8 +56,26 @@ def synthetic_pairs():
     return images, captions, reference
 
 
+def agreement(reference: list[WordAlignment], results: list[WordAlignment]) -> tuple[float, np.ndarray]:
+    """Share of pairs flagging exactly the same words, and Spearman ρ of each caption's eligible word
+    scores (captions with at least two eligible words)."""
+    same = [
+        [w.misaligned for w in a.words] == [w.misaligned for w in b.words]
+        for a, b in zip(reference, results, strict=True)
+    ]
+    rhos = [
+        spearmanr(
+            [w.score for w in a.words if w.eligible], [w.score for w in b.words if w.eligible]
+        ).statistic
+        for a, b in zip(reference, results, strict=True)
+        if sum(w.eligible for w in a.words) >= 2
+    ]
+    return float(np.mean(same)), np.array(rhos)
+
+
 @pytest.mark.parametrize(
-    ("dtype", "same_flags", "ranked", "lowest_rho"), [("fp16", 0.98, 0.98, 0.95), ("bf16", 0.95, 0.95, 0.9)]
+    ("dtype", "same_flags", "ranked", "lowest_rho"),
+    [("fp16", 1.0, 1.0, 0.99), ("bf16", 0.98, 0.99, 0.95)],
 )
 def test_half_precision_agrees_with_fp32_on_the_synthetic_model(
     synthetic_pairs, dtype, same_flags, ranked, lowest_rho
@@ -75,60 +83,47 @@ def test_half_precision_agrees_with_fp32_on_the_synthetic_model(
     images, captions, reference = synthetic_pairs
     model = load_model(SYNTHETIC_CLIP, device="cpu", dtype=dtype)
     results = CLIP4DM(model).attribute(images, captions, on_error="raise")
-    same = [
-        [w.misaligned for w in a.words] == [w.misaligned for w in b.words]
-        for a, b in zip(reference, results, strict=True)
-    ]
-    rhos = np.array(
-        [
-            spearmanr(
-                [w.score for w in a.words if w.eligible], [w.score for w in b.words if w.eligible]
-            ).statistic
-            for a, b in zip(reference, results, strict=True)
-        ]
-    )
+    same, rhos = agreement(reference, results)
     assert not np.isnan(rhos).any()
-    assert np.mean(same) >= same_flags
+    assert same >= same_flags
     assert np.mean(rhos >= 0.99) >= ranked
     assert rhos.min() >= lowest_rho
     assert max(abs(a.cosine - b.cosine) for a, b in zip(reference, results, strict=True)) < 0.01
 
 
-def test_fp16_scores_of_a_tiny_model_match_fp32(tiny_model_dir):
-    images = [scene(i) for i in range(len(CAPTIONS))]
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_agrees_with_fp32_on_a_tiny_model(tiny_model_dir, dtype):
+    images = [scene(i) for i in range(40) for _ in CAPTIONS]
+    captions = CAPTIONS * 40
     reference = CLIP4DM(load_model(tiny_model_dir, device="cpu")).attribute(
-        images, CAPTIONS, on_error="raise"
+        images, captions, on_error="raise"
     )
-    half = CLIP4DM(load_model(tiny_model_dir, device="cpu", dtype="fp16")).attribute(images, CAPTIONS)
-    assert relative_error(reference, half) < 0.03  # measured 0.012
+    half = load_model(tiny_model_dir, device="cpu", dtype=dtype)
+    same, rhos = agreement(reference, CLIP4DM(half).attribute(images, captions, on_error="raise"))
+    assert same >= 0.98
+    assert np.mean(rhos >= 0.99) >= 0.98
+    assert rhos.min() >= 0.95
 
 
-def test_fp16_objective_is_scaled_clear_of_subnormals(tiny_model_dir, monkeypatch):
-    """With a text projection 3·10⁴ times larger (same cosines, embeddings far longer), ∂s/∂t falls into
-    fp16's subnormals: unscaled, the scores are off by 16 % of the largest; scaled, by 2.4 %."""
-
-    def attribute(dtype: str) -> list[WordAlignment]:
-        model = load_model(tiny_model_dir, device="cpu", dtype=dtype)
-        with torch.no_grad():
-            model.model.text_projection.weight.mul_(3e4)
-        images = [scene(i) for i in range(len(CAPTIONS))]
-        return CLIP4DM(model, layers=1).attribute(images, CAPTIONS, on_error="raise")
-
-    reference = attribute("fp32")
-    assert relative_error(reference, attribute("fp16")) < 0.05
-    monkeypatch.setattr(words, "FP16_OBJECTIVE_SCALE", 1.0)
-    assert relative_error(reference, attribute("fp16")) > 0.1
-
-
-def test_a_non_finite_scaled_gradient_retries_with_a_smaller_scale():
-    attn = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float16, requires_grad=True)
-    objective = (attn.float() * 20.0).sum()  # ∂/∂A = 20: × 4096 overflows fp16, × 256 does not
-    scale, (grad,) = words._scaled_grads(objective, [attn])
-    assert scale == 256.0
-    assert torch.equal(grad, torch.full_like(attn, 20.0 * 256.0))
-    wide = attn.detach().float().requires_grad_()
-    scale, _ = words._scaled_grads((wide * 20.0).sum(), [wide])
-    assert scale == 1.0
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_is_the_vision_tower_under_autocast(tiny_model_dir, dtype):
+    """Weights stay fp32; the text tower's maps and embeddings come out in fp32; the image embedding is
+    computed in half precision (close to, not equal to, fp32's)."""
+    model = load_model(tiny_model_dir, device="cpu", dtype=dtype)
+    fp32 = load_model(tiny_model_dir, device="cpu")
+    assert model.dtype == DTYPES[dtype]
+    assert {p.dtype for p in model.model.parameters()} == {torch.float32}
+    inputs = model.collate(model.encode_captions(["a dog on a red couch"], ""))
+    with torch.enable_grad():
+        out = model.text_embeddings(inputs, output_attentions=2)
+    assert out.attentions is not None and {a.dtype for a in out.attentions} == {torch.float32}
+    pixels = model.preprocess([scene(0)])
+    assert pixels.dtype == torch.float32
+    with torch.no_grad():
+        half, full = model.image_embeddings(pixels), fp32.image_embeddings(pixels)
+    assert half.dtype == torch.float32
+    assert not torch.equal(half, full)
+    torch.testing.assert_close(half, full, rtol=0.05, atol=0.02)
 
 
 def test_auto_dtype_is_bf16_only_on_a_cuda_device_with_native_bf16(monkeypatch):
@@ -144,6 +139,26 @@ def test_auto_dtype_is_bf16_only_on_a_cuda_device_with_native_bf16(monkeypatch):
     assert resolve_dtype("auto", "cpu") == torch.float32
     with pytest.raises(ValueError, match="'auto'"):
         resolve_dtype("fp8")
+
+
+def test_cli_records_the_dtype_auto_resolves_to(monkeypatch):
+    """Caches and scan metadata are keyed by ``ModelSpec.to_dict()``: they must name the dtype that ran."""
+    import argparse
+
+    from clipalign.cli.common import model_spec
+
+    def spec(device: str | None) -> ModelSpec:
+        args = argparse.Namespace(model="m", device=device, dtype="auto", allow_pickle=False)
+        return model_spec(args)
+
+    assert spec("cpu").to_dict() == {"model": "m", "dtype": "fp32"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device", lambda _where: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert spec("cuda").dtype == "bf16"
+    assert spec(None).dtype == "bf16"
+    assert spec("cpu").dtype == "fp32"
 
 
 def test_cli_dtype_auto_loads_fp32_on_cpu(tiny_model_dir, tmp_path, monkeypatch, capsys):

@@ -43,15 +43,17 @@ def tiny_clip_config(
     image_size: int = 32,
     patch_size: int = 8,
     projection_dim: int = 16,
+    max_positions: int = 77,
 ) -> CLIPConfig:
-    """A small CLIP architecture with the real 49,408-token vocabulary and 77-token context."""
+    """A small CLIP architecture with the real 49,408-token vocabulary and a 77-token context
+    (``max_positions=248`` for a long-context CLIP such as a LongCLIP conversion)."""
     text = {
         "vocab_size": CLIP_VOCAB_SIZE,
         "hidden_size": hidden_size,
         "intermediate_size": 2 * hidden_size,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "max_position_embeddings": 77,
+        "max_position_embeddings": max_positions,
         "bos_token_id": CLIP_BOS,
         "eos_token_id": CLIP_EOS,
         "pad_token_id": CLIP_EOS,

@@ -96,25 +96,6 @@ def merge_spans(caption: str, words: Sequence[Word]) -> list[Span]:
     return spans
 
 
-FP16_OBJECTIVE_SCALE = 2.0**12
-"""What an fp16 model's cosine is multiplied by before backward: CLIP4DM's ∂s/∂A are often below fp16's
-smallest normal (6e-5), and scaling keeps their significant bits (bf16 and fp32 need no scale)."""
-
-
-def _scaled_grads(
-    objective: torch.Tensor, maps: Sequence[torch.Tensor]
-) -> tuple[float, tuple[torch.Tensor, ...]]:
-    """(scale, ∂(scale·objective)/∂maps): scale 1 unless the maps are fp16, then the largest power of two
-    up to :data:`FP16_OBJECTIVE_SCALE` whose gradients are all finite."""
-    scale = FP16_OBJECTIVE_SCALE if maps[0].dtype == torch.float16 else 1.0
-    while True:
-        retry = scale > 1
-        grads = torch.autograd.grad(objective * scale, maps, retain_graph=retry)
-        if not retry or all(bool(torch.isfinite(g).all()) for g in grads):
-            return scale, grads
-        scale /= 16
-
-
 @dataclass
 class Prepared:
     """A pair ready to score: its position in the batch, its decoded image, its encoded caption."""
@@ -160,8 +141,7 @@ class CLIP4DM:
         """Cosines and EOT-row token scores for a batch: one forward, one backward.
 
         Only the attributed blocks are differentiated, and only the pooled row of ∂s/∂A ⊙ A is formed,
-        accumulated in fp32. fp16 models differentiate a scaled cosine so that ∂s/∂A stays clear of fp16's
-        subnormals (a non-finite gradient retries with a smaller scale); the scale is divided out in fp32.
+        accumulated in fp32 (the adapters keep the text tower in fp32 whatever the image tower's dtype).
         """
         model, layers = self.model, self.settings.layers
         with torch.no_grad():
@@ -173,12 +153,12 @@ class CLIP4DM:
                 raise RuntimeError(f"{type(model).__name__}.text_embeddings returned no attention maps")
             cosine = torch.nn.functional.cosine_similarity(out.embeds, image, dim=-1)
             maps = out.attentions[-layers:]
-            scale, grads = _scaled_grads(cosine.sum(), maps)
+            grads = torch.autograd.grad(cosine.sum(), maps)
         rows, pool = torch.arange(len(encoded), device=cosine.device), inputs.pool_index
         relevance = torch.zeros(maps[0].shape[::3], dtype=torch.float32, device=cosine.device)
         for grad, attn in zip(grads, maps, strict=True):
             relevance += (grad[rows, :, pool].float() * attn[rows, :, pool].float()).mean(dim=1)
-        return TokenAttribution(cosine.detach(), (relevance / (scale * layers)).detach())
+        return TokenAttribution(cosine.detach(), (relevance / layers).detach())
 
     @overload
     def attribute(

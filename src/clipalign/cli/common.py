@@ -221,10 +221,15 @@ def interaction_settings(args: argparse.Namespace) -> InteractionSettings:
 
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
-    """The model options as one :class:`ModelSpec`."""
-    return ModelSpec(
-        name=str(args.model), device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle
-    )
+    """The model options as one :class:`ModelSpec`, ``auto`` resolved for ``--device`` on this machine so
+    that caches and scan metadata record the dtype that actually runs."""
+    dtype = args.dtype
+    if dtype == "auto":
+        from clipalign.models.base import DTYPES, resolve_dtype
+
+        resolved = resolve_dtype(dtype, args.device)
+        dtype = next(name for name, value in DTYPES.items() if value == resolved)
+    return ModelSpec(name=str(args.model), device=args.device, dtype=dtype, allow_pickle=args.allow_pickle)
 
 
 def word_settings(args: argparse.Namespace, **defaults: Any) -> WordSettings:

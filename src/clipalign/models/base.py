@@ -41,9 +41,9 @@ class TextOutput:
     embeds: torch.Tensor
     """(B, D) text embeddings, unnormalised, in fp32 or wider (half-precision models are upcast)."""
     attentions: tuple[torch.Tensor, ...] | None = None
-    """When asked: one post-softmax (B, heads, T, T) map per text block, first to last, in the model's
-    dtype, part of the autograd graph of ``embeds`` (all of them, or the last n when n was asked for);
-    None otherwise."""
+    """When asked: one post-softmax (B, heads, T, T) map per text block, first to last (all blocks, or the
+    last n when n was asked for), in the text tower's dtype, part of the autograd graph of ``embeds``
+    when grad is enabled; None otherwise."""
 
 
 @runtime_checkable
@@ -60,7 +60,10 @@ class ClipAdapter(Protocol):
     device: torch.device
     """Where the parameters live; input tensors must be there (``collate`` and ``preprocess`` see to it)."""
     dtype: torch.dtype
-    """The parameters' dtype (fp32, fp16 or bf16); pixel values and hidden states are in it."""
+    """The compute dtype asked for (fp32, fp16 or bf16). Half precision is mixed: the image tower runs under
+    autocast in it while weights, pixel values, the text tower and every embedding stay fp32 (the text
+    tower's ∂cos/∂A decide the flags and do not survive bf16); a model built in half precision computes
+    in its weights' dtype throughout."""
 
     @property
     def num_text_layers(self) -> int:
@@ -98,8 +101,8 @@ class ClipAdapter(Protocol):
         """Embeddings pooled at ``inputs.pool_index``; with ``output_attentions`` (and grad enabled) each text
         block's attention, differentiable although the parameters are frozen: CLIP4DM takes ∂cos/∂A and
         reads row ``pool_index``, so that row must be the one the embedding is computed from. A number n
-        in 1..``num_text_layers`` makes only the last n maps differentiable (the blocks below need build no
-        autograd graph); a larger one is a ValueError."""
+        in 1..``num_text_layers`` returns only the last n maps (the blocks below build no autograd graph
+        and may use fused attention); a larger one is a ValueError."""
         ...
 
 

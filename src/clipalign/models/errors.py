@@ -6,6 +6,7 @@ Kept free of torch and transformers, so the command line can catch :class:`Model
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 CONFIG_FILE = "config.json"
@@ -13,6 +14,50 @@ CONFIG_FILE = "config.json"
 
 class ModelLoadError(RuntimeError):
     """A model, tokenizer or image processor could not be loaded (name unknown, offline, missing files)."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """The checkpoint was found, but clipalign has no adapter for its architecture (or it needs remote
+    code): asking the Hub again would not help."""
+
+
+def unsupported_reason(config: Mapping[str, object], supported: Collection[str]) -> str | None:
+    """Why clipalign cannot load a checkpoint with this ``config.json`` (as a dict), or None when it can.
+
+    A supported ``model_type`` loads with clipalign's own adapter, whose built-in transformers class
+    ignores ``auto_map``; any other checkpoint with ``auto_map`` needs its own Python code (jina-clip and
+    other ``trust_remote_code`` models), which clipalign never runs.
+    """
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in supported:
+        return None
+    if "auto_map" in config:
+        return (
+            f"it needs its own Python code from its repository (config.json has auto_map, model_type "
+            f"{model_type!r}), and clipalign never runs remote code (trust_remote_code)"
+        )
+    if not isinstance(model_type, str):
+        return (
+            f"its {CONFIG_FILE} names no model_type, so its architecture is unknown (an open_clip or "
+            "original-format checkpoint needs converting to HF format first)"
+        )
+    return f"clipalign has no adapter for model_type {model_type!r}"
+
+
+def check_supported(name: str, config: Mapping[str, object], supported: Collection[str]) -> str:
+    """The ``model_type`` of checkpoint ``name`` from its ``config.json`` (as a dict), or a one-line
+    :class:`UnsupportedModelError` naming the supported families.
+
+    Decided from the JSON alone, before transformers builds anything, so a remote-code checkpoint is
+    refused before any of its code is fetched or run.
+    """
+    reason = unsupported_reason(config, supported)
+    if reason is not None:
+        raise UnsupportedModelError(
+            f"cannot load model {name!r}: {reason}; supported families: {', '.join(sorted(supported))} "
+            "(`clipalign models` lists them and what each needs)"
+        )
+    return str(config["model_type"])
 
 
 OFFLINE_HINT = (

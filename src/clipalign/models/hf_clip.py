@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import get_args
 
@@ -41,6 +40,39 @@ def _causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch
     """The text tower's additive causal mask (1, 1, length, length): position j > i is hidden from i."""
     mask = torch.full((length, length), torch.finfo(dtype).min, device=device, dtype=dtype)
     return mask.triu(1)[None, None]
+
+
+def _padded_causal_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask (B, 1, T, T) hiding later positions and each row's padding, as HF's eager text
+    tower builds it (attention_mask (B, T): 1 on tokens, 0 on padding)."""
+    length = attention_mask.shape[1]
+    causal = torch.ones((length, length), dtype=torch.bool, device=attention_mask.device).tril()
+    allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+def _fused_block(block: CLIPEncoderLayer, states: torch.Tensor, causal: bool) -> torch.Tensor:
+    """One encoder block on PyTorch's fused attention (flash or memory-efficient kernels on a GPU): HF's
+    block with ``scaled_dot_product_attention`` in place of the eager softmax, for blocks whose maps are
+    not read; ``causal`` applies the text tower's causal mask."""
+    attn = block.self_attn
+    z = block.layer_norm1(states)
+    q, k, v = (_split_heads(attn, proj(z)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=attn.scale)
+    hidden = states + attn.out_proj(out.transpose(1, 2).reshape(*states.shape[:2], -1))
+    return hidden + block.mlp(block.layer_norm2(hidden))
+
+
+def _block_with_map(
+    block: CLIPEncoderLayer, states: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One encoder block as HF's ``CLIPEncoderLayer`` computes it, also returning its attention map
+    (B, heads, T, T), which the layer itself discards."""
+    attended, weights = block.self_attn(block.layer_norm1(states), mask)
+    hidden = states + attended
+    return hidden + block.mlp(block.layer_norm2(hidden)), weights
 
 
 def _split_heads(attn: CLIPAttention, t: torch.Tensor) -> torch.Tensor:
@@ -214,6 +246,7 @@ class HFCLIPAdapter:
         tokenizer: PreTrainedTokenizerBase,
         image_processor: CLIPImageProcessorPil,
         name: str = "clip",
+        dtype: torch.dtype | None = None,
     ) -> None:
         impl = model.text_model.config._attn_implementation
         if impl != "eager":
@@ -231,7 +264,8 @@ class HFCLIPAdapter:
         self.name = name
         param = next(model.parameters())
         self.device = param.device
-        self.dtype = param.dtype
+        self.weight_dtype = param.dtype
+        self.dtype = dtype or param.dtype
 
     @classmethod
     def from_pretrained(
@@ -253,18 +287,20 @@ class HFCLIPAdapter:
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         check_local_files(name, allow_pickle)
-        model = load_checkpoint(CLIPModel, name, torch_dtype, local_files_only, allow_pickle)
+        # weights stay fp32: half precision is autocast on the vision tower (see image_embeddings)
+        model = load_checkpoint(CLIPModel, name, torch.float32, local_files_only, allow_pickle)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
             processor = CLIPImageProcessorPil.from_pretrained(name, local_files_only=local_files_only)
         except (OSError, ValueError) as exc:
             raise model_load_error(name, exc, offline_hint=True) from exc
         check_tokenizer_size(name, len(tokenizer), model.text_model.embeddings.token_embedding.num_embeddings)
-        # both towers stay eager: CLIP4DM reads the text tower's maps, and interactions below the last
-        # block differentiate the vision blocks in forward mode, which PyTorch's SDPA kernels lack on CPU
+        # both towers load eager (CLIP4DM reads the text tower's maps, and interactions below the last
+        # block differentiate vision blocks in forward mode, which SDPA lacks on CPU); blocks whose maps
+        # are not needed run PyTorch's fused attention through _fused_block instead
         module: torch.nn.Module = model  # PreTrainedModel.to's @wraps hides its signature from mypy
         module.to(torch_device).eval().requires_grad_(False)
-        return cls(model, tokenizer, processor, name=name)
+        return cls(model, tokenizer, processor, name=name, dtype=torch_dtype)
 
     @property
     def _text_model(self) -> CLIPTextModel:
@@ -307,30 +343,48 @@ class HFCLIPAdapter:
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        return pixels.to(self.device, self.dtype)
+        return pixels.to(self.device, self.weight_dtype)
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self._vision_model(pixel_values=pixel_values)
-        return _at_least_fp32(self.model.visual_projection(out.pooler_output))
+        """CLS-pooled image embeddings, every block on fused attention; in half precision under autocast
+        (matmuls in ``dtype``, residual stream and norms in fp32)."""
+        vision = self._vision_model
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != self.weight_dtype):
+            hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+            for block in _blocks(vision.encoder):
+                hidden = _fused_block(block, hidden, causal=False)
+            return _at_least_fp32(self.model.visual_projection(vision.post_layernorm(hidden[:, 0])))
 
     def text_embeddings(self, inputs: TextInputs, output_attentions: bool | int = False) -> TextOutput:
-        """Embeddings pooled at ``pool_index``; with ``output_attentions``, differentiable attention maps
-        (a number n: only the last n, the blocks below running without autograd)."""
+        """Embeddings pooled at ``pool_index``, always computed with the weights' dtype (fp32 unless the
+        model was built in half precision): CLIP4DM's ∂cos/∂A near ε do not survive a bf16 text tower.
+
+        With ``output_attentions`` (a number n: the last n blocks, True: all) those blocks run HF's eager
+        attention under a causal and padding mask and return their maps, differentiable when grad is
+        enabled; the blocks below run fused causal attention without autograd (padding after EOT needs no
+        mask there: the causal mask keeps it out of every position up to EOT).
+        """
         depth = self.num_text_layers
-        differentiable = depth if output_attentions is True else int(output_attentions)
-        if not 0 <= differentiable <= depth:
+        maps = depth if output_attentions is True else int(output_attentions)
+        if not 0 <= maps <= depth:
             raise ValueError(f"output_attentions must be a bool or 1..{depth}, got {output_attentions!r}")
-        first = depth - differentiable if differentiable and torch.is_grad_enabled() else None
-        with self._activations_require_grad(first):
-            out = self._text_model(
-                input_ids=inputs.input_ids,
-                attention_mask=inputs.attention_mask,
-                output_attentions=bool(output_attentions),
-            )
-        hidden = out.last_hidden_state
+        text = self._text_model
+        blocks = _blocks(text.encoder)
+        with torch.no_grad():
+            hidden = text.embeddings(input_ids=inputs.input_ids)
+            for block in blocks[: depth - maps]:
+                hidden = _fused_block(block, hidden, causal=True)
+        attentions = []
+        if maps:
+            if torch.is_grad_enabled():
+                hidden = hidden.detach().requires_grad_(True)
+            mask = _padded_causal_mask(inputs.attention_mask, hidden.dtype)
+            for block in blocks[depth - maps :]:
+                hidden, weights = _block_with_map(block, hidden, mask)
+                attentions.append(weights)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), inputs.pool_index]
-        embeds = _at_least_fp32(self.model.text_projection(pooled))
-        return TextOutput(embeds, tuple(out.attentions) if output_attentions else None)
+        embeds = _at_least_fp32(self.model.text_projection(text.final_layer_norm(pooled)))
+        return TextOutput(embeds, tuple(attentions) if output_attentions else None)
 
     # --- hidden states at a block and the rest of the network, for interaction attributions ---
 
@@ -436,22 +490,3 @@ class HFCLIPAdapter:
         vision = self._vision_model
         last = _blocks(vision.encoder)[layer]
         return _last_block_jvps(last, 0, False, vision.post_layernorm, self.model.visual_projection, post)
-
-    @contextmanager
-    def _activations_require_grad(self, block: int | None) -> Iterator[None]:
-        """Make the hidden states entering text block ``block`` require grad for one call (None: do
-        nothing), so that activations from there up are differentiable although the parameters are frozen,
-        and the blocks below build no autograd graph; the hook is always removed."""
-        if block is None:
-            yield
-            return
-
-        def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            hidden, *rest = args
-            return (hidden.detach().requires_grad_(True), *rest)
-
-        handle = _blocks(self._text_model.encoder)[block].register_forward_pre_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()

@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, cast, get_args
@@ -35,6 +34,7 @@ from transformers import (
     SiglipVisionModel,
 )
 from transformers.convert_slow_tokenizer import import_protobuf
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipEncoderLayer
 from transformers.utils import cached_file
 
@@ -53,6 +53,7 @@ from clipalign.models.checkpoint import (
     check_tokenizer_size,
     load_checkpoint,
 )
+from clipalign.models.hf_clip import _block_with_map, _fused_block
 from clipalign.settings import TextReference
 from clipalign.text.alignment import EncodedCaption, encode_caption
 
@@ -62,6 +63,15 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 EXCLIP_REFERENCE_TOKEN_ID = 0
 """As for CLIP, exCLIP's filler is token id 0 (``<pad>`` in SigLIP's and Gemma's vocabularies)."""
 FIXED_RESOLUTION_SIGLIP2 = "google/siglip2-base-patch16-224 (or -256, -384, -512; large, so400m, giant-opt)"
+SIGLIP_NEEDS = (
+    "config.json, model.safetensors (pytorch_model.bin only with --allow-pickle), preprocessor_config.json, "
+    "and the tokenizer: spiece.model (SigLIP; read with protobuf, no sentencepiece needed) or tokenizer.json "
+    "(SigLIP 2's Gemma tokenizer); no extra packages. Covers SigLIP and fixed-resolution SigLIP 2"
+)
+SIGLIP2_NEEDS = (
+    "not loadable: NaFlex SigLIP 2 (Siglip2Model, variable resolution) is refused; use a fixed-resolution "
+    f"SigLIP 2 (model_type siglip), e.g. {FIXED_RESOLUTION_SIGLIP2}"
+)
 _PUNCTUATION = Regex("[" + re.escape(string.punctuation) + "]")
 
 
@@ -197,12 +207,14 @@ class WordStartOffsets:
         return tokens
 
 
-def _blocks(encoder: SiglipEncoder) -> list[SiglipEncoderLayer]:
-    """The encoder's blocks, typed as such (its ``ModuleList`` only promises modules)."""
+def _blocks(encoder: SiglipEncoder) -> list[CLIPEncoderLayer]:
+    """The encoder's blocks. A ``SiglipEncoderLayer`` has ``CLIPEncoderLayer``'s layout (``layer_norm1``,
+    ``self_attn`` with ``q/k/v/out_proj``, ``layer_norm2``, ``mlp``) and the same forward, so it is typed
+    as one and HF CLIP's block helpers (fused attention, a block with its map) apply to it."""
     blocks = [block for block in encoder.layers if isinstance(block, SiglipEncoderLayer)]
     if len(blocks) != len(encoder.layers):
         raise TypeError("every block of a SigLIP encoder must be a SiglipEncoderLayer")
-    return blocks
+    return cast(list[CLIPEncoderLayer], blocks)
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -235,10 +247,12 @@ class HFSiglipAdapter:
       ``image_geometry`` is that non-uniform scaling, so heatmaps land on the right pixels.
     * **Scores**: we attribute the cosine of the two embeddings, as for CLIP, and CLIPScore-style
       scores stay cosine-based; SigLIP's sigmoid logit (scale and bias on that cosine) is not used.
-    * **Attention**: both towers run eager attention: the text maps are CLIP4DM's input, and
-      interactions below the last block take forward-mode JVPs through the vision blocks
-      (``torch.func.jvp``), which SDPA lacks on CPU. ``text_head_jvps``/``image_head_jvps`` return None:
-      interactions use the generic JVPs (no closed form is derived for the MAP head).
+    * **Attention and precision** (as HF CLIP's adapter): weights stay fp32; ``image_embeddings`` runs
+      every vision block on PyTorch's fused attention (SDPA), under autocast in ``dtype`` for fp16/bf16;
+      the text tower runs in fp32, fused below the attributed blocks and eager in them (their maps are
+      CLIP4DM's input). Interactions run the blocks as HF does (eager: forward-mode JVPs through the
+      vision blocks, ``torch.func.jvp``, which SDPA lacks on CPU). ``text_head_jvps``/``image_head_jvps``
+      return None: interactions use the generic JVPs (no closed form is derived for the MAP head).
     """
 
     def __init__(
@@ -247,6 +261,7 @@ class HFSiglipAdapter:
         tokenizer: PreTrainedTokenizerBase,
         image_processor: SiglipImageProcessorPil,
         name: str = "siglip",
+        dtype: torch.dtype | None = None,
     ) -> None:
         impl = model.text_model.config._attn_implementation
         if impl != "eager":
@@ -277,7 +292,8 @@ class HFSiglipAdapter:
         self._prefix, self._suffix = special_ids(tokenizer)
         param = next(model.parameters())
         self.device = param.device
-        self.dtype = param.dtype
+        self.weight_dtype = param.dtype
+        self.dtype = dtype or param.dtype
 
     @classmethod
     def from_pretrained(
@@ -294,7 +310,8 @@ class HFSiglipAdapter:
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         check_local_files(name, allow_pickle)
-        model = load_checkpoint(SiglipModel, name, torch_dtype, local_files_only, allow_pickle)
+        # weights stay fp32: half precision is autocast on the vision tower (see image_embeddings)
+        model = load_checkpoint(SiglipModel, name, torch.float32, local_files_only, allow_pickle)
         try:
             tokenizer = load_siglip_tokenizer(name, local_files_only)
             processor = SiglipImageProcessorPil.from_pretrained(name, local_files_only=local_files_only)
@@ -305,7 +322,7 @@ class HFSiglipAdapter:
         check_tokenizer_size(name, len(tokenizer), model.text_model.embeddings.token_embedding.num_embeddings)
         module: torch.nn.Module = model  # PreTrainedModel.to's @wraps hides its signature from mypy
         module.to(torch_device).eval().requires_grad_(False)
-        return cls(model, tokenizer, processor, name=name)
+        return cls(model, tokenizer, processor, name=name, dtype=torch_dtype)
 
     @property
     def _text_model(self) -> SiglipTextModel:
@@ -372,27 +389,47 @@ class HFSiglipAdapter:
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         pixels = self.pixel_values(images)
-        return pixels.to(self.device, self.dtype, non_blocking=pixels.is_pinned())
+        return pixels.to(self.device, self.weight_dtype, non_blocking=pixels.is_pinned())
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The attention-pooling head's output (SigLIP has no projection)."""
-        return _at_least_fp32(self._vision_model(pixel_values=pixel_values).pooler_output)
+        """The attention-pooling head's output (SigLIP has no projection), every block on fused attention;
+        in half precision under autocast (matmuls in ``dtype``, residual stream and norms in fp32)."""
+        vision = self._vision_model
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != self.weight_dtype):
+            hidden = vision.embeddings(pixel_values)
+            for block in _blocks(vision.encoder):
+                hidden = _fused_block(block, hidden, causal=False)
+            return _at_least_fp32(vision.head(vision.post_layernorm(hidden)))
 
     def text_embeddings(self, inputs: TextInputs, output_attentions: bool | int = False) -> TextOutput:
-        """The head's output at ``pool_index`` (the last position), without an attention mask; with
-        ``output_attentions``, differentiable maps (a number n: only the last n)."""
+        """The head's output at ``pool_index`` (the last position), without an attention mask, in the
+        weights' dtype (fp32 unless the model was built in half precision).
+
+        With ``output_attentions`` (a number n: the last n blocks, True: all) those blocks run HF's eager
+        attention and return their maps, differentiable when grad is enabled; the blocks below run fused
+        attention without autograd.
+        """
         depth = self.num_text_layers
-        differentiable = depth if output_attentions is True else int(output_attentions)
-        if not 0 <= differentiable <= depth:
+        maps = depth if output_attentions is True else int(output_attentions)
+        if not 0 <= maps <= depth:
             raise ValueError(f"output_attentions must be a bool or 1..{depth}, got {output_attentions!r}")
-        first = depth - differentiable if differentiable and torch.is_grad_enabled() else None
         text = self._text_model
-        with self._activations_require_grad(first):
-            out = text(input_ids=inputs.input_ids, output_attentions=bool(output_attentions))
-        hidden = out.last_hidden_state  # final layer norm already applied
+        blocks = _blocks(text.encoder)
+        with torch.no_grad():
+            hidden = text.embeddings(input_ids=inputs.input_ids)
+            for block in blocks[: depth - maps]:
+                hidden = _fused_block(block, hidden, causal=False)
+        attentions = []
+        if maps and torch.is_grad_enabled():
+            hidden = hidden.detach().requires_grad_(True)
+        length = hidden.shape[1]
+        unmasked = torch.zeros((1, 1, length, length), dtype=hidden.dtype, device=hidden.device)
+        for block in blocks[depth - maps :]:  # additive mask of zeros: every position sees every other
+            hidden, weights = _block_with_map(block, hidden, unmasked)
+            attentions.append(weights)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), inputs.pool_index]
-        embeds = _at_least_fp32(text.head(pooled))
-        return TextOutput(embeds, tuple(out.attentions) if output_attentions else None)
+        embeds = _at_least_fp32(text.head(text.final_layer_norm(pooled)))
+        return TextOutput(embeds, tuple(attentions) if output_attentions else None)
 
     # --- hidden states at a block and the rest of the network, for interaction attributions ---
 
@@ -474,24 +511,6 @@ class HFSiglipAdapter:
     ) -> PositionJVPs | None:
         """None: the generic ``torch.func`` JVPs through the attention-pooling head."""
         return None
-
-    @contextmanager
-    def _activations_require_grad(self, block: int | None) -> Iterator[None]:
-        """Make the hidden states entering text block ``block`` require grad for one call (None: nothing),
-        so the blocks below build no autograd graph; the hook is always removed."""
-        if block is None:
-            yield
-            return
-
-        def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            hidden, *rest = args
-            return (hidden.detach().requires_grad_(True), *rest)
-
-        handle = _blocks(self._text_model.encoder)[block].register_forward_pre_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
 
 
 class Siglip2NaFlexRefusal:

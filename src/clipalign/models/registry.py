@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
-from transformers import AutoConfig
+from transformers import PretrainedConfig
 
 from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.models.base import ClipAdapter, ModelLoadError, model_load_error, resolve_device, resolve_dtype
 from clipalign.models.checkpoint import CheckpointError
-from clipalign.models.errors import check_local_path
+from clipalign.models.errors import UnsupportedModelError, check_local_path, check_supported
 from clipalign.models.hf_clip import HFCLIPAdapter
-from clipalign.models.hf_siglip import HFSiglipAdapter, Siglip2NaFlexRefusal
+from clipalign.models.hf_siglip import SIGLIP2_NEEDS, SIGLIP_NEEDS, HFSiglipAdapter, Siglip2NaFlexRefusal
 from clipalign.settings import DEFAULT_MODEL
 
 MODEL_ALIASES: dict[str, Path] = {"synthetic": SYNTHETIC_CLIP}
@@ -36,15 +37,50 @@ _ADAPTERS: dict[str, AdapterFactory] = {
     "siglip": HFSiglipAdapter,
     "siglip2": Siglip2NaFlexRefusal,
 }
+_NEEDS: dict[str, str] = {
+    "clip": (
+        "config.json, model.safetensors (pytorch_model.bin only with --allow-pickle), the CLIP BPE "
+        "tokenizer (vocab.json + merges.txt, or tokenizer.json), preprocessor_config.json; no extra "
+        "packages. Any text context length (max_position_embeddings: 77, 248 for LongCLIP)"
+    ),
+    "siglip": SIGLIP_NEEDS,
+    "siglip2": SIGLIP2_NEEDS,
+}
 
 
-def register_adapter(model_type: str, factory: AdapterFactory) -> None:
-    """Make :func:`load_model` use ``factory`` for checkpoints whose config has this ``model_type``."""
+def register_adapter(model_type: str, factory: AdapterFactory, *, needs: str | None = None) -> None:
+    """Make :func:`load_model` use ``factory`` for checkpoints whose config has this ``model_type``;
+    ``needs`` says in a line which files and extra packages such a checkpoint needs (``clipalign models``
+    shows it)."""
     _ADAPTERS[model_type] = factory
+    if needs is not None:
+        _NEEDS[model_type] = needs
 
 
 def supported_model_types() -> list[str]:
     return sorted(_ADAPTERS)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A supported model family, as ``clipalign models`` describes it."""
+
+    model_type: str
+    adapter: str
+    needs: str
+
+
+def families() -> list[Family]:
+    """Every registered family: its ``model_type``, the adapter class, and what its checkpoints need (the
+    adapter's docstring summary when it was registered without ``needs``)."""
+    described = []
+    for model_type in supported_model_types():
+        factory = _ADAPTERS[model_type]
+        kind = factory if isinstance(factory, type) else type(factory)
+        summary = (kind.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        needs = _NEEDS.get(model_type, summary)
+        described.append(Family(model_type, f"{kind.__module__}.{kind.__qualname__}", needs))
+    return described
 
 
 def load_model(
@@ -68,7 +104,9 @@ def load_model(
     An unknown or unavailable device or dtype is a ValueError before anything is read. A path that does
     not exist, a folder without ``config.json`` or tokenizer files, weights that do not match the config,
     and a Hub name that cannot be fetched (not found, offline, no connection) are a one-line
-    :class:`ModelLoadError` saying which; there is no fallback to another model.
+    :class:`ModelLoadError` saying which; there is no fallback to another model. An architecture without
+    an adapter, and a checkpoint that needs remote code (``auto_map``, ``trust_remote_code``), are an
+    :class:`UnsupportedModelError` naming the supported families, raised from ``config.json`` alone.
     """
     name = str(name_or_path)
     torch_device = resolve_device(device)
@@ -79,7 +117,7 @@ def load_model(
     try:
         # the local cache first: offline, a Hub request would retry for ~20 s before failing
         return _load(name, torch_device, torch_dtype, allow_pickle, local_files_only=True)
-    except CheckpointError:
+    except (CheckpointError, UnsupportedModelError):
         raise
     except ModelLoadError:
         pass
@@ -89,15 +127,19 @@ def load_model(
 def _load(
     name: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool, local_files_only: bool
 ) -> ClipAdapter:
-    try:
-        model_type = AutoConfig.from_pretrained(name, local_files_only=local_files_only).model_type
-    except (OSError, ValueError) as exc:
-        raise model_load_error(name, exc, offline_hint=True) from exc
-    factory = _ADAPTERS.get(model_type)
-    if factory is None:
-        raise ModelLoadError(
-            f"model {name!r} has model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
-        )
+    factory = _ADAPTERS[_model_type(name, local_files_only)]
     return factory.from_pretrained(
         name, device=device, dtype=dtype, local_files_only=local_files_only, allow_pickle=allow_pickle
     )
+
+
+def _model_type(name: str, local_files_only: bool) -> str:
+    """The ``model_type`` in the checkpoint's ``config.json`` when an adapter is registered for it, else a
+    one-line :class:`UnsupportedModelError`; a config that cannot be fetched or read is a
+    :class:`ModelLoadError`."""
+    try:
+        # the JSON alone: AutoConfig would fetch a remote-code config class, or ask whether to run it
+        config, _ = PretrainedConfig.get_config_dict(name, local_files_only=local_files_only)
+    except (OSError, ValueError) as exc:
+        raise model_load_error(name, exc, offline_hint=True) from exc
+    return check_supported(name, config, _ADAPTERS)
