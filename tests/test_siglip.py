@@ -444,6 +444,25 @@ def test_load_model_picks_the_siglip_adapter(siglip):
     assert siglip.max_text_tokens == CONTEXT and siglip.num_text_layers == 4
     assert siglip.pixel_values([scene(0)]).dtype == torch.float32
     assert siglip.model.config.text_config._attn_implementation == "eager"
+    pixels = siglip.preprocess([scene(0), scene(1, (30, 70))])
+    with torch.no_grad():  # fused attention in every vision block gives HF's pooled output
+        theirs = siglip.model.get_image_features(pixel_values=pixels).pooler_output
+        torch.testing.assert_close(siglip.image_embeddings(pixels), theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_half_precision_autocasts_the_image_tower_only(siglip, model_dir):
+    half = load_model(model_dir, device="cpu", dtype="bf16")
+    assert (half.dtype, half.weight_dtype) == (torch.bfloat16, torch.float32)
+    pixels = half.preprocess([scene(0)])
+    assert pixels.dtype == torch.float32
+    inputs = half.collate(half.encode_captions(["a cup of coke"], TEMPLATE))
+    with torch.no_grad():
+        torch.testing.assert_close(half.text_embeddings(inputs).embeds, siglip.text_embeddings(inputs).embeds)
+        image, full = half.image_embeddings(pixels), siglip.image_embeddings(pixels)
+    assert image.dtype == torch.float32 and not torch.equal(image, full)
+    assert torch.nn.functional.cosine_similarity(image, full).item() > 0.999
+    [result] = CLIP4DM(half, layers=2).attribute([scene(0)], ["a cup of coke"], on_error="raise")
+    assert all(np.isfinite(w.score) for w in result.words)
 
 
 @pytest.mark.slow
