@@ -53,7 +53,7 @@ from clipalign.models.checkpoint import (
     check_tokenizer_size,
     load_checkpoint,
 )
-from clipalign.models.hf_clip import _block_with_map, _fused_block, _last_block_jvps
+from clipalign.models.hf_clip import _block_with_map, _fused_block
 from clipalign.settings import TextReference
 from clipalign.text.alignment import EncodedCaption, encode_caption
 
@@ -251,9 +251,9 @@ class HFSiglipAdapter:
       every vision block on PyTorch's fused attention (SDPA), under autocast in ``dtype`` for fp16/bf16;
       the text tower runs in fp32, fused below the attributed blocks and eager in them (their maps are
       CLIP4DM's input). Interactions run the blocks as HF does (eager: forward-mode JVPs through the
-      vision blocks, ``torch.func.jvp``, which SDPA lacks on CPU). At the last text block they use HF
-      CLIP's closed-form JVPs (unmasked); ``image_head_jvps`` returns None: the image side takes the
-      generic JVPs through the attention-pooling head (no closed form is derived for it).
+      vision blocks, ``torch.func.jvp``, which SDPA lacks on CPU). ``text_head_jvps`` and
+      ``image_head_jvps`` return None: interactions take the generic JVPs (no closed form is derived for
+      the attention-pooling head; the text tower's would be HF CLIP's without the causal mask).
     """
 
     def __init__(
@@ -488,13 +488,9 @@ class HFSiglipAdapter:
     def text_head_jvps(
         self, layer: int, pool_index: int, post: Callable[[torch.Tensor], torch.Tensor]
     ) -> PositionJVPs | None:
-        """At the last block, HF CLIP's closed-form position JVPs without the causal mask (the block and
-        its tail, final norm then a linear map, have CLIP's form); elsewhere None (generic JVPs)."""
-        if layer != self.num_text_layers - 1:
-            return None
-        text = self._text_model
-        last = _blocks(text.encoder)[layer]
-        return _last_block_jvps(last, pool_index, False, text.final_layer_norm, text.head, post)
+        """None: the generic ``torch.func`` JVPs (the text tower has CLIP's form, so HF CLIP's closed form
+        without the causal mask would apply; see the adapter's notes)."""
+        return None
 
     def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states entering vision block ``layer`` (B, rows·cols, d): patches only, row-major."""
