@@ -76,7 +76,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=default.name,
         help=f"Hub name or local directory of a CLIP checkpoint, or 'synthetic': the small CLIP that "
-        f"ships with clipalign and works offline (default: {default.name})",
+        f"ships with clipalign and works offline (default: {default.name}; `clipalign models` lists the "
+        "supported families and the cached models)",
     )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     group.add_argument(

@@ -13,9 +13,15 @@ from clipalign._lazy import lazy_exports
 if TYPE_CHECKING:
     from clipalign.models.base import ClipAdapter, TextInputs, TextOutput
     from clipalign.models.checkpoint import CheckpointError
-    from clipalign.models.errors import ModelLoadError
+    from clipalign.models.errors import ModelLoadError, UnsupportedModelError
     from clipalign.models.hf_clip import HFCLIPAdapter
-    from clipalign.models.registry import MODEL_ALIASES, load_model, register_adapter, supported_model_types
+    from clipalign.models.registry import (
+        MODEL_ALIASES,
+        families,
+        load_model,
+        register_adapter,
+        supported_model_types,
+    )
     from clipalign.settings import DEFAULT_MODEL
 
 _EXPORTS: dict[str, str] = {
@@ -25,6 +31,8 @@ _EXPORTS: dict[str, str] = {
     "HFCLIPAdapter": "clipalign.models.hf_clip",
     "MODEL_ALIASES": "clipalign.models.registry",
     "ModelLoadError": "clipalign.models.errors",
+    "UnsupportedModelError": "clipalign.models.errors",
+    "families": "clipalign.models.registry",
     "TextInputs": "clipalign.models.base",
     "TextOutput": "clipalign.models.base",
     "load_model": "clipalign.models.registry",
@@ -42,6 +50,8 @@ __all__ = [
     "ModelLoadError",
     "TextInputs",
     "TextOutput",
+    "UnsupportedModelError",
+    "families",
     "load_model",
     "register_adapter",
     "supported_model_types",
