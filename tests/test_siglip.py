@@ -148,6 +148,17 @@ def test_captions_are_padded_to_the_context_and_pooled_at_the_last_position(sigl
     torch.testing.assert_close(ours, theirs)
 
 
+def test_long_captions_are_cut_at_whole_words_within_64_tokens(siglip):
+    from clipalign.text.alignment import CaptionTruncatedWarning
+
+    caption = " ".join(["red cube"] * 60)
+    with pytest.warns(CaptionTruncatedWarning, match="longer than 64 tokens"):
+        [enc] = siglip.encode_captions([caption], TEMPLATE)
+    assert len(enc.input_ids) == CONTEXT and enc.truncated_words
+    assert enc.input_ids[-1] == siglip.tokenizer.eos_token_id  # no room left for padding
+    assert enc.words[-1].end <= enc.truncated_words[0].start
+
+
 def test_word_scores_are_batch_invariant(siglip):
     """A caption scored alone or among others (longer, shorter) gets the same scores: every caption is
     padded to the same 64 positions and no row sees another."""
