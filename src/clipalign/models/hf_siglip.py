@@ -228,8 +228,9 @@ class HFSiglipAdapter:
 
     * **Text attention is bidirectional** (no causal mask), so every position, padding included, reaches
       the pooled one. Captions are padded as the checkpoints were trained (big_vision, and HF's
-      ``padding="max_length"``): to the full context (64) with the tokenizer's pad token, on the right,
-      and the model runs without an attention mask, as in training. Every caption then has the same
+      ``padding="max_length"``): to the full context (64) with the tokenizer's pad token, on the right
+      (whatever the tokenizer's ``padding_side``: ``GemmaTokenizer`` defaults to left), and the model
+      runs without an attention mask, as in training. Every caption then has the same
       length and batch-mates never meet, so word scores are batch-invariant (tested).
     * **Pooling at the last position** (HF: ``last_hidden_state[:, -1]``, then the linear ``head``),
       usually a pad token, not at EOS: ``pool_index`` is that position (63), so CLIP4DM reads row 63 of
@@ -240,7 +241,7 @@ class HFSiglipAdapter:
       whitespace collapsed; see :func:`spiece_tokenizer`). SigLIP 2's is Gemma's (fast), used as saved:
       its special tokens are the ones it adds (:func:`special_ids`), and it lower-cases only when its
       config says ``do_lower_case`` (Google's model card says SigLIP 2 was trained on lower-cased text;
-      the HF tokenizer of the fixed-resolution checkpoints does not lower-case, and we follow it).
+      we follow the tokenizer as saved rather than guess).
     * **Image side**: no class token (``image_prefix`` 0), the multi-head attention-pooling head (MAP)
       gives the embedding, which has no projection. Images are resized to the square input without a
       crop (aspect ratio not kept), by ``SiglipImageProcessorPil`` on every machine (no torchvision);
