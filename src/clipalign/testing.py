@@ -9,13 +9,25 @@ benchmarks and the training tool record beside their timings.
 
 from __future__ import annotations
 
+import json
 import platform
 import tempfile
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from PIL import Image, ImageDraw
-from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig
+from transformers import (
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPVisionConfig,
+    SiglipConfig,
+    SiglipImageProcessorPil,
+    SiglipModel,
+    SiglipVisionConfig,
+)
 
 from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.models import ClipAdapter, load_model
@@ -123,3 +135,144 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+SiglipFamily = Literal["siglip", "siglip2"]
+"""Which tokenizer a tiny SigLIP gets: SigLIP's SentencePiece (``spiece.model``, ``SiglipTokenizer``) or
+SigLIP 2's Gemma BPE (``tokenizer.json``, ``GemmaTokenizer``); the model is a ``SiglipModel`` either way."""
+
+SIGLIP_TEXT_CONTEXT = 64
+_TOKENIZER_TEXT = """
+A photo depicts a cup of coke. A snowboarder jumps over a xylophone in the snow.
+A street sign with a detour pointing in different directions. The dog runs fast, the cat sleeps.
+A red cube on a blue sphere. A white husky and a black dog running in a snow covered forest.
+Two people ride bicycles along the beach at sunset while a man walks his small brown dog.
+A woman holds an umbrella in the rain next to a yellow taxi on a busy city street at night.
+A plate of food with rice, beans and green vegetables sits on a wooden table by the window.
+Children play football on the grass of a park; an old tree stands behind them under the clouds.
+A large green star on the right, a small purple circle on the left, an orange square at the top,
+a pink triangle at the bottom, a cyan diamond and a gray cross in the middle of the picture.
+"""
+"""The few hundred words the test tokenizers are trained on: the test captions and the synthetic world's."""
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Sentences of :data:`_TOKENIZER_TEXT`, each lower-cased copy too (the SigLIP tokenizers lower-case)."""
+    lines = [line.strip() for line in _TOKENIZER_TEXT.strip().splitlines()]
+    return [*lines, *(line.lower() for line in lines)] * 4
+
+
+def _write_spiece_tokenizer(out: Path) -> int:
+    """Train a SentencePiece-style Unigram model and write it as SigLIP does: ``spiece.model`` (the
+    protobuf HF's slow ``SiglipTokenizer`` reads) and its ``tokenizer_config.json``; also the
+    ``tokenizer.json`` of the fast equivalent. Returns the vocabulary size."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
+    from tokenizers.models import Unigram
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    from clipalign.models.hf_siglip import SPIECE_FILE, spiece_tokenizer
+
+    backend = Tokenizer(Unigram())
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    specials = ["<pad>", "</s>", "<unk>"]
+    trainer = trainers.UnigramTrainer(
+        vocab_size=300, special_tokens=specials, unk_token="<unk>", show_progress=False
+    )
+    backend.train_from_iterator(_tokenizer_corpus(), trainer)
+    model = json.loads(backend.to_str())["model"]
+    proto = import_protobuf().ModelProto()
+    for piece, score in model["vocab"]:
+        entry = proto.pieces.add()
+        entry.piece, entry.score = piece, score
+        entry.type = 2 if piece == "<unk>" else 3 if piece in specials else 1  # UNKNOWN, CONTROL, NORMAL
+    proto.trainer_spec.model_type = 1  # UNIGRAM
+    proto.trainer_spec.unk_id = model["unk_id"]
+    proto.normalizer_spec.name = "identity"
+    (out / SPIECE_FILE).write_bytes(proto.SerializeToString())
+    config = {
+        "tokenizer_class": "SiglipTokenizer",
+        "do_lower_case": True,
+        "eos_token": "</s>",
+        "pad_token": "</s>",
+        "unk_token": "<unk>",
+        "model_max_length": SIGLIP_TEXT_CONTEXT,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    spiece_tokenizer(out / SPIECE_FILE).backend_tokenizer.save(str(out / "tokenizer.json"))
+    return len(model["vocab"])
+
+
+def _write_gemma_tokenizer(out: Path) -> int:
+    """Train a byte-fallback BPE and save it as SigLIP 2's ``GemmaTokenizer`` (no BOS, EOS appended, as
+    the SigLIP 2 checkpoints' tokenizers add). Returns the vocabulary size."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import GemmaTokenizer
+
+    backend = Tokenizer(BPE(unk_token="<unk>", byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *(f"<0x{i:02X}>" for i in range(256))]
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False)
+    backend.train_from_iterator(_tokenizer_corpus(), trainer)
+    model = json.loads(backend.to_str())["model"]
+    # (left, right) pairs, as the BPE model takes them (GemmaTokenizer's annotation says strings)
+    merges: Any = [tuple(m) for m in model["merges"]]
+    tokenizer = GemmaTokenizer(
+        vocab=model["vocab"], merges=merges, add_bos_token=False, add_eos_token=True, model_max_length=64
+    )
+    tokenizer.save_pretrained(out)
+    return len(tokenizer)
+
+
+def tiny_siglip_config(
+    vocab_size: int,
+    pad_token_id: int,
+    eos_token_id: int,
+    hidden_size: int = 32,
+    layers: int = 4,
+    heads: int = 4,
+    image_size: int = 32,
+    patch_size: int = 8,
+) -> SiglipConfig:
+    """A small ``SiglipModel`` architecture with a 64-token text context and the attention-pooling head."""
+    tower = {
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+    }
+    text = {
+        **tower,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": SIGLIP_TEXT_CONTEXT,
+        "pad_token_id": pad_token_id,
+        "eos_token_id": eos_token_id,
+        "bos_token_id": None,
+    }
+    vision = {**tower, "image_size": image_size, "patch_size": patch_size}
+    return SiglipConfig(text_config=text, vision_config=vision)
+
+
+def save_random_siglip(
+    out_dir: str | Path, family: SiglipFamily = "siglip", seed: int = 0, **config: int
+) -> Path:
+    """Write a seeded random ``SiglipModel`` (safetensors) with a tokenizer trained here, offline, for
+    ``family``, and SigLIP's image processor (resize to the square input, no crop, mean and std 0.5).
+
+    ``config`` overrides :func:`tiny_siglip_config`'s arguments; the vocabulary is the tokenizer's.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = _write_spiece_tokenizer(out) if family == "siglip" else _write_gemma_tokenizer(out)
+    pad, eos = (1, 1) if family == "siglip" else (0, 1)  # SigLIP pads with </s>; Gemma has <pad> 0, <eos> 1
+    cfg = tiny_siglip_config(vocab, pad, eos, **config)
+    vision = cfg.vision_config
+    if not isinstance(vision, SiglipVisionConfig):
+        raise TypeError(f"config.vision_config must be a SiglipVisionConfig, got {type(vision).__name__}")
+    torch.manual_seed(seed)
+    SiglipModel(cfg).save_pretrained(out)
+    size = vision.image_size
+    SiglipImageProcessorPil(size={"height": size, "width": size}).save_pretrained(out)
+    return out

@@ -14,6 +14,7 @@ from clipalign.models.base import ClipAdapter, ModelLoadError, model_load_error,
 from clipalign.models.checkpoint import CheckpointError
 from clipalign.models.errors import UnsupportedModelError, check_local_path, check_supported
 from clipalign.models.hf_clip import HFCLIPAdapter
+from clipalign.models.hf_siglip import SIGLIP2_NEEDS, SIGLIP_NEEDS, HFSiglipAdapter, Siglip2NaFlexRefusal
 from clipalign.settings import DEFAULT_MODEL
 
 MODEL_ALIASES: dict[str, Path] = {"synthetic": SYNTHETIC_CLIP}
@@ -31,13 +32,19 @@ class AdapterFactory(Protocol):
     ) -> ClipAdapter: ...
 
 
-_ADAPTERS: dict[str, AdapterFactory] = {"clip": HFCLIPAdapter}
+_ADAPTERS: dict[str, AdapterFactory] = {
+    "clip": HFCLIPAdapter,
+    "siglip": HFSiglipAdapter,
+    "siglip2": Siglip2NaFlexRefusal,
+}
 _NEEDS: dict[str, str] = {
     "clip": (
         "config.json, model.safetensors (pytorch_model.bin only with --allow-pickle), the CLIP BPE "
         "tokenizer (vocab.json + merges.txt, or tokenizer.json), preprocessor_config.json; no extra "
         "packages. Any text context length (max_position_embeddings: 77, 248 for LongCLIP)"
-    )
+    ),
+    "siglip": SIGLIP_NEEDS,
+    "siglip2": SIGLIP2_NEEDS,
 }
 
 
