@@ -16,7 +16,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn, cast, get_args
+from typing import NoReturn, cast, get_args
 
 import numpy as np
 import torch
@@ -25,7 +25,6 @@ from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 from transformers import (
     AutoTokenizer,
-    BatchEncoding,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     SiglipImageProcessorPil,
@@ -53,9 +52,9 @@ from clipalign.models.checkpoint import (
     check_tokenizer_size,
     load_checkpoint,
 )
-from clipalign.models.hf_clip import _block_with_map, _fused_block
+from clipalign.models.hf_clip import _at_least_fp32, _block_with_map, _fused_block, _last_block_jvps
 from clipalign.settings import TextReference
-from clipalign.text.alignment import EncodedCaption, encode_caption
+from clipalign.text.alignment import EncodedCaption, encode_captions
 
 SPIECE_FILE = "spiece.model"
 """SigLIP's SentencePiece model; HF reads it with the slow ``SiglipTokenizer`` only."""
@@ -179,34 +178,6 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int
     raise ValueError(f"{type(tokenizer).__name__} changes a text's tokens when it adds special tokens")
 
 
-class WordStartOffsets:
-    """A fast tokenizer whose character offsets start at each token's first non-space character.
-
-    SentencePiece-style tokens carry the space before a word (``▁cup``), and their offsets start at that
-    space, which lies in the gap after the previous word: :func:`encode_caption` would give ``▁cup`` to
-    the previous word. Trimmed, a token starts in the word it spells (a lone ``▁`` goes to the next
-    word). This is what ``encode_caption`` calls, nothing more.
-    """
-
-    is_fast = True
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.tokenizer = tokenizer
-
-    def __call__(self, text: str, **kwargs: Any) -> BatchEncoding:
-        encoding = self.tokenizer(text, **kwargs)
-        if "offset_mapping" in encoding:
-            encoding["offset_mapping"] = [
-                (a + len(text[a:b]) - len(text[a:b].lstrip()), b) for a, b in encoding["offset_mapping"]
-            ]
-        return encoding
-
-    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-        tokens = self.tokenizer.convert_ids_to_tokens(ids)
-        assert isinstance(tokens, list)  # a list of ids gives a list of tokens
-        return tokens
-
-
 def _blocks(encoder: SiglipEncoder) -> list[CLIPEncoderLayer]:
     """The encoder's blocks. A ``SiglipEncoderLayer`` has ``CLIPEncoderLayer``'s layout (``layer_norm1``,
     ``self_attn`` with ``q/k/v/out_proj``, ``layer_norm2``, ``mlp``) and the same forward, so it is typed
@@ -215,11 +186,6 @@ def _blocks(encoder: SiglipEncoder) -> list[CLIPEncoderLayer]:
     if len(blocks) != len(encoder.layers):
         raise TypeError("every block of a SigLIP encoder must be a SiglipEncoderLayer")
     return cast(list[CLIPEncoderLayer], blocks)
-
-
-def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    """Half-precision embeddings are upcast so cosines and scores are computed in fp32 (fp64 stays)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class HFSiglipAdapter:
@@ -252,9 +218,9 @@ class HFSiglipAdapter:
       every vision block on PyTorch's fused attention (SDPA), under autocast in ``dtype`` for fp16/bf16;
       the text tower runs in fp32, fused below the attributed blocks and eager in them (their maps are
       CLIP4DM's input). Interactions run the blocks as HF does (eager: forward-mode JVPs through the
-      vision blocks, ``torch.func.jvp``, which SDPA lacks on CPU). ``text_head_jvps`` and
-      ``image_head_jvps`` return None: interactions take the generic JVPs (no closed form is derived for
-      the attention-pooling head; the text tower's would be HF CLIP's without the causal mask).
+      vision blocks, ``torch.func.jvp``, which SDPA lacks on CPU). ``text_head_jvps`` is HF CLIP's
+      closed form without the causal mask; ``image_head_jvps`` returns None, so the image side takes the
+      generic JVPs (no closed form is derived for the attention-pooling head).
     """
 
     def __init__(
@@ -350,17 +316,15 @@ class HFSiglipAdapter:
         tok, limit = self.tokenizer, self.max_text_tokens
         pad_id = int(tok.pad_token_id)
         pad = str(tok.convert_ids_to_tokens(pad_id))
-        words = cast(PreTrainedTokenizerBase, WordStartOffsets(tok))  # what encode_caption calls
         encoded = []
-        for caption in captions:
-            enc = encode_caption(
-                words,
-                caption,
-                template=template,
-                prefix_ids=self._prefix,
-                suffix_ids=self._suffix,
-                max_length=limit,
-            )
+        for enc in encode_captions(
+            tok,
+            captions,
+            template=template,
+            prefix_ids=self._prefix,
+            suffix_ids=self._suffix,
+            max_length=limit,
+        ):
             fill = limit - len(enc.input_ids)
             encoded.append(
                 replace(
@@ -489,9 +453,12 @@ class HFSiglipAdapter:
     def text_head_jvps(
         self, layer: int, pool_index: int, post: Callable[[torch.Tensor], torch.Tensor]
     ) -> PositionJVPs | None:
-        """None: the generic ``torch.func`` JVPs (the text tower has CLIP's form, so HF CLIP's closed form
-        without the causal mask would apply; see the adapter's notes)."""
-        return None
+        """HF CLIP's closed-form JVPs (:func:`~clipalign.models.hf_clip._last_block_jvps`) without the
+        causal mask: the text tower has CLIP's block layout, then the final norm and the head."""
+        text = self._text_model
+        return _last_block_jvps(
+            _blocks(text.encoder)[layer:], pool_index, False, text.final_layer_norm, text.head, post
+        )
 
     def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states entering vision block ``layer`` (B, rows·cols, d): patches only, row-major."""

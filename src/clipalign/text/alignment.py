@@ -227,7 +227,10 @@ def _wrap(
 ) -> EncodedCaption:
     """One tokenized ``template + caption`` mapped to its words, cut to fit and wrapped in special tokens."""
     ids = list(token_ids)
-    spans = [(int(a), int(b)) for a, b in offsets]
+    text = template + caption
+    # a token's span starts at its first non-space character: SentencePiece tokens (``▁cup``) carry the
+    # space before their word, which lies in the gap after the previous word (CLIP's BPE never does)
+    spans = [(int(b) - len(text[a:b].lstrip()), int(b)) for a, b in offsets]
     words = split_words(caption, unit)
     tlen = len(template)
     starts = np.array([a for a, _ in spans], dtype=np.int64) - tlen
