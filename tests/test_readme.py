@@ -27,6 +27,7 @@ import pytest
 
 import clipalign
 from clipalign.checkpoints import SYNTHETIC_CLIP
+from clipalign.testing import save_random_siglip
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -35,6 +36,10 @@ MODEL = str(SYNTHETIC_CLIP)
 
 HUB_MODEL = re.compile(r"\bopenai/clip-vit-[\w.-]+")
 """Hub names of real CLIPs (not reachable here), replaced by :data:`MODEL`."""
+
+HUB_SIGLIP = re.compile(r"\bgoogle/siglip2?-[\w.-]+")
+"""Hub names of real SigLIP / SigLIP 2 models, replaced by a tiny random one that :func:`make_inputs`
+writes (with the tokenizer of that family, trained offline)."""
 
 FILES = {
     "photo.jpg": "examples/apple_and_cup.png",
@@ -170,6 +175,7 @@ def _path_pattern(name: str) -> re.Pattern[str]:
 def substitute(text: str, workdir: Path) -> str:
     """The README text with every model, input and output replaced by what stands for it here."""
     text = HUB_MODEL.sub(MODEL, text)
+    text = HUB_SIGLIP.sub(lambda m: str(workdir / m.group().split("-")[0].removeprefix("google/")), text)
     table = {**{k: str(ROOT / v) for k, v in FILES.items()}, **{k: str(workdir / v) for k, v in MADE.items()}}
     table.update({name: str(workdir / name) for name in OUTPUTS})
     for name, path in table.items():
@@ -178,7 +184,10 @@ def substitute(text: str, workdir: Path) -> str:
 
 
 def make_inputs(workdir: Path) -> None:
-    """The dataset inputs of :data:`MADE`: :data:`PAIRS` pairs each, from the shipped example images."""
+    """The dataset inputs of :data:`MADE`: :data:`PAIRS` pairs each, from the shipped example images;
+    and the tiny SigLIP and SigLIP 2 models that stand for the Hub's."""
+    for family in ("siglip", "siglip2"):
+        save_random_siglip(workdir / family, family=family)
     examples = json.loads((EXAMPLES / "examples.json").read_text(encoding="utf-8"))[:PAIRS]
     images = [EXAMPLES / e["file"] for e in examples]
     with (workdir / "pairs.jsonl").open("w") as f:
