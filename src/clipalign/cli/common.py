@@ -75,9 +75,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         default=default.name,
-        help=f"Hub name or local directory of a CLIP checkpoint, or 'synthetic': the small CLIP that "
-        f"ships with clipalign and works offline (default: {default.name}; `clipalign models` lists the "
-        "supported families and the cached models)",
+        help="Hub name or local directory of a CLIP-family checkpoint (`clipalign models` lists the "
+        "supported families and the cached models), or 'synthetic': the small CLIP that ships with "
+        f"clipalign and works offline (default: {default.name})",
     )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     group.add_argument(

@@ -67,6 +67,13 @@ def _add_pointing_options(parser: argparse.ArgumentParser) -> None:
         "still override)",
     )
     add_quadrature_options(group, given_only=True)
+    group.add_argument(
+        "--method",
+        default="interactions",
+        help="comma-separated methods scored side by side: interactions (ours), fixlip (FIxLIP, the "
+        "authors' budget: slow), maskclip, ig, clipsurgery, gradeclip, random, centre (first-order "
+        "baselines); the first is the headline",
+    )
 
 
 def pointing_settings(args: argparse.Namespace) -> InteractionSettings | None:
@@ -77,12 +84,27 @@ def pointing_settings(args: argparse.Namespace) -> InteractionSettings | None:
     from clipalign.evaluation.benchmark import is_pointing
 
     if not is_pointing(args.benchmark):
-        if changes or args.exclip:
-            raise ValueError("--exclip, --steps, --rule, --normalize and --block apply to pointing-* only")
+        if changes or args.exclip or args.method != "interactions":
+            raise ValueError(
+                "--exclip, --steps, --rule, --normalize, --block and --method apply to pointing-* only"
+            )
         return None
     # --batch-size (pairs per call) applies to the pointing games' interactions too
     changes["batch_size"] = args.batch_size
     return InteractionSettings.exclip(**changes) if args.exclip else InteractionSettings(**changes)
+
+
+def pointing_methods(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--method`` names, checked before anything loads."""
+    from clipalign.evaluation.benchmark import POINTING_METHODS
+
+    names = tuple(name.strip() for name in args.method.split(",") if name.strip())
+    unknown = [name for name in names if name not in POINTING_METHODS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(
+            f"--method takes distinct names among {', '.join(POINTING_METHODS)}; got {args.method!r}"
+        )
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     interactions = pointing_settings(args)
+    methods = pointing_methods(args)
     options = {name: getattr(args, name) for name in LOADER_OPTIONS}
     items = load_items(args.benchmark, args.annotations, args.images, limit=args.limit, **options)
     spec = model_spec(args)
@@ -108,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         spec=spec,
         words=words,
         interactions=interactions,
+        methods=methods,
         nli_model=args.nli_model,
         progress=not args.no_progress,
     )
@@ -126,14 +150,15 @@ def _print(
         failures_by_kind,
         group_table,
         headline_table,
+        methods_table,
     )
 
     console = Console()
     console.print(f"{benchmark}: {metrics.get('items', 0)} items, {metrics.get('failed', 0)} failed")
     tables = [headline_table(benchmark, metrics, backbone_of(model))]
-    groups = group_table(benchmark, metrics)
-    if groups is not None:
-        tables.append(groups)
+    for extra in (methods_table(metrics), group_table(benchmark, metrics)):
+        if extra is not None:
+            tables.append(extra)
     for header, rows in tables:
         table = Table(*header)
         for row in rows:

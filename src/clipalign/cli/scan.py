@@ -51,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=scan_default.workers,
-        help="threads that decode and preprocess images (per actor with --engine ray; "
-        f"default: {scan_default.workers})",
+        help="threads that decode and preprocess images, per actor with --engine ray "
+        f"(default: {scan_default.workers})",
     )
     p.add_argument(
         "--jpeg-draft",

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clipalign.attribution.baselines import BASELINES, get_baseline
+from clipalign.attribution.fixlip import FIxLIP
 from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.attribution.words import CLIP4DM
 from clipalign.datasets import BENCHMARKS
@@ -23,6 +25,8 @@ from clipalign.evaluation.cache import ResultCache
 from clipalign.evaluation.nli import DEFAULT_NLI_MODEL, NLIScorer
 from clipalign.evaluation.report import write_report
 from clipalign.evaluation.runner import (
+    PointingMethod,
+    Record,
     misalignment_metrics,
     pointing_metrics,
     score_misalignment,
@@ -101,6 +105,22 @@ class BenchmarkRun:
     failures_path: Path | None = None
 
 
+POINTING_METHODS = ("interactions", "fixlip", *BASELINES)
+"""What ``clipalign eval pointing-* --method`` takes: our interactions, FIxLIP, the first-order baselines."""
+
+
+def pointing_method(name: str, model: ClipAdapter, interactions: InteractionSettings) -> PointingMethod:
+    """The pointing-game method called ``name``; ``interactions`` configure ours (the others use their
+    defaults: the authors' budget for FIxLIP, each paper's settings for the baselines)."""
+    if name == "interactions":
+        return TokenPatchInteractions(model, settings=interactions)
+    if name == "fixlip":
+        return FIxLIP(model)
+    if name not in BASELINES:
+        raise ValueError(f"unknown pointing method {name!r}: choose from {', '.join(POINTING_METHODS)}")
+    return get_baseline(name, model)
+
+
 def run_benchmark(
     benchmark: str,
     items: list[MisalignmentItem] | list[PointingItem],
@@ -110,27 +130,38 @@ def run_benchmark(
     spec: ModelSpec,
     words: WordSettings | None = None,
     interactions: InteractionSettings | None = None,
+    methods: Sequence[str] = ("interactions",),
     nli_model: str | None = None,
     progress: bool = True,
 ) -> BenchmarkRun:
     """Score ``items`` with ``model`` into ``out/benchmark/`` (cache + report.json + report.md).
 
     The cache is keyed by the benchmark, ``spec.to_dict()`` and the method's settings ``to_dict()``,
-    so a rerun with the same settings resumes and a changed setting starts a new cache.
+    so a rerun with the same settings resumes and a changed setting starts a new cache. Pointing games
+    score every method of ``methods`` (:data:`POINTING_METHODS`), each cached under its own key; the
+    first is the report's headline, and with more than one ``metrics["methods"]`` holds each one's.
     """
     directory = Path(out) / benchmark
     if is_pointing(benchmark):
         method_settings = interactions or InteractionSettings()
-        settings = {"benchmark": benchmark, **spec.to_dict(), **method_settings.to_dict()}
-        cache = ResultCache(directory / "cache", settings)
-        before = len(cache.load())
-        method = TokenPatchInteractions(model, settings=method_settings)
-        start = time.perf_counter()
         pointing_items = [i for i in items if isinstance(i, PointingItem)]
         evaluated: Sequence[MisalignmentItem | PointingItem] = pointing_items
-        records = score_pointing(pointing_items, method, cache, progress=progress)
+        start = time.perf_counter()
+        by_method: dict[str, list[Record]] = {}
+        for name in methods:
+            method = pointing_method(name, model, method_settings)
+            keyed = {"benchmark": benchmark, **spec.to_dict(), **method.settings.to_dict()}
+            if name != "interactions":  # interactions keep the cache key they had before --method
+                keyed["method"] = name
+            method_cache = ResultCache(directory / "cache", keyed)
+            if name == methods[0]:  # the report's headline method
+                settings, cache, before = keyed, method_cache, len(method_cache.load())
+            by_method[name] = score_pointing(pointing_items, method, method_cache, progress=progress)
         seconds = time.perf_counter() - start
+        records = by_method[methods[0]]
         metrics = pointing_metrics(records)
+        if len(methods) > 1:
+            metrics["methods"] = {name: pointing_metrics(r) for name, r in by_method.items()}
     else:
         word_settings = words or WordSettings(**default_word_settings(benchmark))
         settings = {"benchmark": benchmark, **spec.to_dict(), **word_settings.to_dict()}

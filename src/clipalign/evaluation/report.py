@@ -172,6 +172,20 @@ def group_table(benchmark: str, metrics: dict[str, Any]) -> tuple[list[str], lis
     return header, rows
 
 
+def methods_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """One row per pointing-game method (``eval pointing-* --method a,b``), sorted by energy, or None."""
+    methods = metrics.get("methods")
+    if not methods:
+        return None
+    header = ["method", "items", "failed", "accuracy", "energy"]
+    ranked = sorted(methods.items(), key=lambda kv: -(kv[1].get("energy") or float("-inf")))
+    rows = [
+        [name, str(m["items"]), str(m["failed"]), _fmt(m.get("accuracy")), _fmt(m.get("energy"))]
+        for name, m in ranked
+    ]
+    return header, rows
+
+
 def failure_kind(error: str) -> str:
     """A coarse reason for a failed item (its full message stays in the failure list)."""
     from clipalign.runners.summary import failure_kind as scan_kind
@@ -252,6 +266,9 @@ def write_report(
         "",
         *(f"- **{c.label}**: {c.legend}" for c in COLUMNS.get(benchmark, ())),
     ]
+    methods = methods_table(metrics)
+    if methods is not None:
+        lines += ["", "## Methods", "", *_markdown(*methods)]
     groups = group_table(benchmark, metrics)
     if groups is not None:
         lines += ["", f"## By {metrics['groups']['by']}", "", *_markdown(*groups)]

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clipalign.attribution.baselines import FirstOrderMethod, PatchMap
+from clipalign.attribution.fixlip import FIxLIP
 from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.attribution.words import CLIP4DM
 from clipalign.datasets.base import MisalignmentItem, PointingItem
@@ -338,32 +340,46 @@ def misalignment_metrics(
     return out
 
 
+PointingMethod = TokenPatchInteractions | FIxLIP | FirstOrderMethod
+"""What a pointing game scores: interactions (ours or FIxLIP's), whose span rows give a phrase's heatmap,
+or a first-order baseline, which maps each phrase to a heatmap of its own."""
+
+
 def score_pointing(
     items: Sequence[PointingItem],
-    method: TokenPatchInteractions,
+    method: PointingMethod,
     cache: ResultCache,
     *,
     progress: bool = True,
     seed: int = 0,
 ) -> list[Record]:
-    """Pointing-game records (cached) for each phrase: ours, a random point and the image centre.
+    """Pointing-game records (cached) for each phrase: the method's, a random point's and the centre's.
 
-    Consecutive phrases of the same image and caption share one interaction matrix; the matrices are
-    computed ``method.settings.batch_size`` pairs per call, each call's records appended to the cache.
+    With interactions, consecutive phrases of the same image and caption share one matrix, computed
+    ``batch_size`` pairs per call (FIxLIP: one pair per call); a first-order baseline computes one map
+    per phrase (its text is the phrase), ``batch_size`` phrases per call. Each call's records are
+    appended to the cache.
     """
     done = cache.load()
     rng = np.random.default_rng(seed)
-    runs: list[list[PointingItem]] = []  # consecutive phrases of one image and caption
+    runs: list[list[PointingItem]] = []  # phrases computed from one result
     for item in (it for it in items if it.id not in done):
-        if runs and (runs[-1][0].image, runs[-1][0].caption) == (item.image, item.caption):
+        shared = not isinstance(method, FirstOrderMethod)
+        if shared and runs and (runs[-1][0].image, runs[-1][0].caption) == (item.image, item.caption):
             runs[-1].append(item)
         else:
             runs.append([item])
-    size = method.settings.batch_size
+    size = method.settings.batch_size if not isinstance(method, FIxLIP) else 1
     with tqdm(total=sum(map(len, runs)), desc="pointing", unit="phrase", disable=not progress) as bar:
         for lo in range(0, len(runs), size):
             batch = runs[lo : lo + size]
-            results = method.attribute([run[0].image for run in batch], [run[0].caption for run in batch])
+            images, captions = [run[0].image for run in batch], [run[0].caption for run in batch]
+            results: Sequence[Interactions | PatchMap | ItemError]
+            if isinstance(method, FirstOrderMethod):
+                spans = [(run[0].phrase_start, run[0].phrase_end) for run in batch]
+                results = method.attribute(images, captions, spans)
+            else:
+                results = method.attribute(images, captions)
             records = []
             for run, result in zip(batch, results, strict=True):
                 for item in run:
@@ -379,13 +395,19 @@ def score_pointing(
 
 
 def _pointing_record(
-    item: PointingItem, result: Interactions | ItemError, rng: np.random.Generator
+    item: PointingItem, result: Interactions | PatchMap | ItemError, rng: np.random.Generator
 ) -> Record:
     """One phrase's record: hit and energy of its heatmap, and of a random point and the centre."""
     if isinstance(result, ItemError):
         return {"id": item.id, "error": result.error}
-    words = [i for i, w in enumerate(result.words) if w.start < item.phrase_end and w.end > item.phrase_start]
-    hit, energy = pointing_game(result.span_heatmap(words), item.boxes)
+    if isinstance(result, PatchMap):
+        heatmap = result.heatmap()
+    else:
+        words = [
+            i for i, w in enumerate(result.words) if w.start < item.phrase_end and w.end > item.phrase_start
+        ]
+        heatmap = result.span_heatmap(words)
+    hit, energy = pointing_game(heatmap, item.boxes)
     width, height = result.geometry.original
     cx, cy, cw, ch = result.geometry.crop_in_original()
     random_point = np.full((height, width), np.nan)
