@@ -205,3 +205,20 @@ def test_shapiq_loads_only_when_coalitions_are_sampled():
         "f.sample_coalitions(3, 8, 0.5, 0); assert 'shapiq' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_interactions_method_fixlip(tiny_model_dir, tmp_path, capsys):
+    """``clipalign interactions --method fixlip`` gives FIxLIP's result in the interactions JSON."""
+    import json
+
+    from clipalign.cli.main import main
+
+    photo = tmp_path / "photo.png"
+    example_image().save(photo)
+    argv = ["interactions", str(photo), "a red ball", "--model", str(tiny_model_dir), "--json"]
+    assert main([*argv, "--method", "fixlip", "--budget", "1024", "--span", "ball"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["method"] == "fixlip" and "text_reference" not in report
+    assert len(report["span"]["grid_values"]) == report["grid"][0]
+    assert main([*argv, "--budget", "1024"]) == 1
+    assert "--budget applies to --method fixlip only" in capsys.readouterr().err
