@@ -180,7 +180,9 @@ def test_interactions_record_any_pair_failure_and_compute_the_rest(adapter, monk
     assert [type(r).__name__ for r in results] == ["Interactions", "ItemError", "Interactions"]
     assert "lone surrogate" in results[1].error
     [alone] = method.attribute([images[2]], [captions[2]], on_error="raise")
-    np.testing.assert_allclose(results[2].matrix, alone.matrix)
+    # computed in a batch of two images, it rounds differently from alone (1e-6 of the largest: fp32)
+    scale = np.abs(alone.matrix).max()
+    np.testing.assert_allclose(results[2].matrix, alone.matrix, rtol=0, atol=1e-6 * scale)
 
     states = adapter.text_states
 
