@@ -43,15 +43,49 @@ def _causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch
     return mask.triu(1)[None, None]
 
 
-def _padded_causal_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask (B, 1, T, T) hiding later positions and each row's padding, as HF's eager text
-    tower builds it (attention_mask (B, T): 1 on tokens, 0 on padding)."""
+def _attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype, causal: bool) -> torch.Tensor:
+    """Additive mask (B, 1, T, T) hiding each row's padding and, when ``causal``, later positions, as
+    HF's eager text tower builds it (attention_mask (B, T): 1 on tokens, 0 on padding)."""
     length = attention_mask.shape[1]
-    causal = torch.ones((length, length), dtype=torch.bool, device=attention_mask.device).tril()
-    allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]
+    allowed = attention_mask.bool()[:, None, None, :].expand(-1, 1, length, -1)
+    if causal:
+        allowed = allowed & torch.ones((length, length), dtype=torch.bool, device=allowed.device).tril()
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
         ~allowed, torch.finfo(dtype).min
     )
+
+
+def text_tower(
+    embeddings: torch.nn.Module,
+    blocks: Sequence[CLIPEncoderLayer],
+    inputs: TextInputs,
+    output_attentions: bool | int,
+    causal: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A text tower's last hidden states (B, T, d) and the maps of its last n blocks (``output_attentions``:
+    a number n, True: all, False: none), as ``ClipAdapter.text_embeddings`` promises them.
+
+    The blocks with maps run HF's eager attention under the padding (and ``causal``) mask, differentiable
+    when grad is enabled; the blocks below run fused attention without autograd (a causal mask keeps
+    padding after EOT out of every position up to EOT, so they need no padding mask).
+    """
+    depth = len(blocks)
+    maps = depth if output_attentions is True else int(output_attentions)
+    if not 0 <= maps <= depth:
+        raise ValueError(f"output_attentions must be a bool or 1..{depth}, got {output_attentions!r}")
+    with torch.no_grad():
+        hidden = embeddings(input_ids=inputs.input_ids)
+        for block in blocks[: depth - maps]:
+            hidden = _fused_block(block, hidden, causal=causal)
+    attentions = []
+    if maps:
+        if torch.is_grad_enabled():
+            hidden = hidden.detach().requires_grad_(True)
+        mask = _attention_mask(inputs.attention_mask, hidden.dtype, causal)
+        for block in blocks[depth - maps :]:
+            hidden, weights = _block_with_map(block, hidden, mask)
+            attentions.append(weights)
+    return hidden, attentions
 
 
 def _fused_block(block: CLIPEncoderLayer, states: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -515,24 +549,10 @@ class HFCLIPAdapter:
         enabled; the blocks below run fused causal attention without autograd (padding after EOT needs no
         mask there: the causal mask keeps it out of every position up to EOT).
         """
-        depth = self.num_text_layers
-        maps = depth if output_attentions is True else int(output_attentions)
-        if not 0 <= maps <= depth:
-            raise ValueError(f"output_attentions must be a bool or 1..{depth}, got {output_attentions!r}")
         text = self._text_model
-        blocks = _blocks(text.encoder)
-        with torch.no_grad():
-            hidden = text.embeddings(input_ids=inputs.input_ids)
-            for block in blocks[: depth - maps]:
-                hidden = _fused_block(block, hidden, causal=True)
-        attentions = []
-        if maps:
-            if torch.is_grad_enabled():
-                hidden = hidden.detach().requires_grad_(True)
-            mask = _padded_causal_mask(inputs.attention_mask, hidden.dtype)
-            for block in blocks[depth - maps :]:
-                hidden, weights = _block_with_map(block, hidden, mask)
-                attentions.append(weights)
+        hidden, attentions = text_tower(
+            text.embeddings, _blocks(text.encoder), inputs, output_attentions, causal=True
+        )
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), inputs.pool_index]
         embeds = _at_least_fp32(self.model.text_projection(text.final_layer_norm(pooled)))
         return TextOutput(embeds, tuple(attentions) if output_attentions else None)

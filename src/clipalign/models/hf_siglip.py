@@ -52,7 +52,7 @@ from clipalign.models.checkpoint import (
     check_tokenizer_size,
     load_checkpoint,
 )
-from clipalign.models.hf_clip import _at_least_fp32, _block_with_map, _fused_block, _last_block_jvps
+from clipalign.models.hf_clip import _at_least_fp32, _fused_block, _last_block_jvps, text_tower
 from clipalign.settings import TextReference
 from clipalign.text.alignment import EncodedCaption, encode_captions
 
@@ -375,24 +375,11 @@ class HFSiglipAdapter:
         attention and return their maps, differentiable when grad is enabled; the blocks below run fused
         attention without autograd.
         """
-        depth = self.num_text_layers
-        maps = depth if output_attentions is True else int(output_attentions)
-        if not 0 <= maps <= depth:
-            raise ValueError(f"output_attentions must be a bool or 1..{depth}, got {output_attentions!r}")
         text = self._text_model
-        blocks = _blocks(text.encoder)
-        with torch.no_grad():
-            hidden = text.embeddings(input_ids=inputs.input_ids)
-            for block in blocks[: depth - maps]:
-                hidden = _fused_block(block, hidden, causal=False)
-        attentions = []
-        if maps and torch.is_grad_enabled():
-            hidden = hidden.detach().requires_grad_(True)
-        length = hidden.shape[1]
-        unmasked = torch.zeros((1, 1, length, length), dtype=hidden.dtype, device=hidden.device)
-        for block in blocks[depth - maps :]:  # additive mask of zeros: every position sees every other
-            hidden, weights = _block_with_map(block, hidden, unmasked)
-            attentions.append(weights)
+        # collate's mask is all ones: the eager blocks see every position, as HF's unmasked tower does
+        hidden, attentions = text_tower(
+            text.embeddings, _blocks(text.encoder), inputs, output_attentions, causal=False
+        )
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), inputs.pool_index]
         embeds = _at_least_fp32(text.head(text.final_layer_norm(pooled)))
         return TextOutput(embeds, tuple(attentions) if output_attentions else None)
