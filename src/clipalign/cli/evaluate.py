@@ -19,7 +19,7 @@ from clipalign.cli.common import (
     stderr,
     word_settings,
 )
-from clipalign.datasets import BENCHMARK_NAMES
+from clipalign.datasets import BENCHMARK_NAMES, POINTING_NAMES
 from clipalign.settings import InteractionSettings, WordSettings
 
 
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--on",
-        choices=[name for name in BENCHMARK_NAMES if name.startswith("pointing")],
+        choices=POINTING_NAMES,
         help="mismatch: the pointing benchmark whose two-object captions are read (default pointing-coco)",
     )
     p.add_argument(

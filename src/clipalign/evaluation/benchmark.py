@@ -18,7 +18,7 @@ from clipalign.attribution.baselines import BASELINES, get_baseline
 from clipalign.attribution.fixlip import FIxLIP
 from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.attribution.words import CLIP4DM
-from clipalign.datasets import BENCHMARKS
+from clipalign.datasets import BENCHMARKS, POINTING_NAMES
 from clipalign.datasets.base import MisalignmentItem, PointingItem
 from clipalign.evaluation.authors import Protocol
 from clipalign.evaluation.cache import ResultCache
@@ -62,7 +62,7 @@ LOADER_OPTIONS = ("prompts", "instances", "split", "karpathy")
 
 def is_pointing(benchmark: str) -> bool:
     """Pointing games are scored with interactions; the others with word-level misalignment."""
-    return benchmark.startswith("pointing")
+    return benchmark in POINTING_NAMES
 
 
 def default_word_settings(benchmark: str) -> dict[str, Any]:

@@ -96,6 +96,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "pointing-coco": _POINTING,
     "pointing-flickr30k": _POINTING,
     "pointing-synthetic": _POINTING,
+    "hnc": _POINTING,
 }
 """Per benchmark: the columns of the headline table, the authors' protocol first, then our variants."""
 
