@@ -229,7 +229,7 @@ def check_class_key(items: Sequence[MisalignmentItem | PointingItem], key: str) 
     if missing:
         keys = sorted({k for it in items for k in it.meta})
         raise ValueError(
-            f"--per-class {key}: item {missing[0].id} has no {key!r} (its classes can be: {', '.join(keys)})"
+            f"--per-class {key}: item {missing[0].id} has no {key!r} (meta keys there: {', '.join(keys)})"
         )
 
 
