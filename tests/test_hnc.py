@@ -17,68 +17,46 @@ from PIL import Image
 from clipalign.cli.main import main
 from clipalign.datasets import BENCHMARKS, AnnotationFormatError, load_hnc
 
+
+def caption(text: str, label: int, type_: str, objects: dict, **changes) -> dict:
+    """One caption entry with every key HNC's generator writes (``build_caption_dict``)."""
+    entry = {"caption": text, "label": label, "type": type_, "textual_label": None, "ambiguity": False}
+    entry |= {"noisy": None, "replaced": None, "cpt_p_id": None}
+    bboxes = {
+        i: {"bbox": dict(zip("xywh", box, strict=True)), "name": name} for i, (name, box) in objects.items()
+    }
+    return entry | {"bboxes": bboxes} | changes
+
+
+CUP_TABLE = {"101": ("cup", (4, 6, 10, 12)), "102": ("table", (0, 30, 60, 20))}
 HNC = {
     "2354786": {
         "captions": {
-            "10": {
-                "caption": "The cup is on the table.",
-                "label": 1,
-                "type": "relation",
-                "textual_label": None,
-                "bboxes": {
-                    "101": {"bbox": {"x": 4, "y": 6, "w": 10, "h": 12}, "name": "cup"},
-                    "102": {"bbox": {"x": 0, "y": 30, "w": 60, "h": 20}, "name": "table"},
-                },
-                "ambiguity": False,
-                "noisy": None,
-                "replaced": None,
-                "cpt_p_id": None,
-            },
-            "11": {
-                "caption": "The cup is under the table.",
-                "label": 0,
-                "type": "relation",
-                "textual_label": "on",
-                "bboxes": {
-                    "101": {"bbox": {"x": 4, "y": 6, "w": 10, "h": 12}, "name": "cup"},
-                    "102": {"bbox": {"x": 0, "y": 30, "w": 60, "h": 20}, "name": "table"},
-                },
-                "ambiguity": False,
-                "noisy": None,
-                "replaced": ["on", "under"],
-                "cpt_p_id": 10,
-            },
-            "12": {
-                "caption": "There are two Chairs.",
-                "label": 1,
-                "type": "quantity",
-                "textual_label": None,
-                "bboxes": {
-                    "103": {"bbox": {"x": 40, "y": 2, "w": 8, "h": 9.5}, "name": "chair"},
-                    "104": {"bbox": {"x": 50, "y": 2, "w": 8, "h": 9}, "name": "chair"},
-                },
-                "ambiguity": False,
-                "noisy": None,
-                "replaced": None,
-                "cpt_p_id": None,
-            },
+            "10": caption("The cup is on the table.", 1, "relation", CUP_TABLE),
+            "11": caption(
+                "The cup is under the table.",
+                0,
+                "relation",
+                CUP_TABLE,
+                textual_label="on",
+                replaced=["on", "under"],
+                cpt_p_id=10,
+            ),
+            "12": caption(
+                "There are two Chairs.",
+                1,
+                "quantity",
+                {"103": ("chair", (40, 2, 8, 9.5)), "104": ("chair", (50, 2, 8, 9))},
+            ),
         }
     },
-    "n12345.jpg": {
-        "20": {
-            "caption": "A T-shirt is white.",
-            "label": 1,
-            "type": "attribute",
-            "textual_label": None,
-            "bboxes": {
-                "201": {"bbox": {"x": 1, "y": 2, "w": 3, "h": 4}, "name": "t-shirt"},
-                "202": {"bbox": {"x": 5, "y": 2, "w": 3, "h": 4}, "name": "sleeve"},
-            },
-            "ambiguity": False,
-            "noisy": None,
-            "replaced": None,
-            "cpt_p_id": None,
-        }
+    "n12345.jpg": {  # no "captions" level, as exCLIP also reads
+        "20": caption(
+            "A T-shirt is white.",
+            1,
+            "attribute",
+            {"201": ("t-shirt", (1, 2, 3, 4)), "202": ("sleeve", (5, 2, 3, 4))},
+        ),
     },
 }
 

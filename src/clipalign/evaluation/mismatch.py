@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.datasets.base import PointingItem
-from clipalign.evaluation.benchmark import write_failures
+from clipalign.evaluation.benchmark import BenchmarkRun, write_failures
 from clipalign.evaluation.cache import ResultCache
 from clipalign.evaluation.report import _fmt, _markdown
 from clipalign.evaluation.runner import Record, phrase_words
@@ -227,18 +227,6 @@ def mismatch_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
-@dataclass(frozen=True)
-class MismatchRun:
-    """What a run produced: the metrics, the report files, how many captions were scored anew, the
-    failure list (None when nothing failed)."""
-
-    metrics: dict[str, Any]
-    json_path: Path
-    md_path: Path
-    newly_scored: int
-    failures_path: Path | None
-
-
 def run_mismatch(
     benchmark: str,
     items: Sequence[PointingItem],
@@ -248,7 +236,7 @@ def run_mismatch(
     model_settings: dict[str, Any],
     progress: bool = True,
     limit: int | None = None,
-) -> MismatchRun:
+) -> BenchmarkRun:
     """Select the two-object captions of ``benchmark``'s ``items`` (the first ``limit``), score them into
     ``out/mismatch/benchmark/`` (cache keyed by the benchmark, ``model_settings`` and the interaction
     settings; a rerun resumes) and write report.json and report.md there."""
@@ -294,7 +282,7 @@ def run_mismatch(
     json_path.write_text(json.dumps(report, indent=2, default=str))
     md_path = directory / "report.md"
     md_path.write_text(_markdown_report(benchmark, metrics, settings, seconds, scored, failures_path))
-    return MismatchRun(metrics, json_path, md_path, scored, failures_path)
+    return BenchmarkRun(metrics, json_path, md_path, scored, failures_path)
 
 
 def _markdown_report(
