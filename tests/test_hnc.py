@@ -149,3 +149,19 @@ def test_eval_hnc_runs_the_pointing_game_per_object_name(hnc_file, tmp_path, tin
     energies = [row["energy"] for row in list(rows.values())[:-1]]
     assert energies == sorted(energies, reverse=True)
     assert (out / "hnc" / "per_class.png").stat().st_size > 0
+
+
+def test_mismatch_reads_hnc(hnc_file, tmp_path, tiny_model_dir):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 56), (120, 90, 60)).save(images / "2354786.jpg")
+    out = tmp_path / "out"
+    argv = ["eval", "mismatch", "--on", "hnc", "--annotations", str(hnc_file), "--images", str(images)]
+    assert (
+        main([*argv, "--model", str(tiny_model_dir), "--out", str(out), "--steps", "2", "--no-progress"]) == 0
+    )
+    report = json.loads((out / "mismatch" / "hnc" / "report.json").read_text())
+    # "The cup is on the table." names two objects; the chairs and the T-shirt captions one each
+    assert report["metrics"]["selection"]["two_objects"] == 1
+    assert report["metrics"]["selection"]["one_object"] == 2
+    assert (report["metrics"]["pairs"], report["metrics"]["failed"]) == (1, 0)

@@ -139,25 +139,26 @@ def test_a_rerun_resumes_from_the_cache(synthetic, tiny_model_dir, tmp_path):
     assert other["newly_scored"] == other["metrics"]["pairs"]
 
 
-def _item(id_: str, phrase: str, start: int, caption: str = "a cat and a dog and a cow") -> PointingItem:
-    return PointingItem(id_, image=__file__, caption=caption, phrase=phrase, phrase_start=start,
-                        phrase_end=start + len(phrase), boxes=((0, 0, 1, 1),))  # fmt: skip
+def _item(id_: str, phrase: str, start: int, caption: str, box: float | None = None) -> PointingItem:
+    """A pointing item whose box depends on ``box`` (default: the phrase's start)."""
+    x = float(start if box is None else box)
+    end = start + len(phrase)
+    return PointingItem(id_, __file__, caption, phrase, start, end, ((x, 0.0, 1.0, 1.0),))
 
 
 def test_only_captions_naming_exactly_two_different_objects_are_paired():
-    three = [_item("c", "cat", 2), _item("d", "dog", 12), _item("w", "cow", 22)]
+    three = [_item(i, p, s, "a cat and a dog and a cow") for i, p, s in (("c", "cat", 2), ("d", "dog", 12),
+                                                                        ("w", "cow", 22))]  # fmt: skip
     two = [_item(i, p, s, "a dog and a cat") for i, p, s in (("y", "cat", 12), ("x", "dog", 2))]
     same = [_item(i, "cat", s, "a cat and a cat") for i, s in (("s", 2), ("t", 12))]
+    pronoun = [_item("m", "A man", 0, "A man and his dog", 0), _item("h", "his", 10, "A man and his dog", 0)]
     one = [_item("o", "cat", 2, "a cat")]
-    selection = mismatch_pairs([*three, *two, *same, *one])
+    again = [_item("a", "dog", 2, "a dog and a cat")]  # the same caption text later: another caption
+    selection = mismatch_pairs([*three, *two, *same, *pronoun, *one, *again])
     [pair] = selection.pairs
     assert (pair.id, pair.first.phrase, pair.second.phrase) == ("x+y", "dog", "cat")  # caption order
-    assert (selection.captions, selection.one_object, selection.more_objects, selection.same_phrase) == (
-        4,
-        1,
-        1,
-        1,
-    )
+    counts = (selection.captions, selection.one_object, selection.more_objects, selection.same_object)
+    assert counts == (6, 2, 1, 2)
 
 
 def test_shares_and_means_from_records():
@@ -233,7 +234,7 @@ def test_coco_inputs_pair_the_categories_of_a_caption(tiny_model_dir, tmp_path):
     assert main([*argv, *STEPS, "--no-progress"]) == 0
     report = json.loads((out / "mismatch" / "pointing-coco" / "report.json").read_text())
     assert report["metrics"]["selection"] == {
-        "captions": 2, "two_objects": 1, "one_object": 1, "three_or_more": 0, "same_or_overlapping_phrases": 0
+        "captions": 2, "two_objects": 1, "one_object": 1, "three_or_more": 0, "same_object": 0
     }  # fmt: skip
     [cache] = (out / "mismatch" / "pointing-coco" / "cache").glob("*.jsonl")
     [record] = map(json.loads, cache.read_text().splitlines())

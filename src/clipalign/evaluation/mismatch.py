@@ -55,34 +55,44 @@ class MismatchPair:
 
 @dataclass(frozen=True)
 class PairSelection:
-    """The pairs of a benchmark, and how many of its captions named one object, or three or more."""
+    """The pairs of a benchmark, and how many of its captions named one object, three or more, or two
+    that cannot be told apart (the same phrase, overlapping phrases or the same boxes)."""
 
     pairs: list[MismatchPair]
     captions: int
     one_object: int
     more_objects: int
-    same_phrase: int
+    same_object: int
 
 
 def mismatch_pairs(items: Sequence[PointingItem]) -> PairSelection:
-    """Captions (same image and caption text) with exactly two pointing items whose phrases differ
-    (case-insensitively) and do not overlap; the pair id joins the two item ids with ``+``."""
-    groups: dict[tuple[Path, str], list[PointingItem]] = {}
+    """Captions with exactly two pointing items (a caption: consecutive items of one image and caption
+    text, as every loader emits them) whose phrases differ (case-insensitively), do not overlap and are
+    grounded by different boxes (Flickr30k marks a pronoun with its antecedent's entity); the pair id
+    joins the two item ids with ``+``."""
+    captions: list[list[PointingItem]] = []
     for item in items:
-        groups.setdefault((item.image, item.caption), []).append(item)
+        if captions and (captions[-1][0].image, captions[-1][0].caption) == (item.image, item.caption):
+            captions[-1].append(item)
+        else:
+            captions.append([item])
     pairs: list[MismatchPair] = []
     one = more = same = 0
-    for group in groups.values():
+    for group in captions:
         if len(group) != 2:
             one += len(group) == 1
             more += len(group) > 2
             continue
         first, second = sorted(group, key=lambda it: it.phrase_start)
-        if first.phrase.lower() == second.phrase.lower() or first.phrase_end > second.phrase_start:
+        if (
+            first.phrase.lower() == second.phrase.lower()
+            or first.phrase_end > second.phrase_start
+            or set(first.boxes) == set(second.boxes)
+        ):
             same += 1
             continue
         pairs.append(MismatchPair(f"{first.id}+{second.id}", first, second))
-    return PairSelection(pairs, len(groups), one, more, same)
+    return PairSelection(pairs, len(captions), one, more, same)
 
 
 def region_patch_weights(boxes: Sequence[Box], geometry: ImageGeometry, grid: tuple[int, int]) -> np.ndarray:
@@ -259,7 +269,7 @@ def run_mismatch(
         "two_objects": len(selection.pairs),
         "one_object": selection.one_object,
         "three_or_more": selection.more_objects,
-        "same_or_overlapping_phrases": selection.same_phrase,
+        "same_object": selection.same_object,
     }
     failures = [
         {"id": p.id, "image": str(p.image), "error": r["error"]}
@@ -299,7 +309,7 @@ def _markdown_report(
         "",
         f"Captions: {selection['captions']} · naming exactly two objects: {selection['two_objects']} "
         f"(one object: {selection['one_object']}, three or more: {selection['three_or_more']}, "
-        f"same or overlapping phrases: {selection['same_or_overlapping_phrases']}) · failed: "
+        f"two not told apart: {selection['same_object']}) · failed: "
         f"{metrics['failed']} · "
         + (f"newly scored: {scored} in {seconds:.1f} s" if scored else "all from cache"),
         "",
