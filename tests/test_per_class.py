@@ -104,4 +104,4 @@ def test_unknown_keys_and_other_benchmarks_are_refused(synthetic, tiny_model_dir
     annotations, images = synthetic
     argv = ["eval", "synthetic", "--annotations", str(annotations), "--images", str(images), "--per-class"]
     assert main([*argv, "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
-    assert "--per-class applies to pointing-* benchmarks only" in capsys.readouterr().err
+    assert "--per-class applies to the pointing games only" in capsys.readouterr().err

@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--on applies to mismatch only")
     from clipalign.evaluation.benchmark import (
         LOADER_OPTIONS,
+        check_class_key,
         default_word_settings,
         is_pointing,
         load_items,
@@ -141,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     methods = pointing_methods(args)
     options = {name: getattr(args, name) for name in LOADER_OPTIONS}
     items = load_items(args.benchmark, args.annotations, args.images, limit=args.limit, **options)
+    if args.per_class is not None:  # before the model loads
+        check_class_key(items, args.per_class)
     spec = model_spec(args)
     pointing = is_pointing(args.benchmark)
     words = None if pointing else word_settings(args, **default_word_settings(args.benchmark))

@@ -224,7 +224,7 @@ def run_benchmark(
 def check_class_key(items: Sequence[MisalignmentItem | PointingItem], key: str) -> None:
     """Refuse ``--per-class KEY`` unless every item is a pointing item whose ``meta`` has ``key``."""
     if not all(isinstance(it, PointingItem) for it in items):
-        raise ValueError("--per-class applies to pointing-* benchmarks only")
+        raise ValueError("--per-class applies to the pointing games only (pointing-*, hnc)")
     missing = [it for it in items if key not in it.meta]
     if missing:
         keys = sorted({k for it in items for k in it.meta})

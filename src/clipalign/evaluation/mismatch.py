@@ -1,7 +1,7 @@
 """The mismatch penalty (arXiv 2408.14153): does a phrase support its own object and contradict the other?
 
 Over captions naming exactly two grounded objects A and B (two pointing items of one image and
-caption, with different phrases), one interactions matrix per caption gives four numbers: the
+caption, with different phrases and boxes), one interactions matrix per caption gives four numbers: the
 attribution of A's phrase to A's region and of B's phrase to B's region ("own"), and of A's phrase to
 B's region and of B's phrase to A's region ("cross"). An attribution of a phrase to a region is the sum
 of the interactions of the phrase's tokens (the caption words overlapping the phrase) with every patch,
@@ -46,10 +46,12 @@ class MismatchPair:
 
     @property
     def image(self) -> Path:
+        """The image both objects are in."""
         return self.first.image
 
     @property
     def caption(self) -> str:
+        """The caption that names both."""
         return self.first.caption
 
 
@@ -139,6 +141,7 @@ def phrase_region(result: Interactions, phrase: PointingItem, region: PointingIt
 
 
 def _record(pair: MismatchPair, result: Interactions | ItemError) -> Record:
+    """A pair's four attributions, or its error (a failed caption, a box outside the crop)."""
     if isinstance(result, ItemError):
         return {"id": pair.id, "error": result.error}
     a, b = pair.first, pair.second
@@ -303,6 +306,7 @@ def _markdown_report(
     scored: int,
     failures_path: Path | None,
 ) -> str:
+    """report.md: how the captions were selected, the shares beside the published ones, settings."""
     selection = metrics["selection"]
     lines = [
         f"# Mismatch penalty on {benchmark}",
