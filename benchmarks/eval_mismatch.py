@@ -48,7 +48,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Model `{report['model']}` · {SCENES} held-out scenes (seed {SEED}): "
         f"{selection['two_objects']} captions name exactly two objects with different phrases "
         f"({selection['one_object']} one object, {selection['three_or_more']} three, "
-        f"{selection['same_object']} two with the same phrase)",
+        f"{selection['same_object']} two with the same phrase or boxes)",
         "",
         "| mismatch penalty | " + " | ".join(label for _, label, _ in ROWS) + " | own > cross |",
         "|---|" + "--:|" * (len(ROWS) + 1),
