@@ -251,7 +251,9 @@ def test_coco_inputs_pair_the_categories_of_a_caption(tiny_model_dir, tmp_path):
     assert record["own_first"] == pytest.approx(float((grid * union).sum()), rel=1e-4, abs=1e-9)
 
 
-def test_options_that_do_not_apply_are_refused(synthetic, tmp_path, capsys):
+def test_options_that_do_not_apply_are_refused(synthetic, tiny_model_dir, tmp_path, capsys):
+    assert _eval(synthetic, tiny_model_dir, tmp_path / "out", "--limit", "-1") == 1
+    assert "limit must be None or a non-negative int" in capsys.readouterr().err
     assert _eval(synthetic, tmp_path / "no-model", tmp_path / "out", "--method", "maskclip") == 1
     assert "--method and --per-class do not apply" in capsys.readouterr().err
     annotations, images = synthetic

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clipalign.attribution.interactions import TokenPatchInteractions
+from clipalign.datasets._common import check_limit
 from clipalign.datasets.base import PointingItem
 from clipalign.evaluation.benchmark import BenchmarkRun, write_failures
 from clipalign.evaluation.cache import ResultCache
@@ -253,6 +254,7 @@ def run_mismatch(
     """Select the two-object captions of ``benchmark``'s ``items`` (the first ``limit``), score them into
     ``out/mismatch/benchmark/`` (cache keyed by the benchmark, ``model_settings`` and the interaction
     settings; a rerun resumes) and write report.json and report.md there."""
+    check_limit(limit)
     directory = Path(out) / "mismatch" / benchmark
     selection = mismatch_pairs(items)
     if limit is not None:
