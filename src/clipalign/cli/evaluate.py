@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from clipalign.cli import faithfulness
 from clipalign.cli.common import (
     add_model_options,
     add_quadrature_options,
@@ -25,7 +26,12 @@ from clipalign.settings import InteractionSettings, WordSettings
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate on a paper benchmark (FOIL, nocaps-FOIL, HAT, ...)")
-    p.add_argument("benchmark", choices=BENCHMARK_NAMES, metavar="BENCHMARK", help="one of %(choices)s")
+    p.add_argument(
+        "benchmark",
+        choices=(*BENCHMARK_NAMES, faithfulness.ANALYSIS),
+        metavar="BENCHMARK",
+        help="one of %(choices)s",
+    )
     p.add_argument(
         "--annotations", required=True, help="annotation file (or directory) in its original format"
     )
@@ -54,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "used on the benchmark where it differs)",
     )
     _add_pointing_options(p)
+    faithfulness.add_options(p)
     p.set_defaults(func=run)
 
 
@@ -108,6 +115,8 @@ def pointing_methods(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.benchmark == faithfulness.ANALYSIS:
+        return faithfulness.run(args)
     from clipalign.evaluation.benchmark import (
         LOADER_OPTIONS,
         default_word_settings,
