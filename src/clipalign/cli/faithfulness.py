@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     from clipalign.cli.common import model_spec, open_model, stderr
     from clipalign.cli.evaluate import pointing_methods, pointing_settings
+    from clipalign.datasets.base import PointingItem
     from clipalign.evaluation.benchmark import LOADER_OPTIONS, load_items
     from clipalign.evaluation.faithfulness import SIDE_TITLES, SIDES, methods_rows, run_faithfulness
 
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     spec = model_spec(args)
     outcome = run_faithfulness(
         args.on,
-        items,  # type: ignore[arg-type]  # a pointing benchmark's loader returns PointingItems
+        [item for item in items if isinstance(item, PointingItem)],
         open_model(spec),
         args.out,
         spec=spec,
