@@ -7,7 +7,8 @@ eval faithfulness --on pointing-synthetic`` runs — with our interactions (defa
 MaskCLIP, CLIP Surgery, Grad-ECLIP, a random map and a centred Gaussian, all with the committed
 ``src/clipalign/checkpoints/synthetic-clip``, in two settings: the defaults (the caption's cosine tracked,
 patches masked to the processor's mean colour) and the phrase's own cosine tracked. The curves of each
-are also read with the ``difference`` normalisation (no recomputation: it acts on the cached raw curves).
+are also read with the ``difference`` normalisation (no recomputation: it acts on the cached raw curves),
+and fixed patch orders (the phrase's box first, centre first, corner first, edges first) are scored beside.
 Writes ``benchmarks/results/faithfulness_synthetic.{md,json,png}`` (the PNG: the default setting's mean
 curves). Usage: ``python benchmarks/eval_faithfulness.py [--scenes N]``.
 """
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from common import RESULTS_DIR, machine_info, write_results
 from eval_synthetic_world import MODEL, MODEL_NAME, SEED, code_version
@@ -28,13 +30,29 @@ from eval_synthetic_world import MODEL, MODEL_NAME, SEED, code_version
 from clipalign import load_model
 from clipalign.attribution.baselines import BASELINES
 from clipalign.attribution.fixlip import FIxLIP
+from clipalign.datasets.base import PointingItem
 from clipalign.datasets.synthetic import load_synthetic_pointing
-from clipalign.evaluation.faithfulness import FLOOR, SIDE_TITLES, SIDES, run_faithfulness
+from clipalign.evaluation.faithfulness import (
+    FLOOR,
+    SIDE_TITLES,
+    SIDES,
+    PairGame,
+    area,
+    descending,
+    normalized,
+    run_faithfulness,
+)
 from clipalign.evaluation.faithfulness_settings import FaithfulnessSettings
+from clipalign.images import load_image
+from clipalign.images.geometry import box_patch_weights
 from clipalign.settings import ModelSpec
 from clipalign.synthetic import write_dataset
 
 FIXLIP_BUDGET = 2**14
+REFERENCE_ORDERS = ("box-first", "centre-first", "corner-first", "edge-first")
+"""Fixed patch orders read beside the methods (default settings, ``difference`` curves): the phrase's exact
+box first (by overlap), the patches nearest the image centre first, nearest the top-left corner first,
+farthest from the centre first."""
 METHODS = ("interactions", "fixlip", "ig", "maskclip", "clipsurgery", "gradeclip", "random", "centre")
 RUNS = {
     "defaults (caption cosine, `baseline` mask)": {},
@@ -43,6 +61,38 @@ RUNS = {
 """Run label → FaithfulnessSettings changes; each run's curves are read with two normalisations."""
 NORMALIZATIONS = ("unmasked", "difference")
 LABELS = {"fixlip": f"fixlip (budget {FIXLIP_BUDGET:,})", FLOOR: f"{FLOOR} (floor)"}
+
+
+def reference_orders(model: Any, items: list[PointingItem]) -> dict[str, Any]:
+    """Insertion − deletion (image side, caption cosine, ``difference`` curves) of fixed patch orders, and
+    the share of the phrases' box area that lies in the central quarter of the patch grid."""
+    rows, cols = model.patch_grid
+    y, x = np.mgrid[0:rows, 0:cols]
+    from_centre = ((y - (rows - 1) / 2) ** 2 + (x - (cols - 1) / 2) ** 2).ravel()
+    fixed = {
+        "centre-first": descending(-from_centre),
+        "corner-first": descending(-(y**2 + x**2).ravel()),
+        "edge-first": descending(from_centre),
+    }
+    central = np.zeros((rows, cols))
+    central[rows // 4 : rows - rows // 4, cols // 4 : cols - cols // 4] = 1
+    areas: dict[str, list[float]] = {name: [] for name in REFERENCE_ORDERS}
+    shares = []
+    settings = FaithfulnessSettings(normalize="difference")
+    for item in items:
+        image = load_image(item.image)
+        game = PairGame(model, item, image, settings)
+        geometry = model.image_geometry(*image.size)
+        weights = sum(box_patch_weights(box, geometry, (rows, cols)) for box in item.boxes)
+        shares.append(float((weights * central).sum() / weights.sum()))
+        for name, order in {"box-first": descending(weights.ravel()), **fixed}.items():
+            curves = normalized(game.curves("image", [order]), settings.normalize)
+            assert curves is not None  # never for "difference"
+            areas[name].append(area(curves["insertion"]) - area(curves["deletion"]))
+    return {
+        "difference": {name: float(np.mean(values)) for name, values in areas.items()},
+        "central_quarter_box_share": float(np.mean(shares)),
+    }
 
 
 def goal(rows: dict[str, dict[str, Any]]) -> str:
@@ -87,6 +137,18 @@ def markdown(report: dict[str, Any]) -> str:
                 if side in metrics:
                     lines += ["", f"**{SIDE_TITLES[side]}**", "", *table(metrics[side])]
             lines += ["", f"Goal (image side, insertion − deletion): {goal(metrics['image'])}."]
+    fixed = report["reference_orders"]
+    lines += [
+        "",
+        "## Fixed orders (defaults, `difference` curves, image side)",
+        "",
+        "| order | insertion − deletion ↑ |",
+        "|---|--:|",
+        *(f"| {name} | {value:.3f} |" for name, value in fixed["difference"].items()),
+        "",
+        f"Share of the phrases' box area in the central quarter of the patch grid: "
+        f"{fixed['central_quarter_box_share']:.3f}.",
+    ]
     lines += [
         "",
         "Image side: patches masked in the order of each method's map for the phrase; text side: the "
@@ -135,6 +197,7 @@ def main() -> None:
                 print(
                     label, how, {n: r["difference"] for n, r in outcome.metrics["image"].items()}, flush=True
                 )
+        fixed = reference_orders(model, items)
     report = {
         "command": "python benchmarks/eval_faithfulness.py"
         + (f" --scenes {args.scenes}" if args.scenes != 25 else ""),
@@ -149,6 +212,7 @@ def main() -> None:
         "fixlip_budget": FIXLIP_BUDGET,
         "seconds": time.perf_counter() - start,
         "runs": runs,
+        "reference_orders": fixed,
     }
     write_results("faithfulness_synthetic", report, markdown(report))
 
