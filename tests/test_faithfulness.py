@@ -356,3 +356,20 @@ def test_cli_refuses_bad_settings_in_one_line(synthetic, tmp_path, capsys, extra
     argv += ["--images", str(images), "--model", str(SYNTHETIC_CLIP), "--out", str(tmp_path), *extra]
     assert main(argv) == 1
     assert message in capsys.readouterr().err
+
+
+def test_all_steps_of_an_item_go_through_the_model_in_one_batch(adapter, items, monkeypatch):
+    item = items[0]
+    game = PairGame(adapter, item, load_image(item.image), FaithfulnessSettings(steps=STEPS))
+    sizes = []
+    embed = adapter.image_embeddings
+
+    def counted(pixels):
+        sizes.append(len(pixels))
+        return embed(pixels)
+
+    monkeypatch.setattr(adapter, "image_embeddings", counted)
+    orders = [np.random.default_rng(s).permutation(16) for s in range(3)]
+    game.curves("image", orders)
+    # 3 orders × 2 curves × 5 steps, the shared endpoints (intact, fully masked) computed once
+    assert sizes == [3 * 2 * (STEPS - 1) + 2]
