@@ -259,4 +259,4 @@ def test_options_that_do_not_apply_are_refused(synthetic, tiny_model_dir, tmp_pa
     annotations, images = synthetic
     argv = ["eval", "pointing-synthetic", "--annotations", str(annotations), "--images", str(images)]
     assert main([*argv, "--on", "pointing-coco"]) == 1
-    assert "--on applies to mismatch only" in capsys.readouterr().err
+    assert "--on applies to mismatch and faithfulness only" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from clipalign.cli import faithfulness
 from clipalign.cli.common import (
     add_model_options,
     add_quadrature_options,
@@ -26,12 +27,16 @@ from clipalign.settings import InteractionSettings, WordSettings
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate on a paper benchmark (FOIL, nocaps-FOIL, HAT, ...)")
     p.add_argument(
-        "benchmark", choices=(*BENCHMARK_NAMES, "mismatch"), metavar="BENCHMARK", help="one of %(choices)s"
+        "benchmark",
+        choices=(*BENCHMARK_NAMES, "mismatch", faithfulness.ANALYSIS),
+        metavar="BENCHMARK",
+        help="one of %(choices)s",
     )
     p.add_argument(
         "--on",
         choices=POINTING_NAMES,
-        help="mismatch: the pointing benchmark whose two-object captions are read (default pointing-coco)",
+        help="mismatch, faithfulness: the pointing benchmark whose captions and boxes are read (default "
+        "pointing-coco)",
     )
     p.add_argument(
         "--per-class",
@@ -69,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "used on the benchmark where it differs)",
     )
     _add_pointing_options(p)
+    faithfulness.add_options(p)
     p.set_defaults(func=run)
 
 
@@ -127,8 +133,10 @@ def run(args: argparse.Namespace) -> int:
         from clipalign.cli.mismatch import evaluate_mismatch
 
         return evaluate_mismatch(args)
+    if args.benchmark == faithfulness.ANALYSIS:
+        return faithfulness.run(args)
     if args.on is not None:
-        raise ValueError("--on applies to mismatch only")
+        raise ValueError("--on applies to mismatch and faithfulness only")
     from clipalign.evaluation.benchmark import (
         LOADER_OPTIONS,
         check_class_key,
