@@ -164,8 +164,8 @@ def run_benchmark(
             metrics["methods"] = {name: pointing_metrics(r) for name, r in by_method.items()}
     else:
         word_settings = words or WordSettings(**default_word_settings(benchmark))
-        settings = {"benchmark": benchmark, **spec.to_dict(), **word_settings.to_dict()}
-        cache = ResultCache(directory / "cache", settings)
+        cache = word_cache(out, benchmark, spec, word_settings)
+        settings = cache.settings
         before = len(cache.load())
         attributor = CLIP4DM(model, settings=word_settings)
         word_items = [i for i in items if isinstance(i, MisalignmentItem)]
@@ -203,6 +203,13 @@ def run_benchmark(
         failures_path=failures_path,
     )
     return BenchmarkRun(metrics, json_path, md_path, scored, failures_path)
+
+
+def word_cache(out: str | Path, benchmark: str, spec: ModelSpec, words: WordSettings) -> ResultCache:
+    """The per-item cache of a word-level benchmark under ``out/benchmark/cache``, keyed by the benchmark,
+    the model and the word settings: ``clipalign eval`` and ``clipalign sweep`` share it."""
+    settings = {"benchmark": benchmark, **spec.to_dict(), **words.to_dict()}
+    return ResultCache(Path(out) / benchmark / "cache", settings)
 
 
 def write_failures(directory: Path, failures: list[dict[str, Any]]) -> Path | None:
