@@ -482,8 +482,13 @@ def run_sweep(
     return SweepRun(cells, curves, json_path, md_path, figures, scored, derived)
 
 
+SHOWN_DIGITS = 3
+"""Decimals the tables print; values equal at this precision tie for best (CLIPScore's AP, for one, moves
+in the last bits with the number of layers, whose attention maps the text tower returns)."""
+
+
 def best_cells(cells: Sequence[Cell]) -> dict[str, dict[str, Any]]:
-    """Per headline metric, its highest value and every cell that reaches it (ties all lead)."""
+    """Per headline metric, its highest value and every cell that reaches it as the tables print it."""
     out: dict[str, dict[str, Any]] = {}
     for label in HEADLINE:
         having = [c for c in cells if label in c.headline]
@@ -494,7 +499,7 @@ def best_cells(cells: Sequence[Cell]) -> dict[str, dict[str, Any]]:
                 "cells": [
                     {"template": c.template, "layers": c.layers, "epsilon": c.epsilon}
                     for c in having
-                    if c.headline[label] == top
+                    if round(c.headline[label], SHOWN_DIGITS) == round(top, SHOWN_DIGITS)
                 ],
             }
     return out
@@ -502,15 +507,16 @@ def best_cells(cells: Sequence[Cell]) -> dict[str, dict[str, Any]]:
 
 def table(cells: Sequence[Cell], *, mark: Callable[[str], str]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the sweep table, a cell per row; the values that are best in their column
-    (every cell that reaches the best) pass through ``mark``."""
+    (every cell that reaches the best, see :func:`best_cells`) pass through ``mark``."""
     labels = [label for label in HEADLINE if any(label in c.headline for c in cells)]
     best = best_cells(cells)
     rows = []
     for c in cells:
+        at = {"template": c.template, "layers": c.layers, "epsilon": c.epsilon}
         values = []
         for label in labels:
-            text = f"{c.headline[label]:.3f}" if label in c.headline else "—"
-            values.append(mark(text) if c.headline.get(label) == best[label]["value"] else text)
+            text = f"{c.headline[label]:.{SHOWN_DIGITS}f}" if label in c.headline else "—"
+            values.append(mark(text) if at in best[label]["cells"] else text)
         rows.append([template_label(c.template), str(c.layers), epsilon_label(c.epsilon), *values])
     return ["template", "layers", "ε", *labels], rows
 
