@@ -360,3 +360,36 @@ def test_pointing_games_are_refused(capsys):
 @pytest.mark.slow
 def test_sweep_help_is_light():
     assert heavy_modules_after(help_code("sweep")) == []
+
+
+def test_a_sweep_on_real_hat_annotations(tiny_model_dir, tmp_path):
+    """HAT (the authors' lowest-span protocol, hallucinated captions positive) from its real annotation
+    file with stand-in images, one missing: every cell equals ``run_benchmark``, the failure included."""
+    from conftest import SHARED, require
+
+    from clipalign.datasets import load_hat
+
+    hat = require(SHARED / "annotations" / "hat-trainval.json")
+    images = tmp_path / "images"
+    images.mkdir()
+    items = load_hat(hat, images, limit=12)
+    rng = np.random.default_rng(0)
+    for item in items[1:]:
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(item.image, format="JPEG")
+    model = load_model(tiny_model_dir, device="cpu")
+    spec = ModelSpec(name=str(tiny_model_dir), device="cpu")
+    grid = SweepGrid(epsilon=(-1e-3, 0.0), layers=(1, 2), template=(DEFAULT_TEMPLATE,))
+    run = run_sweep("hat", items, model, tmp_path / "sweep", spec=spec, grid=grid, progress=False)
+    assert run.scored == run.derived == 2 * 12  # the missing image is tried once per (layers, template)
+    for cell in run.cells:
+        settings = WordSettings(layers=cell.layers, epsilon=cell.epsilon)
+        reference = run_benchmark(
+            "hat", items, model, tmp_path / "ref", spec=spec, words=settings, progress=False
+        )
+        assert cell.metrics == reference.metrics and cell.metrics["failed"] == 1
+        assert cell.metrics["authors"]["positive"] == "misaligned"
+    report = json.loads(run.json_path.read_text())
+    assert report["positive"] == "misaligned" and [p.name for p in run.figures] == [
+        "heatmap.png",
+        "pr_curves.png",
+    ]
