@@ -370,12 +370,9 @@ def test_a_sweep_on_real_hat_annotations(tiny_model_dir, tmp_path):
     from clipalign.datasets import load_hat
 
     hat = require(SHARED / "annotations" / "hat-trainval.json")
-    images = tmp_path / "images"
-    images.mkdir()
-    items = load_hat(hat, images, limit=12)
-    rng = np.random.default_rng(0)
-    for item in items[1:]:
-        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(item.image, format="JPEG")
+    items = load_hat(hat, tmp_path, limit=12)
+    for item in items[1:]:  # the first image stays missing
+        example_image().convert("RGB").save(item.image, format="JPEG")
     model = load_model(tiny_model_dir, device="cpu")
     spec = ModelSpec(name=str(tiny_model_dir), device="cpu")
     grid = SweepGrid(epsilon=(-1e-3, 0.0), layers=(1, 2), template=(DEFAULT_TEMPLATE,))
