@@ -111,7 +111,15 @@ class SweepGrid:
     @classmethod
     def parse(cls, *, epsilon: str, layers: str, template: str) -> SweepGrid:
         """From comma-separated lists (``"-1e-4,0"``, ``"1,2,3"``, ``",A photo depicts "``: the empty
-        template and the default one); a wrong value is a one-line ValueError naming its option."""
+        template and the default one); a wrong value is a one-line ValueError naming its option.
+
+        >>> grid = SweepGrid.parse(epsilon="-1e-4,0", layers="1,3", template=",A photo depicts ")
+        >>> grid.epsilon, grid.template, grid.size
+        ((-0.0001, 0.0), ('', 'A photo depicts '), 8)
+        >>> SweepGrid.parse(epsilon="-1e-4", layers="3,x", template="")
+        Traceback (most recent call last):
+        ValueError: --layers: 'x' is not a whole number (give a comma-separated list)
+        """
         return cls(
             epsilon=_values("epsilon", epsilon, float, "a number"),
             layers=_values("layers", layers, int, "a whole number"),
