@@ -15,7 +15,7 @@ import pytest
 import clipalign
 
 HEAVY = ("torch", "transformers", "torchmetrics", "matplotlib", "pyarrow", "ray")
-COMMANDS = ("words", "score", "interactions", "eval", "scan", "report", "demo", "download", "models")
+COMMANDS = ("words", "score", "interactions", "eval", "scan", "report", "demo", "download", "models", "sweep")
 """Every command, whose --help must stay light."""
 
 

@@ -173,8 +173,8 @@ def run_benchmark(
             metrics["per_class"] = per_class_metrics(pointing_items, records, per_class)
     else:
         word_settings = words or WordSettings(**default_word_settings(benchmark))
-        settings = {"benchmark": benchmark, **spec.to_dict(), **word_settings.to_dict()}
-        cache = ResultCache(directory / "cache", settings)
+        cache = word_cache(out, benchmark, spec, word_settings)
+        settings = cache.settings
         before = len(cache.load())
         attributor = CLIP4DM(model, settings=word_settings)
         word_items = [i for i in items if isinstance(i, MisalignmentItem)]
@@ -231,6 +231,13 @@ def check_class_key(items: Sequence[MisalignmentItem | PointingItem], key: str) 
         raise ValueError(
             f"--per-class {key}: item {missing[0].id} has no {key!r} (meta keys there: {', '.join(keys)})"
         )
+
+
+def word_cache(out: str | Path, benchmark: str, spec: ModelSpec, words: WordSettings) -> ResultCache:
+    """The per-item cache of a word-level benchmark under ``out/benchmark/cache``, keyed by the benchmark,
+    the model and the word settings: ``clipalign eval`` and ``clipalign sweep`` share it."""
+    settings = {"benchmark": benchmark, **spec.to_dict(), **words.to_dict()}
+    return ResultCache(Path(out) / benchmark / "cache", settings)
 
 
 def write_failures(directory: Path, failures: list[dict[str, Any]]) -> Path | None:
