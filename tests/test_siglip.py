@@ -323,6 +323,21 @@ def test_spiece_model_alone_gives_the_tokenizer(tmp_path):
     assert tok.pad_token == tok.eos_token == "</s>" and tok.model_max_length == CONTEXT
 
 
+def test_a_folder_with_spiece_model_only_loads(tmp_path):
+    """The local-folder file check accepts ``spiece.model`` as the tokenizer: the model loads and embeds a
+    caption as the same folder with ``tokenizer.json`` does."""
+    folder = save_random_siglip(tmp_path, "siglip")
+    with_json = load_model(folder, device="cpu")
+    (folder / "tokenizer.json").unlink()
+    assert sorted(p.name for p in folder.glob("tokenizer*")) == ["tokenizer_config.json"]
+    alone = load_model(folder, device="cpu")
+    [enc] = alone.encode_captions(["a cup of coke"], TEMPLATE)
+    [reference] = with_json.encode_captions(["a cup of coke"], TEMPLATE)
+    assert (enc.input_ids, enc.token_spans) == (reference.input_ids, reference.token_spans)
+    inputs = alone.collate([enc])
+    assert torch.equal(alone.text_embeddings(inputs).embeds, with_json.text_embeddings(inputs).embeds)
+
+
 def test_naflex_siglip2_is_refused_in_one_line(tmp_path):
     from transformers import Siglip2Config
 

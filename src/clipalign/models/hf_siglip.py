@@ -53,6 +53,7 @@ from clipalign.models.checkpoint import (
     load_checkpoint,
 )
 from clipalign.models.hf_clip import _at_least_fp32, _fused_block, _last_block_jvps, text_tower
+from clipalign.models.registry import FIXED_RESOLUTION_SIGLIP2
 from clipalign.settings import TextReference
 from clipalign.text.alignment import EncodedCaption, encode_captions
 
@@ -61,16 +62,6 @@ SPIECE_FILE = "spiece.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 EXCLIP_REFERENCE_TOKEN_ID = 0
 """As for CLIP, exCLIP's filler is token id 0 (``<pad>`` in SigLIP's and Gemma's vocabularies)."""
-FIXED_RESOLUTION_SIGLIP2 = "google/siglip2-base-patch16-224 (or -256, -384, -512; large, so400m, giant-opt)"
-SIGLIP_NEEDS = (
-    "config.json, model.safetensors (pytorch_model.bin only with --allow-pickle), preprocessor_config.json, "
-    "and the tokenizer: spiece.model (SigLIP; read with protobuf, no sentencepiece needed) or tokenizer.json "
-    "(SigLIP 2's Gemma tokenizer); no extra packages. Covers SigLIP and fixed-resolution SigLIP 2"
-)
-SIGLIP2_NEEDS = (
-    "not loadable: NaFlex SigLIP 2 (Siglip2Model, variable resolution) is refused; use a fixed-resolution "
-    f"SigLIP 2 (model_type siglip), e.g. {FIXED_RESOLUTION_SIGLIP2}"
-)
 _PUNCTUATION = Regex("[" + re.escape(string.punctuation) + "]")
 
 
