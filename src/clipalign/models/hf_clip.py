@@ -82,14 +82,19 @@ def text_tower(
     return hidden, attentions
 
 
-def _fused_block(block: CLIPEncoderLayer, states: torch.Tensor, causal: bool) -> torch.Tensor:
+def _fused_block(
+    block: CLIPEncoderLayer, states: torch.Tensor, causal: bool, keys: torch.Tensor | None = None
+) -> torch.Tensor:
     """One encoder block on PyTorch's fused attention (flash or memory-efficient kernels on a GPU): HF's
     block with ``scaled_dot_product_attention`` in place of the eager softmax, for blocks whose maps are
-    not read; ``causal`` applies the text tower's causal mask."""
+    not read; ``causal`` applies the text tower's causal mask, ``keys`` (B, 1, 1, S) bool, when given,
+    the positions every query may attend to (SigLIP 2 NaFlex: an image's patches, not its padding)."""
     attn = block.self_attn
     z = block.layer_norm1(states)
     q, k, v = (_split_heads(attn, proj(z)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=attn.scale)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=keys, is_causal=causal, scale=attn.scale
+    )
     hidden = states + attn.out_proj(out.transpose(1, 2).reshape(*states.shape[:2], -1))
     return hidden + block.mlp(block.layer_norm2(hidden))
 

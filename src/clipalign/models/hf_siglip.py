@@ -3,9 +3,8 @@
 SigLIP 2 ships in two forms. The fixed-resolution checkpoints (``google/siglip2-base-patch16-224`` and
 the other ``-224/-256/-384/-512`` ones) are ``SiglipModel`` with a Gemma tokenizer: config ``model_type``
 ``siglip``, so :class:`HFSiglipAdapter` loads them. The NaFlex ones (``google/siglip2-*-naflex``,
-``Siglip2Model``, ``model_type`` ``siglip2``) feed a variable number of patches with a per-image grid
-(``pixel_attention_mask``, ``spatial_shapes``); clipalign's inputs are one fixed grid, so
-:class:`Siglip2NaFlexRefusal` refuses them with a one-line error naming the fixed-resolution ones.
+``Siglip2Model``, ``model_type`` ``siglip2``) load with :mod:`clipalign.models.hf_siglip2`'s adapter,
+which shares :class:`SiglipText`, the text side, with this one.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn, cast, get_args
+from typing import Any, cast, get_args
 
 import numpy as np
 import torch
@@ -43,7 +42,6 @@ from clipalign.models.base import PositionJVPs, TextInputs, TextOutput
 from clipalign.models.checkpoint import CheckpointError
 from clipalign.models.hf_clip import _at_least_fp32, _fused_block, _last_block_jvps, text_tower
 from clipalign.models.hf_dual import HFDualEncoder, ModelT
-from clipalign.models.registry import FIXED_RESOLUTION_SIGLIP2
 from clipalign.settings import TextReference
 from clipalign.text.alignment import EncodedCaption, encode_captions
 
@@ -416,22 +414,3 @@ class HFSiglipAdapter(SiglipText[SiglipModel]):
     ) -> PositionJVPs | None:
         """None: the generic ``torch.func`` JVPs through the attention-pooling head."""
         return None
-
-
-class Siglip2NaFlexRefusal:
-    """``model_type`` ``siglip2`` (NaFlex: variable resolution, a per-image patch grid) is not supported:
-    loading one is a one-line error naming the fixed-resolution SigLIP 2 checkpoints, which load."""
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | Path,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype = "fp32",
-        local_files_only: bool = False,
-        allow_pickle: bool = False,
-    ) -> NoReturn:
-        raise CheckpointError(
-            f"model {str(name_or_path)!r} is a NaFlex SigLIP 2 (Siglip2Model, variable resolution), which "
-            f"clipalign does not support; use a fixed-resolution SigLIP 2 such as {FIXED_RESOLUTION_SIGLIP2}"
-        )

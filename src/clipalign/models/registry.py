@@ -42,7 +42,7 @@ FIXED_RESOLUTION_SIGLIP2 = "google/siglip2-base-patch16-224 (or -256, -384, -512
 _ADAPTERS: dict[str, AdapterFactory | str] = {
     "clip": "clipalign.models.hf_clip:HFCLIPAdapter",
     "siglip": "clipalign.models.hf_siglip:HFSiglipAdapter",
-    "siglip2": "clipalign.models.hf_siglip:Siglip2NaFlexRefusal",
+    "siglip2": "clipalign.models.hf_siglip2:HFSiglip2Adapter",
 }
 """``model_type`` → its adapter, or ``module:attribute`` naming it (imported when first loaded)."""
 _NEEDS: dict[str, str] = {
