@@ -20,7 +20,7 @@ from transformers.models.siglip2 import modeling_siglip2
 from clipalign import CLIP4DM, load_model
 from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.cli.main import main
-from clipalign.models.base import InteractionAdapter
+from clipalign.models.base import InteractionAdapter, PerImageGridAdapter
 from clipalign.models.hf_siglip2 import HFSiglip2Adapter
 from clipalign.testing import save_random_siglip2
 
@@ -176,8 +176,26 @@ def test_heatmap_geometry_is_the_processors_resize(naflex, size):
     assert (x1, y1) == pytest.approx((width, height))
 
 
+def test_states_and_head_give_the_embedding_per_grid(naflex):
+    """``image_head(image_states(·, L), L)`` is the image embedding for each grid's unpadded patches; the
+    reference keeps each image's grid with zero patches; images of two grids are not mixed."""
+    pixels = naflex.preprocess(images())
+    grids = naflex.patch_grids(pixels)
+    with torch.no_grad():
+        full = naflex.image_embeddings(pixels)
+        for b, (rows, cols) in enumerate(grids):
+            for layer in (0, naflex.num_vision_layers - 1):
+                states = naflex.image_states(pixels[b : b + 1], layer)
+                assert states.shape[1] == rows * cols
+                torch.testing.assert_close(naflex.image_head(states, layer)[0], full[b], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="one patch grid"):
+        naflex.image_states(pixels, 0)
+    reference = naflex.reference_pixels(pixels)
+    assert naflex.patch_grids(reference) == grids and not reference[..., :-2].any()
+
+
 def test_interactions_are_refused_in_one_line(naflex):
-    assert not isinstance(naflex, InteractionAdapter)
+    assert isinstance(naflex, PerImageGridAdapter) and not isinstance(naflex, InteractionAdapter)
     with pytest.raises(ValueError, match="does not support interactions") as info:
         TokenPatchInteractions(naflex)
     assert "\n" not in str(info.value)

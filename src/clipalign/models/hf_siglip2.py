@@ -9,7 +9,7 @@ with :class:`~clipalign.models.hf_siglip.HFSiglipAdapter`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase, Siglip2ImageProcessorPil, Sigl
 from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
 
 from clipalign.images.geometry import ImageGeometry
+from clipalign.models.base import PositionJVPs
 from clipalign.models.hf_clip import _at_least_fp32, _fused_block
 from clipalign.models.hf_siglip import SiglipText, _blocks
 
@@ -38,9 +39,12 @@ class HFSiglip2Adapter(SiglipText[Siglip2Model]):
     * **Geometry**: the processor resizes without cropping, keeping the aspect ratio up to rounding to
       whole patches; ``image_geometry`` computes that size with transformers' own function, and
       :meth:`patch_grid_for` the grid of an image of a given size.
-    * **Interactions** are not supported: their image side assumes one patch grid and one all-zero
-      reference image per model, and a NaFlex grid (and so its reference) is per image; this adapter
-      therefore has no ``patch_grid`` and ``clipalign interactions`` refuses it in one line.
+    * **Interactions**: the interaction code assumes one ``patch_grid`` and one all-zero reference image
+      per model, while a NaFlex grid, and so its reference, is per image. This adapter therefore has no
+      ``patch_grid`` (``clipalign interactions`` refuses it in one line) but has what per-image grids
+      need: :meth:`patch_grids`, :meth:`reference_pixels` (zero patches at an image's grid), and
+      ``image_states``/``image_head`` on the patches of images that share one grid (no padding, so the
+      generic JVPs need no mask).
     * **Scores**: the cosine of the two embeddings, as for CLIP and SigLIP (not the sigmoid logit).
     """
 
@@ -130,3 +134,49 @@ class HFSiglip2Adapter(SiglipText[Siglip2Model]):
         """The whole image resized to :meth:`resized_size` (no crop), every pixel of it in a patch."""
         resized = self.resized_size(width, height)
         return ImageGeometry((width, height), resized, (0, 0, *resized))
+
+    # --- per-image grids: what interactions need (see the class docstring) ---
+
+    @property
+    def image_prefix(self) -> int:
+        """No class token: every position of ``image_states`` is a patch."""
+        return 0
+
+    def patch_grids(self, pixel_values: torch.Tensor) -> list[tuple[int, int]]:
+        """(rows, cols) of each image of a batch of NaFlex pixel values."""
+        _, shapes, _ = self.unpack(pixel_values)
+        return [(int(rows), int(cols)) for rows, cols in shapes.tolist()]
+
+    def reference_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The all-zero image at each image's own grid: zero patches, the grid columns kept."""
+        reference = torch.zeros_like(pixel_values)
+        reference[..., -GRID_COLUMNS:] = pixel_values[..., -GRID_COLUMNS:]
+        return reference
+
+    def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
+        """Hidden states entering vision block ``layer`` (B, rows·cols, d) of images that share one grid:
+        their patches only, row-major, without the padding (so no mask is needed from here on)."""
+        grids = set(self.patch_grids(pixel_values))
+        if len(grids) != 1:
+            raise ValueError(f"image_states takes images of one patch grid, got {sorted(grids)}")
+        patches, shapes, _ = self.unpack(pixel_values)
+        rows, cols = grids.pop()
+        vision = self._vision_model
+        hidden = vision.embeddings(patches[:, : rows * cols], shapes)
+        for block in _blocks(vision.encoder)[:layer]:
+            hidden = block(hidden, None)
+        return hidden
+
+    def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor:
+        """Image embedding from the unpadded states entering vision block ``layer``: the blocks from there,
+        the post layer norm and the attention-pooling head."""
+        vision = self._vision_model
+        for block in _blocks(vision.encoder)[layer:]:
+            states = block(states, None)
+        return _at_least_fp32(vision.head(vision.post_layernorm(states)))
+
+    def image_head_jvps(
+        self, layer: int, post: Callable[[torch.Tensor], torch.Tensor]
+    ) -> PositionJVPs | None:
+        """None: the generic ``torch.func`` JVPs through the attention-pooling head."""
+        return None
