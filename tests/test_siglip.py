@@ -182,12 +182,18 @@ def fp64_eager_attention(module, query, key, value, attention_mask, scaling, dro
 
 
 def test_token_score_is_finite_difference_of_scaled_attention(siglip, model_dir, monkeypatch):
-    """Scaling the last block's attention from the pooled (last) position to token j by (1+t) in every
-    head changes the cosine by t·heads·score_j (one attributed layer)."""
     model = SiglipModel.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float64).eval()
     adapter = HFSiglipAdapter(model, siglip.tokenizer, siglip.image_processor)
-    image, caption = scene(7), "a red cube on a blue sphere"
-    [enc] = adapter.encode_captions([caption], TEMPLATE)
+    assert_token_scores_are_finite_differences(adapter, modeling_siglip, scene(7), monkeypatch)
+
+
+def assert_token_scores_are_finite_differences(adapter, modeling, image, monkeypatch):
+    """Scaling the last block's attention from the pooled (last) position to token j by (1+t) in every
+    head changes the cosine by t·heads·score_j (one attributed layer). ``adapter`` wraps an fp64 HF
+    model whose eager attention lives in the module ``modeling``; HF's forward takes the image as its
+    processor gives it (NaFlex: with mask and grid)."""
+    model = adapter.model
+    [enc] = adapter.encode_captions(["a red cube on a blue sphere"], TEMPLATE)
     [raw] = CLIP4DM(adapter, layers=1).attribute_tokens(adapter.preprocess([image]), [enc]).token_scores
     target = model.text_model.encoder.layers[-1].self_attn
     scale = {"t": 0.0, "j": 0}
@@ -201,14 +207,15 @@ def test_token_score_is_finite_difference_of_scaled_attention(siglip, model_dir,
             out = (weights @ value).transpose(1, 2).contiguous()
         return out, weights
 
-    monkeypatch.setattr(modeling_siglip, "eager_attention_forward", perturbed)
+    monkeypatch.setattr(modeling, "eager_attention_forward", perturbed)
     ids = torch.tensor([enc.input_ids])
-    pixels = adapter.preprocess([image])
+    inputs = adapter.image_processor(images=[image], return_tensors="pt")
+    inputs = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
 
     def cosine(t: float, j: int) -> float:
         scale.update(t=t, j=j)
         with torch.no_grad():
-            out = model(input_ids=ids, pixel_values=pixels)
+            out = model(input_ids=ids, **inputs)
         return float(torch.nn.functional.cosine_similarity(out.text_embeds, out.image_embeds)[0])
 
     h = 1e-5

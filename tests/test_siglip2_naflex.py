@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_siglip import CONTEXT, ORACLE_CAPTIONS, TEMPLATE, fp64_eager_attention, oracle_word_scores, scene
+from test_siglip import (
+    CONTEXT,
+    ORACLE_CAPTIONS,
+    TEMPLATE,
+    assert_token_scores_are_finite_differences,
+    oracle_word_scores,
+    scene,
+)
 from transformers import Siglip2Model
 from transformers.models.siglip2 import modeling_siglip2
 
@@ -113,41 +120,9 @@ def test_pairs_in_a_batch_of_mixed_aspect_ratios_equal_them_alone(naflex):
 
 
 def test_token_score_is_finite_difference_of_scaled_attention(naflex, model_dir, monkeypatch):
-    """Scaling the last text block's attention from the pooled (last) position to token j by (1+t) in
-    every head changes the cosine by t·heads·score_j (one attributed layer), with a NaFlex image."""
     model = Siglip2Model.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float64).eval()
     adapter = HFSiglip2Adapter(model, naflex.tokenizer, naflex.image_processor)
-    image, caption = scene(7, (70, 30)), "a red cube on a blue sphere"
-    [enc] = adapter.encode_captions([caption], TEMPLATE)
-    [raw] = CLIP4DM(adapter, layers=1).attribute_tokens(adapter.preprocess([image]), [enc]).token_scores
-    target = model.text_model.encoder.layers[-1].self_attn
-    scale = {"t": 0.0, "j": 0}
-
-    def perturbed(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-        out, weights = fp64_eager_attention(module, query, key, value, attention_mask, scaling)
-        if module is target:
-            factor = torch.ones_like(weights)
-            factor[:, :, -1, scale["j"]] = 1 + scale["t"]
-            weights = weights * factor
-            out = (weights @ value).transpose(1, 2).contiguous()
-        return out, weights
-
-    monkeypatch.setattr(modeling_siglip2, "eager_attention_forward", perturbed)
-    ids = torch.tensor([enc.input_ids])
-    inputs = adapter.image_processor(images=[image], return_tensors="pt")
-    inputs["pixel_values"] = inputs["pixel_values"].double()
-
-    def cosine(t: float, j: int) -> float:
-        scale.update(t=t, j=j)
-        with torch.no_grad():
-            out = model(input_ids=ids, **inputs)
-        return float(torch.nn.functional.cosine_similarity(out.text_embeds, out.image_embeds)[0])
-
-    h = 1e-5
-    caption_positions = np.flatnonzero(enc.token_word >= 0)
-    for j in [*caption_positions[:2], caption_positions[-1], CONTEXT - 1, CONTEXT - 5]:
-        derivative = (cosine(h, int(j)) - cosine(-h, int(j))) / (2 * h)
-        assert derivative == pytest.approx(target.num_heads * float(raw[j]), rel=1e-5, abs=1e-12)
+    assert_token_scores_are_finite_differences(adapter, modeling_siglip2, scene(7, (70, 30)), monkeypatch)
 
 
 @pytest.mark.parametrize("size", [*SIZES, (17, 300), (8, 8), (1000, 999)])

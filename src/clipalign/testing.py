@@ -241,15 +241,20 @@ def tiny_siglip_config(
     patch_size: int = 8,
 ) -> SiglipConfig:
     """A small ``SiglipModel`` architecture with a 64-token text context and the attention-pooling head."""
-    tower = {
+    tower = _tower(hidden_size, layers, heads)
+    text = _siglip_text(tower, vocab_size, pad_token_id, eos_token_id)
+    vision = {**tower, "image_size": image_size, "patch_size": patch_size}
+    return SiglipConfig(text_config=text, vision_config=vision)
+
+
+def _tower(hidden_size: int, layers: int, heads: int) -> dict[str, int]:
+    """The sizes both towers of a tiny SigLIP share (the MLP twice the width)."""
+    return {
         "hidden_size": hidden_size,
         "intermediate_size": 2 * hidden_size,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
     }
-    text = _siglip_text(tower, vocab_size, pad_token_id, eos_token_id)
-    vision = {**tower, "image_size": image_size, "patch_size": patch_size}
-    return SiglipConfig(text_config=text, vision_config=vision)
 
 
 def _siglip_text(
@@ -303,12 +308,7 @@ def tiny_siglip2_config(
 ) -> Siglip2Config:
     """A small NaFlex ``Siglip2Model``: SigLIP's text tower with a 64-token context, and a vision tower
     whose ``num_patches`` position embeddings (a square grid) are resized to each image's patch grid."""
-    tower = {
-        "hidden_size": hidden_size,
-        "intermediate_size": 2 * hidden_size,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-    }
+    tower = _tower(hidden_size, layers, heads)
     text = _siglip_text(tower, vocab_size, GEMMA_PAD, GEMMA_EOS)
     vision = {**tower, "patch_size": patch_size, "num_patches": num_patches}
     return Siglip2Config(text_config=text, vision_config=vision)

@@ -4,7 +4,7 @@ SigLIP 2 ships in two forms. The fixed-resolution checkpoints (``google/siglip2-
 the other ``-224/-256/-384/-512`` ones) are ``SiglipModel`` with a Gemma tokenizer: config ``model_type``
 ``siglip``, so :class:`HFSiglipAdapter` loads them. The NaFlex ones (``google/siglip2-*-naflex``,
 ``Siglip2Model``, ``model_type`` ``siglip2``) load with :mod:`clipalign.models.hf_siglip2`'s adapter,
-which shares :class:`SiglipText`, the text side, with this one.
+which shares :class:`SiglipTowers` (the text side and the attention-pooling head) with this one.
 """
 
 from __future__ import annotations
@@ -34,7 +34,12 @@ from transformers import (
 from transformers.convert_slow_tokenizer import import_protobuf
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipEncoderLayer
-from transformers.models.siglip2.modeling_siglip2 import Siglip2Encoder, Siglip2EncoderLayer, Siglip2TextModel
+from transformers.models.siglip2.modeling_siglip2 import (
+    Siglip2Encoder,
+    Siglip2EncoderLayer,
+    Siglip2TextModel,
+    Siglip2VisionModel,
+)
 from transformers.utils import cached_file
 
 from clipalign.images.geometry import ImageGeometry
@@ -169,10 +174,11 @@ def _blocks(encoder: SiglipEncoder | Siglip2Encoder) -> list[CLIPEncoderLayer]:
     return cast(list[CLIPEncoderLayer], blocks)
 
 
-class SiglipText(HFDualEncoder[ModelT]):
-    """The text side that SigLIP and SigLIP 2 (fixed resolution and NaFlex) share: captions padded to the
+class SiglipTowers(HFDualEncoder[ModelT]):
+    """What SigLIP and SigLIP 2 (fixed resolution and NaFlex) share: the text side (captions padded to the
     full context with the pad token and read without an attention mask, pooled at the last position,
-    then the linear ``head``; the tokenizer as :func:`load_siglip_tokenizer` builds it. The
+    then the linear ``head``; the tokenizer as :func:`load_siglip_tokenizer` builds it) and the image
+    side above the patch embeddings (no class token, the attention-pooling head). The
     :class:`HFSiglipAdapter` docstring says why."""
 
     def __init__(
@@ -294,8 +300,32 @@ class SiglipText(HFDualEncoder[ModelT]):
             _blocks(text.encoder)[layer:], pool_index, False, text.final_layer_norm, text.head, post
         )
 
+    @property
+    def _vision_model(self) -> SiglipVisionModel | Siglip2VisionModel:
+        """The vision tower (the model builds it untyped through ``_from_config``)."""
+        return cast("SiglipVisionModel | Siglip2VisionModel", self.model.get_submodule("vision_model"))
 
-class HFSiglipAdapter(SiglipText[SiglipModel]):
+    @property
+    def image_prefix(self) -> int:
+        """No class token: every position of ``image_states`` is a patch."""
+        return 0
+
+    def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor:
+        """Image embedding from the states entering vision block ``layer``: the blocks from there, the
+        post layer norm and the attention-pooling head."""
+        vision = self._vision_model
+        for block in _blocks(vision.encoder)[layer:]:
+            states = block(states, None)
+        return _at_least_fp32(vision.head(vision.post_layernorm(states)))
+
+    def image_head_jvps(
+        self, layer: int, post: Callable[[torch.Tensor], torch.Tensor]
+    ) -> PositionJVPs | None:
+        """None: the generic ``torch.func`` JVPs through the attention-pooling head."""
+        return None
+
+
+class HFSiglipAdapter(SiglipTowers[SiglipModel]):
     """Wraps a HF ``SiglipModel`` (SigLIP, fixed-resolution SigLIP 2) with a fast tokenizer and the PIL
     image processor. What differs from CLIP, and how it is handled:
 
@@ -354,11 +384,6 @@ class HFSiglipAdapter(SiglipText[SiglipModel]):
             raise ValueError(f"the image processor resizes to {dict(size)}, the model expects {side}×{side}")
         self._grid = (side // patch, side // patch)
 
-    @property
-    def _vision_model(self) -> SiglipVisionModel:
-        """The vision tower (``SiglipModel`` builds it untyped through ``_from_config``)."""
-        return self.model.vision_model
-
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(B, 3, H, W) float32 on the CPU, as ``SiglipImageProcessorPil`` gives them (resize, no crop)."""
         pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -379,11 +404,6 @@ class HFSiglipAdapter(SiglipText[SiglipModel]):
             return _at_least_fp32(vision.head(vision.post_layernorm(hidden)))
 
     @property
-    def image_prefix(self) -> int:
-        """No class token: every position of ``image_states`` is a patch."""
-        return 0
-
-    @property
     def patch_grid(self) -> tuple[int, int]:
         return self._grid
 
@@ -400,17 +420,3 @@ class HFSiglipAdapter(SiglipText[SiglipModel]):
         for block in _blocks(vision.encoder)[:layer]:
             hidden = block(hidden, None)
         return hidden
-
-    def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor:
-        """Image embedding from the states entering vision block ``layer``: the blocks from there, the
-        post layer norm and the attention-pooling head."""
-        vision = self._vision_model
-        for block in _blocks(vision.encoder)[layer:]:
-            states = block(states, None)
-        return _at_least_fp32(vision.head(vision.post_layernorm(states)))
-
-    def image_head_jvps(
-        self, layer: int, post: Callable[[torch.Tensor], torch.Tensor]
-    ) -> PositionJVPs | None:
-        """None: the generic ``torch.func`` JVPs through the attention-pooling head."""
-        return None

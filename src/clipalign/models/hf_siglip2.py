@@ -9,23 +9,22 @@ with :class:`~clipalign.models.hf_siglip.HFSiglipAdapter`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
-from transformers import PreTrainedTokenizerBase, Siglip2ImageProcessorPil, Siglip2Model, Siglip2VisionModel
+from transformers import PreTrainedTokenizerBase, Siglip2ImageProcessorPil, Siglip2Model
 from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
 
 from clipalign.images.geometry import ImageGeometry
-from clipalign.models.base import PositionJVPs
 from clipalign.models.hf_clip import _at_least_fp32, _fused_block
-from clipalign.models.hf_siglip import SiglipText, _blocks
+from clipalign.models.hf_siglip import SiglipTowers, _blocks
 
 GRID_COLUMNS = 2
 """The last columns of NaFlex pixel values: the image's patch grid (rows, cols), in every row."""
 
 
-class HFSiglip2Adapter(SiglipText[Siglip2Model]):
+class HFSiglip2Adapter(SiglipTowers[Siglip2Model]):
     """Wraps a HF ``Siglip2Model`` (NaFlex SigLIP 2) with its Gemma tokenizer and the PIL image processor.
 
     * **Text side**: as SigLIP's (:class:`~clipalign.models.hf_siglip.HFSiglipAdapter`): captions padded
@@ -75,11 +74,6 @@ class HFSiglip2Adapter(SiglipText[Siglip2Model]):
             )
         self.patch_size = int(cfg.patch_size)
         self.max_num_patches = int(image_processor.max_num_patches)
-
-    @property
-    def _vision_model(self) -> Siglip2VisionModel:
-        """The vision tower (``Siglip2Model`` builds it untyped through ``_from_config``)."""
-        return self.model.vision_model
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(B, max_num_patches, C·p·p + 2) float32 on the CPU: per image, its patches as the PIL image
@@ -137,11 +131,6 @@ class HFSiglip2Adapter(SiglipText[Siglip2Model]):
 
     # --- per-image grids: what interactions need (see the class docstring) ---
 
-    @property
-    def image_prefix(self) -> int:
-        """No class token: every position of ``image_states`` is a patch."""
-        return 0
-
     def patch_grids(self, pixel_values: torch.Tensor) -> list[tuple[int, int]]:
         """(rows, cols) of each image of a batch of NaFlex pixel values."""
         _, shapes, _ = self.unpack(pixel_values)
@@ -166,17 +155,3 @@ class HFSiglip2Adapter(SiglipText[Siglip2Model]):
         for block in _blocks(vision.encoder)[:layer]:
             hidden = block(hidden, None)
         return hidden
-
-    def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor:
-        """Image embedding from the unpadded states entering vision block ``layer``: the blocks from there,
-        the post layer norm and the attention-pooling head."""
-        vision = self._vision_model
-        for block in _blocks(vision.encoder)[layer:]:
-            states = block(states, None)
-        return _at_least_fp32(vision.head(vision.post_layernorm(states)))
-
-    def image_head_jvps(
-        self, layer: int, post: Callable[[torch.Tensor], torch.Tensor]
-    ) -> PositionJVPs | None:
-        """None: the generic ``torch.func`` JVPs through the attention-pooling head."""
-        return None
