@@ -251,7 +251,8 @@ def write_siglip_readme(out: Path, cfg: SiglipTrainConfig, summary: dict[str, An
 A small SigLIP (Hugging Face `SiglipModel`, model_type `siglip`: the layout of SigLIP and of the
 fixed-resolution SigLIP 2 checkpoints; {summary["parameters"] / 1e6:.2f} M parameters) trained from scratch
 on CPU on the synthetic shapes world of `clipalign.synthetic` with SigLIP's **sigmoid loss**, next to
-`synthetic-clip` (the same world, sizes and schedule, CLIP's softmax loss). It exists so that word-level
+`synthetic-clip` (the same world and sizes, CLIP's softmax loss; this one had a quarter of its training
+images: half the steps, half the batch, to fit a busy shared CPU). It exists so that word-level
 misalignment (CLIP4DM) can be tested where the truth is known on a sigmoid-trained model; it knows
 nothing else. Load it with `clipalign.load_model("synthetic-siglip")` or `--model synthetic-siglip`.
 

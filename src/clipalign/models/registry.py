@@ -9,7 +9,7 @@ from typing import Protocol
 import torch
 from transformers import PretrainedConfig
 
-from clipalign.checkpoints import SYNTHETIC_CLIP
+from clipalign.checkpoints import SYNTHETIC_CLIP, SYNTHETIC_SIGLIP
 from clipalign.models.base import ClipAdapter, ModelLoadError, model_load_error, resolve_device, resolve_dtype
 from clipalign.models.checkpoint import CheckpointError
 from clipalign.models.errors import UnsupportedModelError, check_local_path, check_supported
@@ -17,7 +17,7 @@ from clipalign.models.hf_clip import HFCLIPAdapter
 from clipalign.models.hf_siglip import SIGLIP2_NEEDS, SIGLIP_NEEDS, HFSiglipAdapter, Siglip2NaFlexRefusal
 from clipalign.settings import DEFAULT_MODEL
 
-MODEL_ALIASES: dict[str, Path] = {"synthetic": SYNTHETIC_CLIP}
+MODEL_ALIASES: dict[str, Path] = {"synthetic": SYNTHETIC_CLIP, "synthetic-siglip": SYNTHETIC_SIGLIP}
 """Short names of the checkpoints that ship with clipalign (a folder of that name: pass ``./synthetic``)."""
 
 
