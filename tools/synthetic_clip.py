@@ -15,7 +15,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    BaseImageProcessor,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from clipalign.synthetic import generate_scenes
 from clipalign.testing import CLIP_BOS, CLIP_EOS, CLIP_VOCAB_SIZE
@@ -242,17 +250,26 @@ class ClipFamily:
         """Nothing to clean up."""
 
 
-def save(model: CLIPModel, cfg: TrainConfig, out: Path) -> None:
-    """fp16 safetensors + the tokenizer's vocab/merges (1.5 MB; a saved tokenizer.json would add 3.6 MB)
-    + the image processor config."""
+def save_checkpoint(
+    model: PreTrainedModel, out: Path, files: list[Path], processor: BaseImageProcessor
+) -> None:
+    """A fresh ``out``: the weights in fp16 safetensors (the model is put back in fp32), a copy of each of
+    ``files`` (the tokenizer's) and the image processor config."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model.to(torch.float16).save_pretrained(out)
     model.to(torch.float32)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(TOKENIZER_DIR / name, out / name)
-    image_processor(cfg.image_size).save_pretrained(out)
+    for path in files:
+        shutil.copyfile(path, out / path.name)
+    processor.save_pretrained(out)
+
+
+def save(model: CLIPModel, cfg: TrainConfig, out: Path) -> None:
+    """fp16 safetensors + the tokenizer's vocab/merges (1.5 MB; a saved tokenizer.json would add 3.6 MB)
+    + the image processor config."""
+    files = [TOKENIZER_DIR / name for name in TOKENIZER_FILES]
+    save_checkpoint(model, out, files, image_processor(cfg.image_size))
 
 
 def dir_size(path: Path) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from synthetic_clip import Texts, TrainConfig, sincos_table
+from synthetic_clip import Texts, TrainConfig, save_checkpoint, sincos_table
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
 from tokenizers.models import BPE
 from transformers import (
@@ -195,14 +195,7 @@ class SiglipFamily:
 
     def save(self, model: SiglipModel, out: Path) -> None:
         """fp16 safetensors, the tokenizer files and the image processor config."""
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        model.to(torch.float16).save_pretrained(out)
-        model.to(torch.float32)
-        for name in TOKENIZER_FILES:
-            shutil.copyfile(self._tokenizer_dir / name, out / name)
-        self.processor.save_pretrained(out)
+        save_checkpoint(model, out, [self._tokenizer_dir / name for name in TOKENIZER_FILES], self.processor)
 
     def close(self) -> None:
         """Remove the temporary tokenizer folder."""
