@@ -18,8 +18,10 @@ Baselines: a random word (LA = mean over foils of 1 / number of non-punctuation 
 (AP of seeded uniform scores; its expectation is the share of foils). From the repository root:
 
     python benchmarks/eval_synthetic_layers.py
+    python benchmarks/eval_synthetic_layers.py --model synthetic-siglip    # the synthetic SigLIP
 
-Results go to ``benchmarks/results/synthetic_layers.{json,md}``.
+Results go to ``benchmarks/results/synthetic_layers.{json,md}`` (``synthetic_layers_siglip`` for the
+synthetic SigLIP; ``--out`` for any other model).
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ from PIL import Image
 from sklearn.metrics import average_precision_score
 
 from clipalign import CLIP4DM, WordAlignment, load_model
-from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.datasets import load_synthetic
 from clipalign.datasets.base import MisalignmentItem
+from clipalign.models import MODEL_ALIASES
 from clipalign.settings import WordSettings
 from clipalign.synthetic import KINDS, write_dataset
 
@@ -52,8 +54,9 @@ DEFAULT_EPSILON = WordSettings().epsilon
 DEFAULT_LAYERS = WordSettings().layers
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = SYNTHETIC_CLIP
 RESULTS = Path(__file__).resolve().parent / "results" / "synthetic_layers"
+RESULTS_BY_ALIAS = {"synthetic": RESULTS, "synthetic-siglip": RESULTS.with_name("synthetic_layers_siglip")}
+"""Where each shipped synthetic model's table goes unless ``--out`` says otherwise."""
 NAMES = {"color": "colour", "shape": "shape", "size": "size", "position": "position"}
 
 
@@ -194,17 +197,25 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument(
+        "--model",
+        default="synthetic",
+        help="a shipped alias (synthetic, synthetic-siglip) or a checkpoint folder (default: synthetic)",
+    )
     parser.add_argument("--scenes", type=int, default=400, help="held-out scenes (5 pairs each)")
     parser.add_argument("--seed", type=int, default=2, help="held-out seed (training used 0, validation 1)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS, help="output path without suffix")
+    parser.add_argument("--out", type=Path, help="output path without suffix (default: by --model)")
     args = parser.parse_args(argv)
+    path = MODEL_ALIASES.get(args.model, Path(args.model))
+    out = args.out or RESULTS_BY_ALIAS.get(args.model)
+    if out is None:
+        parser.error(f"--out is needed for a model other than {', '.join(RESULTS_BY_ALIAS)}")
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["python benchmarks/eval_synthetic_layers.py", *map(shlex.quote, given)])
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, device="cpu")
+    model = load_model(path, device="cpu")
     image_size = model.model.config.vision_config.image_size
     with tempfile.TemporaryDirectory() as tmp:
         annotations = write_dataset(tmp, args.scenes, args.seed, image_size)
@@ -227,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": command,
         "model": {
-            "path": str(args.model.resolve().relative_to(REPO))
-            if args.model.resolve().is_relative_to(REPO)
-            else str(args.model),
+            "path": str(path.resolve().relative_to(REPO))
+            if path.resolve().is_relative_to(REPO)
+            else str(path),
             "text_layers": model.num_text_layers,
         },
         "data": {
@@ -257,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    args.out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
-    print(f"wrote {args.out.with_suffix('.json')} and .md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+    print(f"wrote {out.with_suffix('.json')} and .md")
     return 0
 
 

@@ -6,12 +6,19 @@ pointing-synthetic`` (pointing game) with the default interaction settings and w
 with the committed ``src/clipalign/checkpoints/synthetic-clip``, and tabulates them beside their
 baselines in ``benchmarks/results/synthetic_world.{md,json}``, with the code version and every run's
 settings. Usage: ``python benchmarks/eval_synthetic_world.py``.
+
+``--model synthetic-siglip`` runs the same on the committed synthetic SigLIP (sigmoid loss) and writes
+``benchmarks/results/synthetic_world_siglip.{md,json}``; another shipped alias ``synthetic-X`` writes
+``synthetic_world_X``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,18 +26,15 @@ from typing import Any
 import numpy as np
 from common import REPO, machine_info, write_results
 
-from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.cli.main import main as clipalign
 from clipalign.datasets import load_synthetic
 from clipalign.datasets.base import MisalignmentItem
 from clipalign.evaluation.authors import target_of
 from clipalign.evaluation.report import AUTHORS
+from clipalign.models import MODEL_ALIASES
 from clipalign.synthetic import write_dataset
 from clipalign.text import split_words
 
-MODEL = SYNTHETIC_CLIP
-MODEL_NAME = str(MODEL.relative_to(REPO)) if MODEL.is_relative_to(REPO) else str(MODEL)
-"""The model as the results name it: relative to the repository, so no local path is committed."""
 SCENES, SEED = 200, 2
 LAYERS = (3, 4)
 POINTING = {"defaults": [], "--exclip": ["--exclip"]}
@@ -46,11 +50,21 @@ def code_version() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(git("status", "--porcelain").strip())}
 
 
-def evaluate(benchmark: str, common: list[str], extra: list[str], out: Path) -> dict[str, Any]:
-    """One ``clipalign eval`` run; its report.json, the model named by :data:`MODEL_NAME`."""
+def model_name(model: Path) -> str:
+    """The model as the results name it: relative to the repository, so no local path is committed."""
+    return str(model.relative_to(REPO)) if model.is_relative_to(REPO) else str(model)
+
+
+def results_stem(alias: str) -> str:
+    """``synthetic_world`` for the synthetic CLIP, ``synthetic_world_X`` for the shipped ``synthetic-X``."""
+    return "synthetic_world" + ("" if alias == "synthetic" else "_" + alias.removeprefix("synthetic-"))
+
+
+def evaluate(benchmark: str, common: list[str], extra: list[str], out: Path, name: str) -> dict[str, Any]:
+    """One ``clipalign eval`` run; its report.json, the model named ``name``."""
     assert clipalign(["eval", benchmark, *common, *extra]) == 0
     report = json.loads((out / benchmark / "report.json").read_text())
-    report["settings"]["model"] = MODEL_NAME
+    report["settings"]["model"] = name
     return report
 
 
@@ -131,27 +145,40 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODEL_ALIASES),
+        default="synthetic",
+        help="a checkpoint that ships with clipalign (default: synthetic, the synthetic CLIP)",
+    )
+    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    model = MODEL_ALIASES[args.model]
+    name = model_name(model)
     with tempfile.TemporaryDirectory() as tmp:
         annotations = write_dataset(Path(tmp) / "data", n=SCENES, seed=SEED)
         images = annotations.parent / "images"
         out = Path(tmp) / "out"
-        common = ["--annotations", str(annotations), "--images", str(images), "--model", str(MODEL)]
+        common = ["--annotations", str(annotations), "--images", str(images), "--model", str(model)]
         common += ["--out", str(out), "--no-progress"]
         words = {
-            str(layers): evaluate("synthetic", common, ["--layers", str(layers)], out) for layers in LAYERS
+            str(layers): evaluate("synthetic", common, ["--layers", str(layers)], out, name)
+            for layers in LAYERS
         }
         pointing = {
-            label: evaluate("pointing-synthetic", common, extra, out) for label, extra in POINTING.items()
+            label: evaluate("pointing-synthetic", common, extra, out, name)
+            for label, extra in POINTING.items()
         }
         items = load_synthetic(annotations, images)
     foils = [it for it in items if not it.aligned]
     keep = ("settings", "headline", "metrics", "seconds")
     report = {
-        "command": "python benchmarks/eval_synthetic_world.py",
+        "command": " ".join(["python benchmarks/eval_synthetic_world.py", *map(shlex.quote, given)]),
         "code": code_version(),
         "machine": machine_info(),
-        "model": MODEL_NAME,
+        "model": name,
         "data": {
             "scenes": SCENES,
             "seed": SEED,
@@ -166,7 +193,7 @@ def main() -> None:
         "word_level": {k: {f: r[f] for f in keep} for k, r in words.items()},
         "pointing": {k: {f: r[f] for f in keep} for k, r in pointing.items()},
     }
-    write_results("synthetic_world", report, markdown(report))
+    write_results(results_stem(args.model), report, markdown(report))
 
 
 if __name__ == "__main__":

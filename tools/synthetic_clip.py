@@ -15,7 +15,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    BaseImageProcessor,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from clipalign.synthetic import generate_scenes
 from clipalign.testing import CLIP_BOS, CLIP_EOS, CLIP_VOCAB_SIZE
@@ -79,16 +87,10 @@ def build_config(cfg: TrainConfig) -> CLIPConfig:
     return config
 
 
-def init_vision_positions(model: CLIPModel, scale: float) -> None:
-    """Initialise the (still learned) vision position embeddings with a 2-D sine-cosine pattern of
-    amplitude ``scale`` instead of N(0, 0.02) noise, so that where an object is shows from the first step
-    (the default init is ~10× weaker than patch content; position words were then not learned in budget).
-    The CLS position stays zero. ``scale`` 0 keeps Hugging Face's init."""
-    if scale == 0:
-        return
-    emb = model.vision_model.embeddings
-    width = emb.position_embedding.weight.shape[1]
-    side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+def sincos_table(side: int, width: int) -> torch.Tensor:
+    """A 2-D sine-cosine position pattern for a ``side``×``side`` patch grid, row-major (side², width),
+    float64: sin and cos of each patch's row then column at ``width // 4`` frequencies 16^(−k/quarter),
+    the columns past ``4 · (width // 4)`` zero."""
     quarter = width // 4
     omega = 16.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
     rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
@@ -96,8 +98,23 @@ def init_vision_positions(model: CLIPModel, scale: float) -> None:
     for coord in (rows.reshape(-1), cols.reshape(-1)):
         angle = coord[:, None].double() * omega[None]
         parts += [angle.sin(), angle.cos()]
+    table = torch.zeros(side * side, width, dtype=torch.float64)
+    table[:, : 4 * quarter] = torch.cat(parts, dim=1)
+    return table
+
+
+def init_vision_positions(model: CLIPModel, scale: float) -> None:
+    """Initialise the (still learned) vision position embeddings with a 2-D sine-cosine pattern of
+    amplitude ``scale`` (:func:`sincos_table`) instead of N(0, 0.02) noise, so that where an object is
+    shows from the first step (the default init is ~10× weaker than patch content; position words were
+    then not learned in budget). The CLS position stays zero. ``scale`` 0 keeps Hugging Face's init."""
+    if scale == 0:
+        return
+    emb = model.vision_model.embeddings
+    width = emb.position_embedding.weight.shape[1]
+    side = model.config.vision_config.image_size // model.config.vision_config.patch_size
     table = torch.zeros(1 + side * side, width, dtype=torch.float64)
-    table[1:, : 4 * quarter] = torch.cat(parts, dim=1)
+    table[1:] = sincos_table(side, width)
     with torch.no_grad():
         emb.position_embedding.weight.copy_(scale * table)
 
@@ -169,17 +186,90 @@ def image_features(model: CLIPModel, pixels: torch.Tensor) -> torch.Tensor:
     return F.normalize(model.visual_projection(pooled), dim=-1)
 
 
-def save(model: CLIPModel, cfg: TrainConfig, out: Path) -> None:
-    """fp16 safetensors + the tokenizer's vocab/merges (1.5 MB; a saved tokenizer.json would add 3.6 MB)
-    + the image processor config."""
+def contrastive_loss(
+    model: CLIPModel, pixels: torch.Tensor, texts: Texts, batch: int, hard_weight: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """CLIP loss with each image's foils as extra negatives.
+
+    ``texts`` holds the B true captions then K foils per image (image-major). image→text: cross-entropy
+    over all (1 + K)·B captions; text→image: over the B images; hard: each image against only its own true
+    caption and its K foils.
+    """
+    img = image_features(model, pixels)
+    txt = text_features(model, texts)
+    scale = model.logit_scale.exp().clamp(max=100.0)
+    target = torch.arange(batch)
+    logits = scale * img @ txt.T  # (B, (1 + K)·B)
+    i2t = F.cross_entropy(logits, target)
+    t2i = F.cross_entropy(logits[:, :batch].T, target)
+    own_foils = logits[:, batch:].reshape(batch, batch, -1)[target, target]  # (B, 4)
+    own = torch.cat([logits[target, target][:, None], own_foils], dim=1)
+    hard = F.cross_entropy(own, torch.zeros(batch, dtype=torch.long))
+    loss = (i2t + t2i) / 2 + hard_weight * hard
+    return loss, {"loss": loss.item(), "i2t": i2t.item(), "t2i": t2i.item(), "hard": hard.item()}
+
+
+class ClipFamily:
+    """The CLIP side of the training script: the shared CLIP tokenizer, the model, encoded captions,
+    embeddings, the contrastive loss and saving, for one :class:`TrainConfig`."""
+
+    name = "clip"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+        check_encoding(self.tokenizer)
+        self.processor = image_processor(cfg.image_size)
+
+    def build(self) -> CLIPModel:
+        """A fresh model (torch's RNG, seeded by the caller), vision positions at the sine-cosine init."""
+        model = CLIPModel(build_config(self.cfg))
+        init_vision_positions(model, self.cfg.pos_init)
+        return model
+
+    def encode(self, captions: list[str]) -> Texts:
+        return encode_texts(self.tokenizer, captions)
+
+    @staticmethod
+    def text_features(model: CLIPModel, texts: Texts) -> torch.Tensor:
+        return text_features(model, texts)
+
+    @staticmethod
+    def image_features(model: CLIPModel, pixels: torch.Tensor) -> torch.Tensor:
+        return image_features(model, pixels)
+
+    def loss(
+        self, model: CLIPModel, pixels: torch.Tensor, texts: Texts, batch: int, hard_weight: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return contrastive_loss(model, pixels, texts, batch, hard_weight)
+
+    def save(self, model: CLIPModel, out: Path) -> None:
+        save(model, self.cfg, out)
+
+    def close(self) -> None:
+        """Nothing to clean up."""
+
+
+def save_checkpoint(
+    model: PreTrainedModel, out: Path, files: list[Path], processor: BaseImageProcessor
+) -> None:
+    """A fresh ``out``: the weights in fp16 safetensors (the model is put back in fp32), a copy of each of
+    ``files`` (the tokenizer's) and the image processor config."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model.to(torch.float16).save_pretrained(out)
     model.to(torch.float32)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(TOKENIZER_DIR / name, out / name)
-    image_processor(cfg.image_size).save_pretrained(out)
+    for path in files:
+        shutil.copyfile(path, out / path.name)
+    processor.save_pretrained(out)
+
+
+def save(model: CLIPModel, cfg: TrainConfig, out: Path) -> None:
+    """fp16 safetensors + the tokenizer's vocab/merges (1.5 MB; a saved tokenizer.json would add 3.6 MB)
+    + the image processor config."""
+    files = [TOKENIZER_DIR / name for name in TOKENIZER_FILES]
+    save_checkpoint(model, out, files, image_processor(cfg.image_size))
 
 
 def dir_size(path: Path) -> int:

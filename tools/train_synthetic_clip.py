@@ -10,7 +10,13 @@ N(0, 0.02) init the position words were still at chance after 1,500 steps.
 A held-out set (``--val-seed``) reports retrieval accuracy true-vs-foil (does the true caption score above
 each of its foils?) during and after training. From the repository root:
 
-    python tools/train_synthetic_clip.py            # defaults: the committed model
+    python tools/train_synthetic_clip.py                    # defaults: the committed model
+    python tools/train_synthetic_clip.py --family siglip    # the committed synthetic SigLIP
+
+``--family siglip`` trains a ``SiglipModel`` instead, with SigLIP's sigmoid loss, a tokenizer trained
+offline on the synthetic words and the same data, schedule and sizes (see ``synthetic_siglip.py``); it
+goes to ``src/clipalign/checkpoints/synthetic-siglip`` (``clipalign.checkpoints.SYNTHETIC_SIGLIP``), its
+log to ``benchmarks/results/synthetic_training_siglip.{json,md}``.
 
 By default the model goes to ``src/clipalign/checkpoints/synthetic-clip``, the checkpoint the package ships
 (``clipalign.checkpoints.SYNTHETIC_CLIP``). It is saved in fp16 (``save_pretrained``, safetensors) with
@@ -37,22 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from synthetic_clip import (
-    TOKENIZER_DIR,
-    Pixels,
-    Texts,
-    TrainConfig,
-    build_config,
-    check_encoding,
-    dir_size,
-    encode_texts,
-    image_features,
-    image_processor,
-    init_vision_positions,
-    save,
-    text_features,
-)
-from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
+from synthetic_clip import ClipFamily, Pixels, TrainConfig, dir_size
+from synthetic_siglip import SiglipFamily, SiglipTrainConfig, write_siglip_readme
 
 from clipalign import CLIP4DM, WordAlignment, load_model
 from clipalign.models.base import ClipAdapter
@@ -61,8 +53,19 @@ from clipalign.testing import CLIP_VOCAB_SIZE, cpu_model
 from clipalign.text.alignment import DEFAULT_TEMPLATE
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "src" / "clipalign" / "checkpoints" / "synthetic-clip"
+CHECKPOINTS = REPO / "src" / "clipalign" / "checkpoints"
 RESULTS_DIR = REPO / "benchmarks" / "results"
+FAMILIES: dict[str, tuple[type[TrainConfig], Any, Path, Path]] = {
+    "clip": (TrainConfig, ClipFamily, CHECKPOINTS / "synthetic-clip", RESULTS_DIR / "synthetic_training"),
+    "siglip": (
+        SiglipTrainConfig,
+        SiglipFamily,
+        CHECKPOINTS / "synthetic-siglip",
+        RESULTS_DIR / "synthetic_training_siglip",
+    ),
+}
+"""``--family`` → its settings class, its model side (tokenizer, model, loss, saving; see
+:class:`synthetic_clip.ClipFamily`), its default checkpoint folder and its default log path."""
 
 EXTRA_KINDS = ("position", "shape", "size", "color")
 """Kinds of the extra training foils, in order (the hardest to learn first)."""
@@ -89,29 +92,6 @@ def batch_captions(
     return [s.caption for s in scenes], foils
 
 
-def contrastive_loss(
-    model: CLIPModel, pixels: torch.Tensor, texts: Texts, batch: int, hard_weight: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """CLIP loss with each image's foils as extra negatives.
-
-    ``texts`` holds the B true captions then K foils per image (image-major). image→text: cross-entropy
-    over all (1 + K)·B captions; text→image: over the B images; hard: each image against only its own true
-    caption and its K foils.
-    """
-    img = image_features(model, pixels)
-    txt = text_features(model, texts)
-    scale = model.logit_scale.exp().clamp(max=100.0)
-    target = torch.arange(batch)
-    logits = scale * img @ txt.T  # (B, (1 + K)·B)
-    i2t = F.cross_entropy(logits, target)
-    t2i = F.cross_entropy(logits[:, :batch].T, target)
-    own_foils = logits[:, batch:].reshape(batch, batch, -1)[target, target]  # (B, 4)
-    own = torch.cat([logits[target, target][:, None], own_foils], dim=1)
-    hard = F.cross_entropy(own, torch.zeros(batch, dtype=torch.long))
-    loss = (i2t + t2i) / 2 + hard_weight * hard
-    return loss, {"loss": loss.item(), "i2t": i2t.item(), "t2i": t2i.item(), "hard": hard.item()}
-
-
 def retrieval(cosines: np.ndarray) -> dict[str, float]:
     """True-vs-foil retrieval from cosines (N, 1 + 4): true caption first, then the foils of ``KINDS``."""
     wins = cosines[:, :1] > cosines[:, 1:]
@@ -122,16 +102,16 @@ def retrieval(cosines: np.ndarray) -> dict[str, float]:
 
 @torch.no_grad()
 def validation_cosines(
-    model: CLIPModel, tokenizer: PreTrainedTokenizerBase, pixels: torch.Tensor, scenes: list[Scene]
+    family: Any, model: torch.nn.Module, pixels: torch.Tensor, scenes: list[Scene]
 ) -> np.ndarray:
     """Cosines of each validation image with its true caption and its 4 foils, (N, 5)."""
     model.eval()
     rows = []
     for lo in range(0, len(scenes), 100):
         chunk = scenes[lo : lo + 100]
-        img = image_features(model, pixels[lo : lo + 100])
+        img = family.image_features(model, pixels[lo : lo + 100])
         captions = [c for s in chunk for c in (s.caption, *(f.caption for f in s.foils))]
-        txt = text_features(model, encode_texts(tokenizer, captions)).reshape(len(chunk), 5, -1)
+        txt = family.text_features(model, family.encode(captions)).reshape(len(chunk), 5, -1)
         rows.append(torch.einsum("nd,nkd->nk", img, txt).numpy())
     model.train()
     return np.concatenate(rows)
@@ -173,6 +153,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def temperature(model: torch.nn.Module) -> dict[str, float]:
+    """The learned temperature exp(logit_scale), and SigLIP's learned bias where the model has one."""
+    out = {"logit_scale": model.logit_scale.exp().item()}
+    if hasattr(model, "logit_bias"):
+        out["logit_bias"] = model.logit_bias.item()
+    return out
 
 
 def write_readme(out: Path, cfg: TrainConfig, summary: dict[str, Any], command: str) -> None:
@@ -228,46 +216,94 @@ Layer-by-layer detection results: `benchmarks/results/synthetic_layers.md`.
     (out / "README.md").write_text(text, encoding="utf-8")
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW, weight decay on the matrices other than embeddings only."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+
+
+def train_step(
+    family: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    to_pixels: Pixels,
+    cfg: TrainConfig,
+    step: int,
+) -> dict[str, float]:
+    """One step on training scenes ``step · batch .. (step + 1) · batch − 1`` of ``cfg.seed``: the
+    family's loss on their images, true captions and foils, then a clipped AdamW update. Returns the
+    loss and its parts."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    scenes = generate_scenes(cfg.batch_size, cfg.seed, cfg.image_size, start=step * cfg.batch_size)
+    pixels = to_pixels([s.render() for s in scenes])
+    true, foils = batch_captions(scenes, cfg.seed, step * cfg.batch_size, cfg.extra_foils)
+    texts = family.encode(true + foils)
+    loss, parts = family.loss(model, pixels, texts, len(scenes), cfg.hard_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return parts
+
+
+def seed_everything(cfg: TrainConfig) -> bool:
+    """One thread count, ``torch.manual_seed(cfg.seed)``, deterministic algorithms where torch has them
+    (returns whether it does)."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    try:
+        torch.use_deterministic_algorithms(True)
+    except RuntimeError:  # pragma: no cover
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
-    defaults = TrainConfig()
+    given = sys.argv[1:] if argv is None else argv
+    chooser = argparse.ArgumentParser(add_help=False)
+    chooser.add_argument("--family", choices=sorted(FAMILIES), default="clip")
+    family_name = chooser.parse_known_args(given)[0].family
+    config_class, family_class, default_out, default_log = FAMILIES[family_name]
+    defaults = config_class()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--family",
+        choices=sorted(FAMILIES),
+        default="clip",
+        help="clip: CLIPModel, contrastive loss (the default, synthetic-clip); "
+        "siglip: SiglipModel, sigmoid loss (synthetic-siglip)",
+    )
     for name, value in asdict(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--log", type=Path, default=RESULTS_DIR / "synthetic_training")
+    parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--log", type=Path, default=default_log)
     parser.add_argument(
         "--rewrite-docs",
         action="store_true",
         help="only rewrite the model README and the log table from the log's JSON (no training)",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(given)
+    readme = write_siglip_readme if family_name == "siglip" else write_readme
     if args.rewrite_docs:
         summary = json.loads(args.log.with_suffix(".json").read_text(encoding="utf-8"))
-        write_readme(args.out, TrainConfig(**summary["config"]), summary, summary["command"])
+        readme(args.out, config_class(**summary["config"]), summary, summary["command"])
         args.log.with_suffix(".md").write_text(training_table(summary), encoding="utf-8")
         return 0
-    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
-    command = " ".join(
-        [
-            "python tools/train_synthetic_clip.py",
-            *map(shlex.quote, sys.argv[1:] if argv is None else argv),
-        ]
-    )
+    cfg = config_class(**{k: getattr(args, k) for k in asdict(defaults)})
+    command = " ".join(["python tools/train_synthetic_clip.py", *map(shlex.quote, given)])
     start = time.perf_counter()
 
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    try:
-        torch.use_deterministic_algorithms(True)
-        deterministic = True
-    except RuntimeError:  # pragma: no cover
-        deterministic = False
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    check_encoding(tokenizer)
-    processor = image_processor(cfg.image_size)
-    to_pixels = Pixels(processor)
-    model = CLIPModel(build_config(cfg))
-    init_vision_positions(model, cfg.pos_init)
+    deterministic = seed_everything(cfg)
+    family = family_class(cfg)
+    to_pixels = Pixels(family.processor)
+    model = family.build()
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters; config {asdict(cfg)}", flush=True)
@@ -275,44 +311,29 @@ def main(argv: list[str] | None = None) -> int:
     val_scenes = generate_scenes(cfg.val_scenes, cfg.val_seed, cfg.image_size)
     val_images = [s.render() for s in val_scenes]
     val_pixels = to_pixels(val_images)
-    reference = processor(images=val_images[:8], return_tensors="pt")["pixel_values"]
-    assert torch.allclose(val_pixels[:8], reference, atol=1e-5), "pixels differ from CLIPImageProcessorPil"
+    reference = family.processor(images=val_images[:8], return_tensors="pt")["pixel_values"]
+    assert torch.allclose(val_pixels[:8], reference, atol=1e-5), "pixels differ from the image processor"
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-    )
-
+    optimizer = make_optimizer(model, cfg)
     history: list[dict[str, Any]] = []
     losses: list[float] = []
     train_start = time.perf_counter()
     for step in range(cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        scenes = generate_scenes(cfg.batch_size, cfg.seed, cfg.image_size, start=step * cfg.batch_size)
-        pixels = to_pixels([s.render() for s in scenes])
-        true, foils = batch_captions(scenes, cfg.seed, step * cfg.batch_size, cfg.extra_foils)
-        texts = encode_texts(tokenizer, true + foils)
-        loss, parts = contrastive_loss(model, pixels, texts, len(scenes), cfg.hard_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        parts = train_step(family, model, optimizer, to_pixels, cfg, step)
         losses.append(parts["loss"])
         if step % 50 == 0 or step == cfg.steps - 1:
             elapsed = time.perf_counter() - train_start
+            terms = " ".join(f"{k} {v:.3f}" for k, v in parts.items() if k != "loss")
+            bias = getattr(model, "logit_bias", None)
             print(
-                f"step {step:5d}  loss {np.mean(losses[-50:]):.4f}  (i2t {parts['i2t']:.3f} "
-                f"t2i {parts['t2i']:.3f} hard {parts['hard']:.3f})"
-                f"  scale {model.logit_scale.exp().item():.1f}  lr {lr_at(step, cfg):.2e}  {elapsed:.0f} s",
+                f"step {step:5d}  loss {np.mean(losses[-50:]):.4f}  ({terms})"
+                f"  scale {model.logit_scale.exp().item():.1f}"
+                + (f"  bias {bias.item():.2f}" if bias is not None else "")
+                + f"  lr {lr_at(step, cfg):.2e}  {elapsed:.0f} s",
                 flush=True,
             )
         if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
-            acc = retrieval(validation_cosines(model, tokenizer, val_pixels, val_scenes))
+            acc = retrieval(validation_cosines(family, model, val_pixels, val_scenes))
             entry = {"step": step + 1, "loss": float(np.mean(losses[-50:])), **acc}
             entry["elapsed_s"] = time.perf_counter() - train_start
             history.append(entry)
@@ -323,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     train_s = time.perf_counter() - train_start
 
-    save(model, cfg, args.out)
+    family.save(model, args.out)
+    family.close()
     adapter = load_model(args.out, device="cpu")
     assert adapter.dtype == torch.float32
     final_retrieval = retrieval(adapter_cosines(adapter, val_scenes))
@@ -333,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     wall_s = time.perf_counter() - start
     summary: dict[str, Any] = {
         "command": command,
+        "family": family_name,
         "config": asdict(cfg),
         "deterministic_algorithms": deterministic,
         "parameters": n_params,
@@ -341,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": wall_s,
         "final_loss": float(np.mean(losses[-50:])),
         "history": history,
-        "final": {"retrieval": final_retrieval, "layers": layers, **final_la},
+        "final": {"retrieval": final_retrieval, "layers": layers, **final_la, **temperature(model)},
         "machine": {
             "cpu": cpu_model(),
             "torch": torch.__version__,
@@ -350,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         },
     }
-    write_readme(args.out, cfg, summary, command)
+    readme(args.out, cfg, summary, command)
     summary["size_bytes"] = dir_size(args.out)
     args.log.parent.mkdir(parents=True, exist_ok=True)
     args.log.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

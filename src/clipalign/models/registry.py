@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
-from clipalign.checkpoints import SYNTHETIC_CLIP
+from clipalign.checkpoints import SYNTHETIC_CLIP, SYNTHETIC_SIGLIP
 from clipalign.models.errors import ModelLoadError, UnsupportedModelError, check_local_path, check_supported
 from clipalign.settings import DEFAULT_MODEL
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from clipalign.models.base import ClipAdapter
 
-MODEL_ALIASES: dict[str, Path] = {"synthetic": SYNTHETIC_CLIP}
+MODEL_ALIASES: dict[str, Path] = {"synthetic": SYNTHETIC_CLIP, "synthetic-siglip": SYNTHETIC_SIGLIP}
 """Short names of the checkpoints that ship with clipalign (a folder of that name: pass ``./synthetic``)."""
 
 
