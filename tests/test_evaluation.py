@@ -228,7 +228,7 @@ def test_runner_records_failures_and_resumes_without_recomputing(adapter, items,
     assert by_id["a"]["refclipscore"] is not None and by_id["c"]["refclipscore"] is None
     calls.clear()
     score_misalignment(items, attributor, cache, progress=False)
-    assert calls == []
+    assert calls == [[items[3].caption, items[4].caption]]  # only the unreadable images are tried again
     changed = ResultCache(tmp_path / "cache", {**settings, "layers": 2})
     assert changed.path != cache.path and changed.load() == {}
     assert settings_key(settings) == settings_key(dict(reversed(list(settings.items()))))
