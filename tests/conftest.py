@@ -50,6 +50,26 @@ def adapter(tiny_model_dir: Path):
     return load_model(tiny_model_dir, device="cpu")
 
 
+@pytest.fixture(scope="module")
+def pointing_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A synthetic world of eight scenes (annotations file, images folder), written once per module: its
+    pointing game (``pointing-synthetic``) and its word benchmark (``synthetic``) read the same files."""
+    from clipalign.synthetic import write_dataset
+
+    annotations = write_dataset(tmp_path_factory.mktemp("synthetic"), 8, seed=1)
+    return annotations, annotations.parent / "images"
+
+
+def eval_pointing(world: tuple[Path, Path], model_dir: Path, out: Path, *extra: str) -> int:
+    """``clipalign eval pointing-synthetic`` on ``world`` with a 2-node quadrature; the exit status."""
+    from clipalign.cli.main import main
+
+    annotations, images = world
+    argv = ["eval", "pointing-synthetic", "--annotations", str(annotations), "--images", str(images)]
+    argv += ["--model", str(model_dir), "--out", str(out), "--no-progress", "--steps", "2", *extra]
+    return main(argv)
+
+
 def assert_close(x, y, where: str) -> None:
     """Nested rows (floats, lists, dicts) equal, floats to 1e-6: what two scans of the same input write."""
     if isinstance(x, float) and isinstance(y, float):

@@ -401,3 +401,30 @@ def test_report_table_keeps_every_header_and_number_whole_when_narrow(
             assert " F-CLIPScore " in text and " CLIPScore " in text
             for stat in ("mean", "p5", "p50", "p95"):
                 assert f"{summary['f_clipscore'][stat]:.4g}" in text
+
+
+@pytest.mark.parametrize("command", [["words", "--png", "{png}", "--json"], ["score", "--json"]])
+def test_the_image_file_is_decoded_once(
+    tiny_model_dir, photo, adapter, tmp_path, monkeypatch, capsys, command
+):
+    """``words`` (with a picture) and ``score`` read the image file once: the model scores the decoded
+    image, the picture draws it, and the output still names the file and equals scoring the path."""
+    import clipalign.images.loading as loading
+
+    reads: list[str] = []
+    original = loading._read_file
+
+    def counted(path, name, *args, **kwargs):
+        reads.append(name)
+        return original(path, name, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "_read_file", counted)
+    name, *options = (part.format(png=tmp_path / "w.png") for part in command)
+    assert main([name, photo, "a dog on a couch", "--model", str(tiny_model_dir), *options]) == 0
+    assert reads == [photo]
+    data = json.loads(capsys.readouterr().out)
+    monkeypatch.undo()
+    [expected] = CLIP4DM(adapter).attribute([photo], ["a dog on a couch"])
+    assert data["cosine"] == pytest.approx(expected.cosine, abs=1e-6)
+    if name == "words":
+        assert data["source"] == photo and data["words"] == [w.to_dict() for w in expected.words]

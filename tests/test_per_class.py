@@ -9,37 +9,26 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import eval_pointing
 from PIL import Image
 
 from clipalign.cli.main import main
 from clipalign.datasets import load_pointing_flickr30k, load_synthetic_pointing
 from clipalign.evaluation.runner import per_class_metrics, pointing_metrics
-from clipalign.synthetic import write_dataset
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    annotations = write_dataset(tmp_path_factory.mktemp("synthetic"), 8, seed=1)
-    return annotations, annotations.parent / "images"
-
-
-def _eval(synthetic, model_dir, out, *extra):
-    annotations, images = synthetic
-    argv = ["eval", "pointing-synthetic", "--annotations", str(annotations), "--images", str(images)]
-    argv += ["--model", str(model_dir), "--out", str(out), "--no-progress", "--steps", "2", *extra]
-    return main(argv)
 
 
 @pytest.mark.parametrize("key", [None, "color"])
-def test_each_class_equals_the_pointing_game_on_its_items(synthetic, tiny_model_dir, tmp_path, key, capsys):
+def test_each_class_equals_the_pointing_game_on_its_items(
+    pointing_world, tiny_model_dir, tmp_path, key, capsys
+):
     out = tmp_path / "out"
-    assert _eval(synthetic, tiny_model_dir, out, "--per-class", *([key] if key else [])) == 0
+    assert eval_pointing(pointing_world, tiny_model_dir, out, "--per-class", *([key] if key else [])) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "pointing-synthetic" / "report.json").read_text())
     per_class = report["metrics"]["per_class"]
     assert per_class["by"] == (key or "category")
 
-    annotations, images = synthetic
+    annotations, images = pointing_world
     items = load_synthetic_pointing(annotations, images)
     [cache] = (out / "pointing-synthetic" / "cache").glob("*.jsonl")
     records = {r["id"]: r for r in map(json.loads, cache.read_text().splitlines())}
@@ -97,11 +86,11 @@ def test_flickr30k_phrase_type_is_the_category(tmp_path):
     assert [it.meta["category"] for it in items] == ["people/other", "animals"]
 
 
-def test_unknown_keys_and_other_benchmarks_are_refused(synthetic, tiny_model_dir, tmp_path, capsys):
-    assert _eval(synthetic, tiny_model_dir, tmp_path / "out", "--per-class", "nope") == 1
+def test_unknown_keys_and_other_benchmarks_are_refused(pointing_world, tiny_model_dir, tmp_path, capsys):
+    assert eval_pointing(pointing_world, tiny_model_dir, tmp_path / "out", "--per-class", "nope") == 1
     err = capsys.readouterr().err
     assert "--per-class nope" in err and "color" in err and "\n" not in err.strip()
-    annotations, images = synthetic
+    annotations, images = pointing_world
     argv = ["eval", "synthetic", "--annotations", str(annotations), "--images", str(images), "--per-class"]
     assert main([*argv, "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
     assert "--per-class applies to the pointing games only" in capsys.readouterr().err

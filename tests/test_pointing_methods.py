@@ -11,33 +11,20 @@ import json
 
 import numpy as np
 import pytest
+from conftest import eval_pointing
 
 from clipalign import load_model
 from clipalign.attribution.baselines import get_baseline
 from clipalign.cli.main import main
 from clipalign.evaluation.benchmark import load_items
 from clipalign.evaluation.measures import pointing_game
-from clipalign.synthetic import write_dataset
-
-
-@pytest.fixture
-def synthetic(tmp_path):
-    annotations = write_dataset(tmp_path / "synthetic", 2, seed=0)
-    return annotations, annotations.parent / "images"
-
-
-def _eval(synthetic, model_dir, out, *extra):
-    annotations, images = synthetic
-    argv = ["eval", "pointing-synthetic", "--annotations", str(annotations), "--images", str(images)]
-    argv += ["--model", str(model_dir), "--out", str(out), "--no-progress", "--steps", "2", *extra]
-    return main(argv)
 
 
 def test_methods_are_scored_side_by_side_and_each_equals_its_own_pointing_game(
-    synthetic, tiny_model_dir, tmp_path, capsys
+    pointing_world, tiny_model_dir, tmp_path, capsys
 ):
     out = tmp_path / "out"
-    assert _eval(synthetic, tiny_model_dir, out, "--method", "interactions,maskclip,random") == 0
+    assert eval_pointing(pointing_world, tiny_model_dir, out, "--method", "interactions,maskclip,random") == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "pointing-synthetic" / "report.json").read_text())
     methods = report["metrics"]["methods"]
@@ -47,7 +34,7 @@ def test_methods_are_scored_side_by_side_and_each_equals_its_own_pointing_game(
     assert "maskclip" in printed
 
     # MaskCLIP's figures, recomputed plainly: its map of each phrase, the pointing game on it
-    annotations, images = synthetic
+    annotations, images = pointing_world
     items = load_items("pointing-synthetic", annotations, images)
     method = get_baseline("maskclip", load_model(tiny_model_dir, device="cpu"))
     hits, energies = [], []
@@ -63,20 +50,23 @@ def test_methods_are_scored_side_by_side_and_each_equals_its_own_pointing_game(
     # interactions alone: same cache key as before --method, so nothing is recomputed
     caches = sorted((out / "pointing-synthetic" / "cache").glob("*.jsonl"))
     assert len(caches) == 3
-    assert _eval(synthetic, tiny_model_dir, out) == 0
+    assert eval_pointing(pointing_world, tiny_model_dir, out) == 0
     alone = json.loads((out / "pointing-synthetic" / "report.json").read_text())
     assert alone["newly_scored"] == 0 and "methods" not in alone["metrics"]
     assert alone["metrics"]["accuracy"] == methods["interactions"]["accuracy"]
 
 
-def test_fixlip_is_a_pointing_method(synthetic, tiny_model_dir, tmp_path, monkeypatch):
+def test_fixlip_is_a_pointing_method(pointing_world, tiny_model_dir, tmp_path, monkeypatch):
     import clipalign.evaluation.benchmark as benchmark
     from clipalign.attribution.fixlip import FIxLIP
 
     # the authors' budget (2**20 game values) takes minutes per explanation on a CPU
     monkeypatch.setattr(benchmark, "FIxLIP", lambda model: FIxLIP(model, budget=2**10))
     out = tmp_path / "out"
-    assert _eval(synthetic, tiny_model_dir, out, "--method", "fixlip,interactions", "--limit", "2") == 0
+    assert (
+        eval_pointing(pointing_world, tiny_model_dir, out, "--method", "fixlip,interactions", "--limit", "2")
+        == 0
+    )
     report = json.loads((out / "pointing-synthetic" / "report.json").read_text())
     assert list(report["metrics"]["methods"]) == ["fixlip", "interactions"]
     assert report["settings"]["method"] == "fixlip"
@@ -85,13 +75,13 @@ def test_fixlip_is_a_pointing_method(synthetic, tiny_model_dir, tmp_path, monkey
 
 
 @pytest.mark.parametrize("method", ["nope", "interactions,interactions", ","])
-def test_unknown_or_repeated_methods_are_refused_before_loading(synthetic, tmp_path, method, capsys):
-    assert _eval(synthetic, tmp_path / "no-model", tmp_path / "out", "--method", method) == 1
+def test_unknown_or_repeated_methods_are_refused_before_loading(pointing_world, tmp_path, method, capsys):
+    assert eval_pointing(pointing_world, tmp_path / "no-model", tmp_path / "out", "--method", method) == 1
     assert "--method takes distinct names among" in capsys.readouterr().err
 
 
-def test_method_is_refused_outside_pointing_games(synthetic, capsys):
-    annotations, images = synthetic
+def test_method_is_refused_outside_pointing_games(pointing_world, capsys):
+    annotations, images = pointing_world
     argv = ["eval", "synthetic", "--annotations", str(annotations), "--images", str(images)]
     assert main([*argv, "--method", "maskclip"]) == 1
     assert "apply to pointing-* only" in capsys.readouterr().err

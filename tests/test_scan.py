@@ -304,3 +304,38 @@ def test_cli_scan_and_report(tiny_model_dir, folder, capsys):
     assert report["settings"]["model"] == str(tiny_model_dir)
     os.remove(out)
     assert main(["report", str(out)]) == 1
+
+
+def test_jpeg_draft_size_comes_from_the_model_input_and_is_off_without_a_fixed_one(
+    adapter, tmp_path, monkeypatch
+):
+    """``--jpeg-draft`` reduces a JPEG to twice the model input: CLIP's crop, SigLIP's square; NaFlex
+    SigLIP 2 keeps each image's aspect ratio (its pixels are patch rows, not an image), so no draft, and a
+    draft scan with it decodes every image whole."""
+    import clipalign.runners.local as local
+    from clipalign import load_model
+    from clipalign.testing import save_random_siglip, save_random_siglip2
+
+    siglip = load_model(save_random_siglip(tmp_path / "siglip", seed=0), device="cpu")
+    naflex = load_model(save_random_siglip2(tmp_path / "siglip2", seed=0), device="cpu")
+    side = siglip.image_geometry(10, 10).crop[2]
+    assert local.draft_size(adapter) == (64, 64) and local.draft_size(siglip) == (2 * side, 2 * side)
+    assert local.draft_size(naflex) is None
+
+    drafts = []
+    original = local.load_image
+
+    def spy(source, *, draft=None, **kwargs):
+        drafts.append(draft)
+        return original(source, draft=draft, **kwargs)
+
+    monkeypatch.setattr(local, "load_image", spy)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((96, 128, 3), 40 * i, dtype=np.uint8)).save(photos / f"{i}.jpg")
+    (tmp_path / "captions.json").write_text(json.dumps({"0.jpg": "a red ball", "1.jpg": "a blue cube"}))
+    samples = directory_samples(photos, tmp_path / "captions.json")
+    options = ScanSettings(workers=1, progress=False, jpeg_draft=True)
+    scan(samples, CLIP4DM(naflex, batch_size=2), tmp_path / "out.parquet", {"t": 1}, options=options)
+    assert drafts == [None, None]

@@ -273,10 +273,13 @@ def attribute_pair(
     """Score the one (image, caption) pair named on the command line; also return the decoded image.
 
     The settings, caption and image are checked before the model loads, so a mistake fails at once;
-    any failure of the pair itself becomes one error saying why (see :func:`run_guarded`).
+    any failure of the pair itself becomes one error saying why (see :func:`run_guarded`). The image is
+    decoded once: the model scores the decoded image, and the result names the file as given.
     """
+    from dataclasses import replace
+
     from clipalign.attribution import CLIP4DM
-    from clipalign.images import load_image
+    from clipalign.images import describe_source, load_image
     from clipalign.results import ItemError
     from clipalign.text import validate_caption
 
@@ -284,10 +287,10 @@ def attribute_pair(
     validate_caption(args.caption)
     image = load_image(args.image)
     model = open_model(model_spec(args))
-    [result] = CLIP4DM(model, settings=settings).attribute([args.image], [args.caption])
+    [result] = CLIP4DM(model, settings=settings).attribute([image], [args.caption])
     if isinstance(result, ItemError):
         raise PairError(result.error)
-    return model, settings, result, image
+    return model, settings, replace(result, source=describe_source(args.image)), image
 
 
 def check_output(path: str | None) -> None:

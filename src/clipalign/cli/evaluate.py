@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         nli_model=args.nli_model,
         progress=not args.no_progress,
         per_class=args.per_class,
+        loader=options,
     )
     reports = [outcome.md_path, outcome.json_path, *([outcome.chart_path] if outcome.chart_path else [])]
     _print(args.benchmark, outcome.metrics, reports, outcome.failures_path, spec.name)

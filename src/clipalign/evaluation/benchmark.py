@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,35 @@ FAILURES_FILE = "failures.jsonl"
 LOADER_OPTIONS = ("prompts", "instances", "split", "karpathy")
 """Extra options some loaders take: ``prompts=`` (richhf); ``instances=``, ``karpathy=`` (pointing-coco);
 ``split=`` (pointing-flickr30k, pointing-coco)."""
+
+
+PATH_OPTIONS = frozenset({"prompts", "instances", "karpathy"})
+"""The loader options that name files: keyed by their resolved path, wherever the run starts from."""
+
+
+def loader_key(options: Mapping[str, str | Path | None] | None) -> dict[str, str]:
+    """The loader options that were given, as they enter a cache key: they change which items exist or
+    what they hold (COCO's split, its instances' boxes, Rich-HF's prompts), so results under one set of
+    options must not be reused under another. Options not given add nothing, so older caches keep their key.
+    """
+    given = {name: value for name, value in (options or {}).items() if value}
+    unknown = sorted(set(given) - set(LOADER_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"not a loader option: {', '.join(unknown)} (choose from {', '.join(LOADER_OPTIONS)})"
+        )
+    return {
+        name: str(Path(value).resolve()) if name in PATH_OPTIONS else str(value)
+        for name, value in sorted(given.items())
+    }
+
+
+def cache_settings(
+    benchmark: str, settings: dict[str, Any], loader: Mapping[str, str | Path | None] | None
+) -> dict[str, Any]:
+    """A cache's key settings: the benchmark, ``settings`` and, when any was given, the loader options."""
+    key = loader_key(loader)
+    return {"benchmark": benchmark, **settings, **({"loader": key} if key else {})}
 
 
 def is_pointing(benchmark: str) -> bool:
@@ -136,6 +165,7 @@ def run_benchmark(
     nli_model: str | None = None,
     progress: bool = True,
     per_class: str | None = None,
+    loader: Mapping[str, str | Path | None] | None = None,
 ) -> BenchmarkRun:
     """Score ``items`` with ``model`` into ``out/benchmark/`` (cache + report.json + report.md).
 
@@ -145,6 +175,8 @@ def run_benchmark(
     first is the report's headline, and with more than one ``metrics["methods"]`` holds each one's.
     ``per_class`` names the item ``meta`` key of a pointing game's classes: ``metrics["per_class"]``
     then holds the headline method's metrics per class, also drawn as bars in ``per_class.png``.
+    ``loader`` holds the options ``items`` were loaded with (:data:`LOADER_OPTIONS`): the given ones are
+    part of every cache key (:func:`loader_key`).
     """
     directory = Path(out) / benchmark
     if per_class is not None:
@@ -157,9 +189,10 @@ def run_benchmark(
         by_method: dict[str, list[Record]] = {}
         for name in methods:
             method = pointing_method(name, model, method_settings)
-            keyed = {"benchmark": benchmark, **spec.to_dict(), **method.settings.to_dict()}
+            method_keys = {**spec.to_dict(), **method.settings.to_dict()}
             if name != "interactions":  # interactions keep the cache key they had before --method
-                keyed["method"] = name
+                method_keys["method"] = name
+            keyed = cache_settings(benchmark, method_keys, loader)
             method_cache = ResultCache(directory / "cache", keyed)
             if name == methods[0]:  # the report's headline method
                 settings, cache, before = keyed, method_cache, len(method_cache.load())
@@ -173,7 +206,7 @@ def run_benchmark(
             metrics["per_class"] = per_class_metrics(pointing_items, records, per_class)
     else:
         word_settings = words or WordSettings(**default_word_settings(benchmark))
-        cache = word_cache(out, benchmark, spec, word_settings)
+        cache = word_cache(out, benchmark, spec, word_settings, loader=loader)
         settings = cache.settings
         before = len(cache.load())
         attributor = CLIP4DM(model, settings=word_settings)
@@ -233,10 +266,18 @@ def check_class_key(items: Sequence[MisalignmentItem | PointingItem], key: str) 
         )
 
 
-def word_cache(out: str | Path, benchmark: str, spec: ModelSpec, words: WordSettings) -> ResultCache:
+def word_cache(
+    out: str | Path,
+    benchmark: str,
+    spec: ModelSpec,
+    words: WordSettings,
+    *,
+    loader: Mapping[str, str | Path | None] | None = None,
+) -> ResultCache:
     """The per-item cache of a word-level benchmark under ``out/benchmark/cache``, keyed by the benchmark,
-    the model and the word settings: ``clipalign eval`` and ``clipalign sweep`` share it."""
-    settings = {"benchmark": benchmark, **spec.to_dict(), **words.to_dict()}
+    the model, the word settings and the loader options given: ``clipalign eval`` and ``clipalign sweep``
+    share it."""
+    settings = cache_settings(benchmark, {**spec.to_dict(), **words.to_dict()}, loader)
     return ResultCache(Path(out) / benchmark / "cache", settings)
 
 

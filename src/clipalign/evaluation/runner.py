@@ -50,7 +50,7 @@ LEGACY_KEYS = {"scores": "word_scores", "misaligned": "word_misaligned"}
 """Record keys written by clipalign 0.1.0 → their names in :func:`clipalign.results.word_row`."""
 
 
-def _upgrade(record: Record) -> Record:
+def upgrade_record(record: Record) -> Record:
     """A cached record under today's key names (records written by 0.1.0 are read, not recomputed)."""
     return {LEGACY_KEYS.get(k, k): v for k, v in record.items()}
 
@@ -79,7 +79,7 @@ def score_misalignment(
     An item with a ``problem`` (unusable annotations) is not scored: its record is a failure with that
     reason, not cached, so fixed annotations are scored on the next run.
     """
-    done = {key: _upgrade(record) for key, record in cache.load().items()}
+    done = {key: upgrade_record(record) for key, record in cache.load().items()}
     for item in items:
         if item.problem is not None:
             done[item.id] = {"id": item.id, "error": item.problem}

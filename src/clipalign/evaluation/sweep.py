@@ -38,7 +38,12 @@ from clipalign.evaluation.benchmark import (
 )
 from clipalign.evaluation.cache import ResultCache
 from clipalign.evaluation.measures import PositiveClass, average_precision
-from clipalign.evaluation.runner import Record, _upgrade, misalignment_metrics, score_misalignment
+from clipalign.evaluation.runner import (
+    Record,
+    misalignment_metrics,
+    score_misalignment,
+    upgrade_record,
+)
 from clipalign.metrics.functional import f_clip_score
 from clipalign.models.base import ClipAdapter
 from clipalign.results import Word, WordAlignment, eligible, word_row
@@ -262,7 +267,7 @@ def _found_in(caches: Sequence[ResultCache], ids: set[str]) -> dict[str, Record]
     for cache in caches:
         for key, record in cache.load().items():
             if key in ids and key not in found:
-                (found if record.get("error") is None else failed)[key] = _upgrade(record)
+                (found if record.get("error") is None else failed)[key] = upgrade_record(record)
         if len(found) == len(ids):
             break
     return {**failed, **found}
@@ -308,7 +313,7 @@ def group_records(
     base = score_misalignment(items, attributor, first, progress=progress)
     records = {first_epsilon: base}
     for epsilon in epsilons[1:]:
-        have = {key: _upgrade(record) for key, record in caches[epsilon].load().items()}
+        have = {key: upgrade_record(record) for key, record in caches[epsilon].load().items()}
         pending = [
             (it, r) for it, r in zip(items, base, strict=True) if it.problem is None and it.id not in have
         ]

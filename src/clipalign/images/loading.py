@@ -47,6 +47,11 @@ _SPECIAL_FILES = (
 )
 
 
+READ_FAILURE = "cannot read image"
+"""Part of every message about a file (or bytes) that could not be read: missing, not a regular file, not
+an image, truncated, unreadable. Unlike the other load errors it may pass once the file is fixed."""
+
+
 class ImageLoadError(ValueError):
     """An input that cannot be turned into an RGB image; the message starts with ``describe_source``."""
 
@@ -115,7 +120,7 @@ def _require_regular_file(path: str | os.PathLike[str], name: str) -> None:
         raise _read_error(name, IsADirectoryError(path))
     if not stat.S_ISREG(mode):
         kind = next((k for test, k in _SPECIAL_FILES if test(mode)), "special file")
-        raise ImageLoadError(f"{name}: cannot read image: not a regular file (a {kind})")
+        raise ImageLoadError(f"{name}: {READ_FAILURE}: not a regular file (a {kind})")
 
 
 def _check_aspect(width: int, height: int, name: str, max_aspect_ratio: float | None) -> None:
@@ -169,7 +174,7 @@ def _read_error(name: str, exc: Exception) -> ImageLoadError:
         reason = message.splitlines()[0] if message else type(exc).__name__
     if isinstance(exc, Image.DecompressionBombError):
         reason += " (raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted)"
-    return ImageLoadError(f"{name}: cannot read image: {reason}")
+    return ImageLoadError(f"{name}: {READ_FAILURE}: {reason}")
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:

@@ -26,7 +26,7 @@ from clipalign.attribution.feeding import prepared_ahead
 from clipalign.attribution.inputs import reason
 from clipalign.attribution.words import CLIP4DM, PreparedBatch
 from clipalign.images import load_image
-from clipalign.models.base import ClipAdapter
+from clipalign.models.base import ClipAdapter, StatesAdapter
 from clipalign.results import ItemError, WordAlignment, word_row
 from clipalign.runners.output import PartWriter, writing
 from clipalign.runners.schema import METADATA_KEY as METADATA_KEY
@@ -151,10 +151,20 @@ def score_batch(attributor: CLIP4DM, samples: Sequence[Sample], loaded: Sequence
     return score_samples(attributor, prepare_samples(attributor, samples, loaded))
 
 
-def draft_size(model: ClipAdapter) -> tuple[int, int]:
+def draft_size(model: ClipAdapter) -> tuple[int, int] | None:
     """(width, height) a JPEG may be reduced to with ``--jpeg-draft``: twice the model input's sides, so the
-    processor still downsizes every drafted image (its resize target is at most the input size)."""
-    height, width = model.pixel_values([Image.new("RGB", (64, 64))]).shape[-2:]
+    processor still downsizes every drafted image (its resize target is at most the input size).
+
+    The input size is the crop of the adapter's image geometry. A model without a fixed input size (NaFlex
+    SigLIP 2 keeps each image's aspect ratio), or one that does not describe its geometry, has none to
+    bound the reduction by: None, no draft.
+    """
+    if not isinstance(model, StatesAdapter):
+        return None
+    sizes = {model.image_geometry(width, height).crop[2:] for width, height in ((64, 64), (256, 32))}
+    if len(sizes) > 1:
+        return None
+    [(width, height)] = sizes
     return 2 * width, 2 * height
 
 
