@@ -22,18 +22,17 @@ so the normal equations factor into one small solve per modality.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-from clipalign.attribution.inputs import item_error, pair_up
+from clipalign.attribution.inputs import PairMethod
 from clipalign.images import ImageInput, describe_source, load_image
 from clipalign.models.base import ClipAdapter, InteractionAdapter, TextInputs
-from clipalign.results import Completeness, Interactions, ItemError, TokenGroup
+from clipalign.results import Completeness, Interactions, TokenGroup
 from clipalign.settings import RUNTIME, _check_choice, _result_fields
 from clipalign.text.alignment import EncodedCaption
 
@@ -56,6 +55,9 @@ class FIxLIPSettings:
             ``token`` replaces its id with the filler of exCLIP's reference (id 0, ``!``).
         image_fill: the normalised pixel value of an absent patch (0 = the processor's mean colour).
         template: prefix read before the caption; its tokens are players too (none by default).
+        within: also estimate the within-modality interactions (token×token, patch×patch), fitting
+            the authors' full second-order model jointly (their default below 196 patches) instead of
+            the cross-modal one; see :func:`fit_second_order`.
         batch_size: coalitions per forward of each tower.
     """
 
@@ -67,6 +69,7 @@ class FIxLIPSettings:
     text_mask: TextMask = "attention"
     image_fill: float = 0.0
     template: str = ""
+    within: bool = False
     batch_size: int = field(default=64, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
@@ -80,12 +83,38 @@ class FIxLIPSettings:
             raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything but ``batch_size``."""
-        return _result_fields(self)
+        """Everything but ``batch_size``; ``within`` only when set, so that results cached before the
+        option existed (all cross-modal) keep their key."""
+        out = _result_fields(self)
+        if not self.within:
+            del out["within"]
+        return out
 
     def replace(self, **changes: Any) -> FIxLIPSettings:
         """A copy with some settings changed (validated again)."""
         return replace(self, **changes)
+
+
+@dataclass(frozen=True, eq=False)
+class WithinModality:
+    """FIxLIP's within-modality interactions: ``tokens`` (T, T) over every text position SOT…EOT (rows
+    and columns of SOT and EOT 0: not players) and ``patches`` (P, P) over the patches, row-major; both
+    symmetric, with a zero diagonal. Entry (a, b) is the weighted Banzhaf interaction of players a and b:
+    positive = the two raise the score together more than apart."""
+
+    tokens: np.ndarray = field(repr=False)
+    patches: np.ndarray = field(repr=False)
+
+    def strongest(self, which: Literal["tokens", "patches"], count: int) -> list[tuple[int, int, float]]:
+        """The ``count`` pairs (a < b) of ``which`` with the largest absolute interaction, largest first."""
+        matrix = self.tokens if which == "tokens" else self.patches
+        rows, cols = np.triu_indices(len(matrix), k=1)
+        order = np.argsort(-np.abs(matrix[rows, cols]), kind="stable")[:count]
+        return [(int(rows[k]), int(cols[k]), float(matrix[rows[k], cols[k]])) for k in order]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python types only."""
+        return {"tokens": self.tokens.tolist(), "patches": self.patches.tolist()}
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,9 +131,11 @@ class FIxLIPInteractions(Interactions):
     ``text_block`` = ``image_block`` = 0 (the inputs are masked), ``steps`` = game values evaluated,
     ``rule`` = ``"banzhaf"``, ``normalize`` = the game value (``logit`` or ``cosine``).
     ``token_values`` / ``patch_values`` are the first-order terms of the fit (per row / per patch),
-    ``baseline`` its intercept (≈ v(none)).
+    ``baseline`` its intercept (≈ v(none)). ``within`` holds the within-modality interactions when
+    they were asked for (:attr:`FIxLIPSettings.within`), else None.
     """
 
+    within: WithinModality | None = None
     token_values: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     patch_values: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     baseline: float = 0.0
@@ -124,6 +155,7 @@ class FIxLIPInteractions(Interactions):
             "text_coalitions": self.text_coalitions,
             "p": self.p,
             "seed": self.seed,
+            "within": self.within.to_dict() if self.within is not None else None,
         }
 
 
@@ -151,6 +183,110 @@ def fit_projection(coalitions: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(weighted @ design, weighted, rcond=None)[0]
 
 
+MAX_SECOND_ORDER_TERMS = 8192
+"""The most coefficients :func:`fit_second_order` solves for (its normal equations are that squared, in
+float64: 512 MiB); 49 patches and 30 tokens need 2,740 (the authors fit this model up to 64 patches)."""
+
+
+@dataclass(frozen=True)
+class SecondOrderFit:
+    """The coefficients of v ≈ β₀ + Σ βᵢ sᵢ + Σ βⱼ tⱼ + Σ βᵢᵢ' sᵢ sᵢ' + Σ βⱼⱼ' tⱼ tⱼ' + Σ βᵢⱼ sᵢ tⱼ: the
+    intercept, first-order terms per patch and per token, and the symmetric pair matrices (zero
+    diagonal): ``cross`` (patches, tokens), ``image`` (patches, patches), ``text`` (tokens, tokens); the
+    last two None for the cross-modal model, which has no within-modality terms."""
+
+    intercept: float
+    image_first: np.ndarray
+    text_first: np.ndarray
+    cross: np.ndarray
+    image: np.ndarray | None = None
+    text: np.ndarray | None = None
+
+
+def fit_cross_modal(
+    image_coalitions: np.ndarray,
+    image_weights: np.ndarray,
+    text_coalitions: np.ndarray,
+    text_weights: np.ndarray,
+    values: np.ndarray,
+) -> SecondOrderFit:
+    """The cross-modal model v ≈ β₀ + Σ βᵢ sᵢ + Σ βⱼ tⱼ + Σ βᵢⱼ sᵢ tⱼ fitted to ``values`` (m_i, m_t):
+    its basis is the Kronecker product of (1, sᵢ) and (1, tⱼ), so β = P_i Y P_tᵀ with one
+    :func:`fit_projection` per modality."""
+    beta = (
+        fit_projection(image_coalitions, image_weights)
+        @ values
+        @ fit_projection(text_coalitions, text_weights).T
+    )
+    return SecondOrderFit(float(beta[0, 0]), beta[1:, 0], beta[0, 1:], beta[1:, 1:])
+
+
+def pair_design(coalitions: np.ndarray) -> np.ndarray:
+    """(m, 1 + n + n(n−1)/2): 1, each sᵢ, then each product sₐ s_b (a < b, in ``np.triu_indices`` order)."""
+    x = coalitions.astype(np.float64)
+    a, b = np.triu_indices(x.shape[1], k=1)
+    return np.hstack([np.ones((len(x), 1)), x, x[:, a] * x[:, b]])
+
+
+def fit_second_order(
+    image_coalitions: np.ndarray,
+    image_weights: np.ndarray,
+    text_coalitions: np.ndarray,
+    text_weights: np.ndarray,
+    values: np.ndarray,
+) -> SecondOrderFit:
+    """The weighted least-squares fit of the full second-order model (every pair of players, within
+    and across modalities: the authors' model when they do not restrict it to cross-modal pairs) to
+    ``values`` (m_i, m_t) on every pair of coalitions, weighted by the product of the two modalities'
+    weights; minimum-norm where the coalitions do not determine every coefficient.
+
+    Each term is an image function times a text function (1, sᵢ, sₐ s_b times 1, tⱼ, tₐ t_b), so the
+    normal equations are the entries of the Kronecker product of the two modalities' small Gram
+    matrices that belong to the model, and its right-hand side Aᵀ W_i Y W_t B: the m_i · m_t design rows
+    are never formed. At a budget that covers all coalitions, every pair coefficient is that pair's
+    weighted Banzhaf interaction (the product-weighted projection's top-order terms).
+    """
+    n_image, n_text = image_coalitions.shape[1], text_coalitions.shape[1]
+    image_pairs, text_pairs = n_image * (n_image - 1) // 2, n_text * (n_text - 1) // 2
+    terms = 1 + n_image + n_text + image_pairs + text_pairs + n_image * n_text
+    if terms > MAX_SECOND_ORDER_TERMS:
+        raise ValueError(
+            f"within-modality interactions of {n_image} patches and {n_text} tokens need {terms} "
+            f"coefficients (at most {MAX_SECOND_ORDER_TERMS}): use a model with fewer patches"
+        )
+    design_i, design_t = pair_design(image_coalitions), pair_design(text_coalitions)
+    gram_i = (design_i.T * image_weights) @ design_i
+    gram_t = (design_t.T * text_weights) @ design_t
+    right = (design_i.T * image_weights) @ values @ (design_t * text_weights[:, None])
+    # the model's terms as (image function, text function) column pairs
+    first_i, pairs_i = np.arange(1, 1 + n_image), np.arange(1 + n_image, 1 + n_image + image_pairs)
+    first_t, pairs_t = np.arange(1, 1 + n_text), np.arange(1 + n_text, 1 + n_text + text_pairs)
+    zeros = np.zeros
+    f = np.concatenate([[0], first_i, pairs_i, zeros(n_text + text_pairs, int), np.repeat(first_i, n_text)])
+    g = np.concatenate([[0], zeros(n_image + image_pairs, int), first_t, pairs_t, np.tile(first_t, n_image)])
+    gram = gram_i[np.ix_(f, f)] * gram_t[np.ix_(g, g)]
+    beta = np.linalg.lstsq(gram, right[f, g], rcond=None)[0]
+    ends = np.cumsum([1, n_image, image_pairs, n_text, text_pairs])
+    intercept, image_first, image_flat, text_first, text_flat, cross = np.split(beta, ends)
+    return SecondOrderFit(
+        float(intercept[0]),
+        image_first,
+        text_first,
+        cross.reshape(n_image, n_text),
+        symmetric(image_flat, n_image),
+        symmetric(text_flat, n_text),
+    )
+
+
+def symmetric(upper: np.ndarray, n: int) -> np.ndarray:
+    """(n, n) symmetric matrix, zero diagonal, from its upper triangle in ``np.triu_indices`` order."""
+    out = np.zeros((n, n))
+    a, b = np.triu_indices(n, k=1)
+    out[a, b] = upper
+    out[b, a] = upper
+    return out
+
+
 def sample_coalitions(n: int, budget: int, p: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct coalitions of n players (m, n) bool and their regression weights (m,): shapiq's sampler
     with sizes drawn from Binomial(n, p) (sizes it can afford are enumerated whole, the empty and full
@@ -166,7 +302,18 @@ def sample_coalitions(n: int, budget: int, p: float, seed: int) -> tuple[np.ndar
     return coalitions, weights
 
 
-class FIxLIP:
+@dataclass
+class _Pair:
+    """A pair ready for its game: the loaded image, the caption as given and encoded, the image input
+    described for the result."""
+
+    image: Image.Image
+    caption: str
+    encoded: EncodedCaption
+    source: str
+
+
+class FIxLIP(PairMethod[_Pair, FIxLIPInteractions]):
     """Token×patch weighted Banzhaf interactions (FIxLIP) for image–caption pairs, from masked forwards.
 
     Args:
@@ -195,45 +342,16 @@ class FIxLIP:
                 raise ValueError(f"{model.name}: no logit_scale to compute logits; use value='cosine'")
             self.scale = float(logit_scale.exp())
 
-    @overload
-    def attribute(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        captions: str | Sequence[str],
-        *,
-        on_error: Literal["raise"],
-    ) -> list[FIxLIPInteractions]: ...
-
-    @overload
-    def attribute(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        captions: str | Sequence[str],
-        *,
-        on_error: Literal["record"] = ...,
-    ) -> list[FIxLIPInteractions | ItemError]: ...
+    def _prepare(self, index: int, image: ImageInput, caption: str) -> _Pair:
+        """Load the image and encode the caption: what can fail for one pair before its game is played."""
+        pil = load_image(image)
+        [encoded] = self.model.encode_captions([caption], self.settings.template)
+        return _Pair(pil, caption, encoded, describe_source(image))
 
     @torch.no_grad()
-    def attribute(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        captions: str | Sequence[str],
-        *,
-        on_error: Literal["record", "raise"] = "record",
-    ) -> list[FIxLIPInteractions] | list[FIxLIPInteractions | ItemError]:
-        """One :class:`FIxLIPInteractions` per pair, in input order; a pair that fails becomes an
-        :class:`ItemError` (``on_error="record"``) or raises (``"raise"``), as in
-        :meth:`clipalign.TokenPatchInteractions.attribute`."""
-        image_list, caption_list = pair_up(images, captions)
-        results: list[FIxLIPInteractions | ItemError] = []
-        for index, (image, caption) in enumerate(zip(image_list, caption_list, strict=True)):
-            try:
-                results.append(self._pair(image, caption))
-            except Exception as exc:
-                if on_error == "raise":
-                    raise
-                results.append(item_error(index, image, caption, exc))
-        return results
+    def _compute(self, group: list[_Pair]) -> list[FIxLIPInteractions]:
+        """Each pair's game and fit, one pair after the other (a pair's coalitions fill the batches)."""
+        return [self._pair(pair) for pair in group]
 
     def text_players(self, encoded: EncodedCaption) -> list[int]:
         """Token positions that are players: all but the first (SOT) and the pooled one (EOT)."""
@@ -287,10 +405,9 @@ class FIxLIP:
             out.append(torch.nn.functional.normalize(embeds.embeds.double(), dim=-1))
         return torch.cat(out)
 
-    def _pair(self, image: ImageInput, caption: str) -> FIxLIPInteractions:
+    def _pair(self, pair: _Pair) -> FIxLIPInteractions:
         s, model = self.settings, self.model
-        pil = load_image(image)
-        [enc] = model.encode_captions([caption], s.template)
+        pil, enc = pair.image, pair.encoded
         players = self.text_players(enc)
         rows, cols = model.patch_grid
         n_image, n_text = rows * cols, len(players)
@@ -298,16 +415,20 @@ class FIxLIP:
         image_budget = max(2, s.budget // len(text_coalitions))
         image_coalitions, image_weights = sample_coalitions(n_image, image_budget, s.p, s.seed)
         values = self.coalition_values(pil, enc, image_coalitions, text_coalitions)
-        beta = (
-            fit_projection(image_coalitions, image_weights)
-            @ values
-            @ fit_projection(text_coalitions, text_weights).T
-        )
-
-        matrix = np.zeros((len(enc.input_ids), n_image))
-        matrix[players] = beta[1:, 1:].T
-        token_values = np.zeros(len(enc.input_ids))
-        token_values[players] = beta[0, 1:]
+        if s.within:
+            fit = fit_second_order(image_coalitions, image_weights, text_coalitions, text_weights, values)
+        else:
+            fit = fit_cross_modal(image_coalitions, image_weights, text_coalitions, text_weights, values)
+        length = len(enc.input_ids)
+        matrix = np.zeros((length, n_image))
+        matrix[players] = fit.cross.T
+        token_values = np.zeros(length)
+        token_values[players] = fit.text_first
+        within = None
+        if fit.text is not None and fit.image is not None:
+            tokens = np.zeros((length, length))
+            tokens[np.ix_(players, players)] = fit.text
+            within = WithinModality(tokens, fit.image)
         image_full, text_full = (image_coalitions.sum(1) == n_image), (text_coalitions.sum(1) == n_text)
         image_none, text_none = ~image_coalitions.any(1), ~text_coalitions.any(1)
         terms = [float(values[a][:, b][0, 0]) for a, b in ((image_full, text_full), (image_none, text_full))]
@@ -319,7 +440,7 @@ class FIxLIP:
             for i, w in enumerate(enc.words)
         ]
         return FIxLIPInteractions(
-            caption=caption,
+            caption=pair.caption,
             tokens=list(enc.tokens),
             words=words,
             grid=(rows, cols),
@@ -332,10 +453,11 @@ class FIxLIP:
             steps=values.size,
             rule="banzhaf",
             normalize=s.value,
-            source=describe_source(image),
+            source=pair.source,
+            within=within,
             token_values=token_values,
-            patch_values=beta[1:, 0],
-            baseline=float(beta[0, 0]),
+            patch_values=fit.image_first,
+            baseline=fit.intercept,
             image_coalitions=len(image_coalitions),
             text_coalitions=len(text_coalitions),
             p=s.p,
