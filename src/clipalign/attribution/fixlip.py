@@ -185,7 +185,7 @@ def fit_projection(coalitions: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 MAX_SECOND_ORDER_TERMS = 8192
 """The most coefficients :func:`fit_second_order` solves for (its normal equations are that squared, in
-float64: 512 MiB); 49 patches and 30 tokens need 2,740 (the authors fit this model up to 64 patches)."""
+float64: 512 MiB); 49 patches and 30 tokens need 3,161 (the authors fit this model up to 64 patches)."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +228,19 @@ def pair_design(coalitions: np.ndarray) -> np.ndarray:
     return np.hstack([np.ones((len(x), 1)), x, x[:, a] * x[:, b]])
 
 
+def check_second_order(n_image: int, n_text: int) -> None:
+    """A one-line ValueError when the full second-order model of n_image + n_text players has more than
+    :data:`MAX_SECOND_ORDER_TERMS` coefficients (checked before any game value is computed)."""
+    terms = (
+        1 + n_image + n_text + n_image * (n_image - 1) // 2 + n_text * (n_text - 1) // 2 + n_image * n_text
+    )
+    if terms > MAX_SECOND_ORDER_TERMS:
+        raise ValueError(
+            f"within-modality interactions of {n_image} patches and {n_text} tokens need {terms} "
+            f"coefficients (at most {MAX_SECOND_ORDER_TERMS}): use a model with fewer patches"
+        )
+
+
 def fit_second_order(
     image_coalitions: np.ndarray,
     image_weights: np.ndarray,
@@ -247,13 +260,8 @@ def fit_second_order(
     weighted Banzhaf interaction (the product-weighted projection's top-order terms).
     """
     n_image, n_text = image_coalitions.shape[1], text_coalitions.shape[1]
+    check_second_order(n_image, n_text)
     image_pairs, text_pairs = n_image * (n_image - 1) // 2, n_text * (n_text - 1) // 2
-    terms = 1 + n_image + n_text + image_pairs + text_pairs + n_image * n_text
-    if terms > MAX_SECOND_ORDER_TERMS:
-        raise ValueError(
-            f"within-modality interactions of {n_image} patches and {n_text} tokens need {terms} "
-            f"coefficients (at most {MAX_SECOND_ORDER_TERMS}): use a model with fewer patches"
-        )
     design_i, design_t = pair_design(image_coalitions), pair_design(text_coalitions)
     gram_i = (design_i.T * image_weights) @ design_i
     gram_t = (design_t.T * text_weights) @ design_t
@@ -264,7 +272,8 @@ def fit_second_order(
     zeros = np.zeros
     f = np.concatenate([[0], first_i, pairs_i, zeros(n_text + text_pairs, int), np.repeat(first_i, n_text)])
     g = np.concatenate([[0], zeros(n_image + image_pairs, int), first_t, pairs_t, np.tile(first_t, n_image)])
-    gram = gram_i[np.ix_(f, f)] * gram_t[np.ix_(g, g)]
+    gram = gram_i[np.ix_(f, f)]
+    gram *= gram_t[np.ix_(g, g)]
     beta = np.linalg.lstsq(gram, right[f, g], rcond=None)[0]
     ends = np.cumsum([1, n_image, image_pairs, n_text, text_pairs])
     intercept, image_first, image_flat, text_first, text_flat, cross = np.split(beta, ends)
@@ -411,6 +420,8 @@ class FIxLIP(PairMethod[_Pair, FIxLIPInteractions]):
         players = self.text_players(enc)
         rows, cols = model.patch_grid
         n_image, n_text = rows * cols, len(players)
+        if s.within:
+            check_second_order(n_image, n_text)
         text_coalitions, text_weights = sample_coalitions(n_text, min(s.text_budget, 2**n_text), s.p, s.seed)
         image_budget = max(2, s.budget // len(text_coalitions))
         image_coalitions, image_weights = sample_coalitions(n_image, image_budget, s.p, s.seed)
