@@ -21,6 +21,7 @@ from clipalign.attribution.fixlip import (
     FIxLIP,
     FIxLIPInteractions,
     FIxLIPSettings,
+    SampledGame,
     fit_second_order,
     patch_pixel_mask,
     sample_coalitions,
@@ -159,7 +160,7 @@ def test_within_modality_fit_is_the_authors_joint_regression_when_sampled(model)
     image_rows, image_weights = sample_coalitions(4, 16, 0.5, 2)
     values = method.coalition_values(image, enc, image_rows, text_rows)
     reference = authors_joint_fit(image_rows, image_weights, text_rows, text_weights, values)
-    fit = fit_second_order(image_rows, image_weights, text_rows, text_weights, values)
+    fit = fit_second_order(SampledGame(image_rows, image_weights, text_rows, text_weights, values))
     n_text = len(players)
     for (a, b), beta in ((t, c) for t, c in reference.items() if len(t) == 2):
         if b < 4:
@@ -182,7 +183,7 @@ def test_within_modality_fit_is_the_authors_joint_regression_when_sampled(model)
 def test_within_modality_refuses_too_many_terms_and_serialises(model):
     image_rows, text_rows, weights = np.zeros((2, 128), bool), np.zeros((2, 3), bool), np.ones(2)
     with pytest.raises(ValueError, match=r"128 patches and 3 tokens need \d+ coefficients"):
-        fit_second_order(image_rows, weights, text_rows, weights, np.zeros((2, 2)))
+        fit_second_order(SampledGame(image_rows, weights, text_rows, weights, np.zeros((2, 2))))
     [result] = FIxLIP(model, budget=128, text_budget=8, within=True).attribute(
         [example_image()], [SHORT], on_error="raise"
     )

@@ -189,6 +189,19 @@ float64: 512 MiB); 49 patches and 30 tokens need 3,161 (the authors fit this mod
 
 
 @dataclass(frozen=True)
+class SampledGame:
+    """The game on every pair of sampled coalitions: ``image_coalitions`` (m_i, patches) and
+    ``text_coalitions`` (m_t, text players) boolean with their regression weights (m_i,), (m_t,) from
+    :func:`sample_coalitions`, and ``values`` (m_i, m_t) from :meth:`FIxLIP.coalition_values`."""
+
+    image_coalitions: np.ndarray
+    image_weights: np.ndarray
+    text_coalitions: np.ndarray
+    text_weights: np.ndarray
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
 class SecondOrderFit:
     """The coefficients of v ≈ β₀ + Σ βᵢ sᵢ + Σ βⱼ tⱼ + Σ βᵢᵢ' sᵢ sᵢ' + Σ βⱼⱼ' tⱼ tⱼ' + Σ βᵢⱼ sᵢ tⱼ: the
     intercept, first-order terms per patch and per token, and the symmetric pair matrices (zero
@@ -203,20 +216,14 @@ class SecondOrderFit:
     text: np.ndarray | None = None
 
 
-def fit_cross_modal(
-    image_coalitions: np.ndarray,
-    image_weights: np.ndarray,
-    text_coalitions: np.ndarray,
-    text_weights: np.ndarray,
-    values: np.ndarray,
-) -> SecondOrderFit:
-    """The cross-modal model v ≈ β₀ + Σ βᵢ sᵢ + Σ βⱼ tⱼ + Σ βᵢⱼ sᵢ tⱼ fitted to ``values`` (m_i, m_t):
+def fit_cross_modal(game: SampledGame) -> SecondOrderFit:
+    """The cross-modal model v ≈ β₀ + Σ βᵢ sᵢ + Σ βⱼ tⱼ + Σ βᵢⱼ sᵢ tⱼ fitted to the game's values:
     its basis is the Kronecker product of (1, sᵢ) and (1, tⱼ), so β = P_i Y P_tᵀ with one
     :func:`fit_projection` per modality."""
     beta = (
-        fit_projection(image_coalitions, image_weights)
-        @ values
-        @ fit_projection(text_coalitions, text_weights).T
+        fit_projection(game.image_coalitions, game.image_weights)
+        @ game.values
+        @ fit_projection(game.text_coalitions, game.text_weights).T
     )
     return SecondOrderFit(float(beta[0, 0]), beta[1:, 0], beta[0, 1:], beta[1:, 1:])
 
@@ -241,16 +248,10 @@ def check_second_order(n_image: int, n_text: int) -> None:
         )
 
 
-def fit_second_order(
-    image_coalitions: np.ndarray,
-    image_weights: np.ndarray,
-    text_coalitions: np.ndarray,
-    text_weights: np.ndarray,
-    values: np.ndarray,
-) -> SecondOrderFit:
+def fit_second_order(game: SampledGame) -> SecondOrderFit:
     """The weighted least-squares fit of the full second-order model (every pair of players, within
     and across modalities: the authors' model when they do not restrict it to cross-modal pairs) to
-    ``values`` (m_i, m_t) on every pair of coalitions, weighted by the product of the two modalities'
+    the game's values on every pair of coalitions, weighted by the product of the two modalities'
     weights; minimum-norm where the coalitions do not determine every coefficient.
 
     Each term is an image function times a text function (1, sᵢ, sₐ s_b times 1, tⱼ, tₐ t_b), so the
@@ -259,13 +260,13 @@ def fit_second_order(
     are never formed. At a budget that covers all coalitions, every pair coefficient is that pair's
     weighted Banzhaf interaction (the product-weighted projection's top-order terms).
     """
-    n_image, n_text = image_coalitions.shape[1], text_coalitions.shape[1]
+    n_image, n_text = game.image_coalitions.shape[1], game.text_coalitions.shape[1]
     check_second_order(n_image, n_text)
     image_pairs, text_pairs = n_image * (n_image - 1) // 2, n_text * (n_text - 1) // 2
-    design_i, design_t = pair_design(image_coalitions), pair_design(text_coalitions)
-    gram_i = (design_i.T * image_weights) @ design_i
-    gram_t = (design_t.T * text_weights) @ design_t
-    right = (design_i.T * image_weights) @ values @ (design_t * text_weights[:, None])
+    design_i, design_t = pair_design(game.image_coalitions), pair_design(game.text_coalitions)
+    weighted_i, weighted_t = design_i.T * game.image_weights, design_t.T * game.text_weights
+    gram_i, gram_t = weighted_i @ design_i, weighted_t @ design_t
+    right = weighted_i @ game.values @ weighted_t.T
     # the model's terms as (image function, text function) column pairs
     first_i, pairs_i = np.arange(1, 1 + n_image), np.arange(1 + n_image, 1 + n_image + image_pairs)
     first_t, pairs_t = np.arange(1, 1 + n_text), np.arange(1 + n_text, 1 + n_text + text_pairs)
@@ -426,10 +427,8 @@ class FIxLIP(PairMethod[_Pair, FIxLIPInteractions]):
         image_budget = max(2, s.budget // len(text_coalitions))
         image_coalitions, image_weights = sample_coalitions(n_image, image_budget, s.p, s.seed)
         values = self.coalition_values(pil, enc, image_coalitions, text_coalitions)
-        if s.within:
-            fit = fit_second_order(image_coalitions, image_weights, text_coalitions, text_weights, values)
-        else:
-            fit = fit_cross_modal(image_coalitions, image_weights, text_coalitions, text_weights, values)
+        game = SampledGame(image_coalitions, image_weights, text_coalitions, text_weights, values)
+        fit = fit_second_order(game) if s.within else fit_cross_modal(game)
         length = len(enc.input_ids)
         matrix = np.zeros((length, n_image))
         matrix[players] = fit.cross.T
