@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipalign import ImageLoadError, ItemError
+from clipalign import ImageLoadError, ItemError, load_model
 from clipalign.attribution.fixlip import (
     FIxLIP,
     FIxLIPInteractions,
@@ -27,7 +27,7 @@ from clipalign.attribution.fixlip import (
     sample_coalitions,
 )
 from clipalign.results import Interactions
-from clipalign.testing import example_image, tiny_model
+from clipalign.testing import example_image, save_random_siglip, tiny_model
 
 SHORT = "a red ball"  # 3 tokens between SOT and EOT: 4 + 3 = 7 players, 128 coalitions
 LONG = "a red ball on the green grass here"  # 8 tokens: 4 + 8 = 12 players, 4,096 coalitions
@@ -229,6 +229,42 @@ def authors_logit(model, image, caption, image_keep, text_keep, text_mask="atten
     pixels = pixels * keep + fill * (1 - keep)
     with torch.no_grad():
         return float(model.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits_per_image)
+
+
+@pytest.fixture(scope="module")
+def siglip(tmp_path_factory):
+    """A tiny SigLIP seeing 16×16 images in 8×8 patches (4 image players, as the CLIP above)."""
+    out = save_random_siglip(tmp_path_factory.mktemp("siglip"), "siglip", seed=0, image_size=16, patch_size=8)
+    return load_model(out, device="cpu")
+
+
+def test_siglip_players_and_game_are_the_authors(siglip):
+    """On SigLIP the text players are the caption's tokens before ``</s>`` (its ``input_ids != 1``), an
+    absent one leaves HF's attention mask, and the value is HF's ``logits_per_image`` (bias included);
+    at full budget the matrix is the brute-force interaction."""
+    image = example_image()
+    method = FIxLIP(siglip, budget=4096, text_budget=1024)
+    [enc] = siglip.encode_captions([SHORT], "")
+    players = method.text_players(enc)
+    eos = siglip.tokenizer.eos_token_id
+    assert players == list(range(enc.input_ids.index(eos))) and len(players) >= 2
+    image_rows = np.array([[1, 1, 1, 1], [0, 1, 1, 0], [0, 0, 0, 0]], dtype=bool)
+    text_rows = np.array([[True] * len(players), [False] * len(players), [i % 2 == 0 for i in players]])
+    table = method.coalition_values(image, enc, image_rows, text_rows)
+    pixels = siglip.preprocess([image])
+    for a, b in itertools.product(range(3), range(3)):
+        mask = torch.ones(1, len(enc.input_ids), dtype=torch.long)
+        mask[0, players] = torch.tensor(text_rows[b], dtype=torch.long)
+        keep = torch.tensor(image_rows[a], dtype=torch.float32).reshape(2, 2)
+        keep = keep.repeat_interleave(8, 0).repeat_interleave(8, 1)
+        with torch.no_grad():
+            out = siglip.model(
+                input_ids=torch.tensor([enc.input_ids]), attention_mask=mask, pixel_values=pixels * keep
+            )
+        assert table[a, b] == pytest.approx(float(out.logits_per_image), abs=1e-4)
+    [result] = method.attribute([image], [SHORT], on_error="raise")
+    np.testing.assert_allclose(result.matrix[players], exact_banzhaf(method, image, SHORT, 0.5), atol=1e-6)
+    assert not np.delete(result.matrix, players, axis=0).any()  # </s> and padding are not players
 
 
 @pytest.mark.parametrize("text_mask, fill", [("attention", 0.0), ("token", 0.0), ("attention", -1.5)])

@@ -17,7 +17,9 @@ forwards give ``m_i · m_t`` game values. A weighted least-squares fit of
 v ≈ β₀ + Σ βᵢ sᵢ + Σ βⱼ tⱼ + Σ βᵢⱼ sᵢ tⱼ (kernel p^|S|(1−p)^(n−|S|), importance-corrected for
 sampling) then gives I_ij = βᵢⱼ; at a budget that covers all coalitions it equals the sum above exactly.
 On this cross-modal basis the design matrix is the Kronecker product of the two modalities' designs,
-so the normal equations factor into one small solve per modality.
+so the normal equations factor into one small solve per modality. On SigLIP, as in the authors' code,
+the text players are the caption's tokens before ``</s>`` (``</s>`` and the padding stay present) and
+the logit includes SigLIP's ``logit_bias``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class FIxLIPSettings:
             ``budget // text_budget`` coalitions, at most all 2**patches.
         p: the Banzhaf weight, the probability that a player is present (0.5 = Banzhaf).
         seed: random state of both coalition samplers.
-        value: ``logit`` (exp(logit_scale) · cosine, the authors') or ``cosine``.
+        value: ``logit`` (exp(logit_scale) · cosine, plus SigLIP's logit_bias: the model's logit, the
+            authors') or ``cosine``.
         text_mask: ``attention`` hides an absent token with the attention mask (the authors');
             ``token`` replaces its id with the filler of exCLIP's reference (id 0, ``!``).
         image_fill: the normalised pixel value of an absent patch (0 = the processor's mean colour).
@@ -97,8 +100,9 @@ class FIxLIPSettings:
 
 @dataclass(frozen=True, eq=False)
 class WithinModality:
-    """FIxLIP's within-modality interactions: ``tokens`` (T, T) over every text position SOT…EOT (rows
-    and columns of SOT and EOT 0: not players) and ``patches`` (P, P) over the patches, row-major; both
+    """FIxLIP's within-modality interactions: ``tokens`` (T, T) over every text position (rows and
+    columns of the tokens the adapter adds, SOT/EOT or SigLIP's ``</s>`` and padding, 0: not players)
+    and ``patches`` (P, P) over the patches, row-major; both
     symmetric, with a zero diagonal. Entry (a, b) is the weighted Banzhaf interaction of players a and b:
     positive = the two raise the score together more than apart."""
 
@@ -122,8 +126,9 @@ class FIxLIPInteractions(Interactions):
     """FIxLIP's token×patch matrix in the shape of :class:`~clipalign.results.Interactions`, so that
     spans, boxes, heatmaps and the pointing game work on it unchanged.
 
-    ``matrix`` rows are every text position SOT…EOT; the rows of SOT and EOT (never masked, so not
-    players) are 0, as is ``cls`` (the image CLS token is not a player). ``completeness`` holds the game
+    ``matrix`` rows are every text position; the rows of the tokens the adapter adds (CLIP's SOT and
+    EOT, SigLIP's ``</s>`` and padding: never masked, so not players) are 0, as is ``cls`` (the image
+    CLS token is not a player). ``completeness`` holds the game
     at the four corners — s_xy = v(all patches, all tokens), s_x_ry = v(no patch, all tokens),
     s_rx_y = v(all patches, no token), s_rx_ry = v(none) — their double difference as ``target`` and
     Σ matrix as ``sum``: Banzhaf values are not efficient, so ``residual`` is the part of the
@@ -345,12 +350,16 @@ class FIxLIP(PairMethod[_Pair, FIxLIPInteractions]):
             raise ValueError(f"{model.name}: its adapter has no patch grid (InteractionAdapter)")
         self.settings = (settings or FIxLIPSettings()).replace(**changes)
         self.model: InteractionAdapter = model
-        self.scale = 1.0
+        self.scale, self.bias = 1.0, 0.0
         if self.settings.value == "logit":
-            logit_scale = getattr(getattr(model, "model", None), "logit_scale", None)
+            hf = getattr(model, "model", None)
+            logit_scale = getattr(hf, "logit_scale", None)
             if not isinstance(logit_scale, torch.Tensor):
                 raise ValueError(f"{model.name}: no logit_scale to compute logits; use value='cosine'")
             self.scale = float(logit_scale.exp())
+            logit_bias = getattr(hf, "logit_bias", None)  # SigLIP's (its sigmoid's argument); CLIP has none
+            if isinstance(logit_bias, torch.Tensor):
+                self.bias = float(logit_bias)
 
     def _prepare(self, index: int, image: ImageInput, caption: str) -> _Pair:
         """Load the image and encode the caption: what can fail for one pair before its game is played."""
@@ -364,8 +373,14 @@ class FIxLIP(PairMethod[_Pair, FIxLIPInteractions]):
         return [self._pair(pair) for pair in group]
 
     def text_players(self, encoded: EncodedCaption) -> list[int]:
-        """Token positions that are players: all but the first (SOT) and the pooled one (EOT)."""
-        return [i for i in range(1, len(encoded.input_ids)) if i != encoded.pool_index]
+        """Token positions that are players: the text's own tokens (template and caption), not those the
+        adapter adds (CLIP: SOT and EOT; SigLIP: ``</s>`` and the padding after it), as the authors count
+        them. An added token has no word and the empty span (0, 0); a text token has a word, or a span."""
+        return [
+            i
+            for i, (span, word) in enumerate(zip(encoded.token_spans, encoded.token_word, strict=True))
+            if word >= 0 or span != (0, 0)
+        ]
 
     @torch.no_grad()
     def coalition_values(
@@ -379,7 +394,7 @@ class FIxLIP(PairMethod[_Pair, FIxLIPInteractions]):
         ``image_coalitions`` (m_i, patches) and ``text_coalitions`` (m_t, players) boolean."""
         images = self._image_units(self.model.preprocess([image]), torch.as_tensor(image_coalitions))
         texts = self._text_units(encoded, torch.as_tensor(text_coalitions))
-        return self.scale * (images @ texts.T).cpu().numpy()
+        return self.scale * (images @ texts.T).cpu().numpy() + self.bias
 
     def _image_units(self, pixels: torch.Tensor, coalitions: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings (m, D) float64 of ``pixels`` (1, 3, H, W) masked by each coalition."""
