@@ -178,6 +178,13 @@ def test_within_modality_fit_is_the_authors_joint_regression_when_sampled(model)
     np.testing.assert_allclose(result.within.tokens[np.ix_(players, players)], fit.text, atol=1e-9)
     np.testing.assert_allclose(result.within.patches, fit.image, atol=1e-9)
     assert result.baseline == pytest.approx(fit.intercept)
+    # the within-modality terms never move the cross-modal ones, sampled or not: centred in each
+    # modality, sᵢtⱼ is orthogonal to every single-modality term under the product weights
+    [cross_only] = FIxLIP(model, budget=16 * 64, text_budget=64, seed=2).attribute(
+        [image], [LONG], on_error="raise"
+    )
+    np.testing.assert_allclose(result.matrix, cross_only.matrix, atol=1e-9)
+    assert not np.allclose(result.patch_values, cross_only.patch_values)
 
 
 def test_within_modality_refuses_too_many_terms_and_serialises(model):

@@ -60,7 +60,8 @@ class FIxLIPSettings:
         template: prefix read before the caption; its tokens are players too (none by default).
         within: also estimate the within-modality interactions (token×token, patch×patch), fitting
             the authors' full second-order model jointly (their default below 196 patches) instead of
-            the cross-modal one; see :func:`fit_second_order`.
+            the cross-modal one; the token×patch matrix is the same either way (see
+            :func:`fit_second_order`), the first-order terms are not.
         batch_size: coalitions per forward of each tower.
     """
 
@@ -263,7 +264,9 @@ def fit_second_order(game: SampledGame) -> SecondOrderFit:
     normal equations are the entries of the Kronecker product of the two modalities' small Gram
     matrices that belong to the model, and its right-hand side Aᵀ W_i Y W_t B: the m_i · m_t design rows
     are never formed. At a budget that covers all coalitions, every pair coefficient is that pair's
-    weighted Banzhaf interaction (the product-weighted projection's top-order terms).
+    weighted Banzhaf interaction (the product-weighted projection's top-order terms). The cross terms
+    equal :func:`fit_cross_modal`'s at any budget: centred in each modality under the product weights,
+    sᵢ tⱼ is orthogonal to every term of one modality alone.
     """
     n_image, n_text = game.image_coalitions.shape[1], game.text_coalitions.shape[1]
     check_second_order(n_image, n_text)
