@@ -231,7 +231,7 @@ def test_help_shows_defaults_and_ascii_numbers(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: -5e-05," in out and "foil, hat, nocaps-foil" in out
+    assert "(default: -5e-05," in out and "foil, hat, hnc, nocaps-foil" in out
     with pytest.raises(SystemExit):
         main(["interactions", "--help"])
     out = " ".join(capsys.readouterr().out.split())

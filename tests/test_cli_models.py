@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from typing import ClassVar
 
 import pytest
 from PIL import Image
@@ -150,7 +151,8 @@ def test_models_help_is_light():
 
 
 class CachedConfig:
-    """Stands in for ``PretrainedConfig`` in the registry: a config.json found in the local cache only."""
+    """Its ``get_config_dict`` stands in for ``PretrainedConfig``'s, with which the registry reads
+    config.json: a config.json found in the local cache only."""
 
     def __init__(self, config: dict) -> None:
         self.config = config
@@ -162,8 +164,46 @@ class CachedConfig:
 
 
 def test_an_unsupported_cached_model_is_not_asked_for_again(monkeypatch):
-    from clipalign.models import registry
+    from transformers import PretrainedConfig
 
-    monkeypatch.setattr(registry, "PretrainedConfig", CachedConfig({"model_type": "blip"}))
+    monkeypatch.setattr(
+        PretrainedConfig, "get_config_dict", CachedConfig({"model_type": "blip"}).get_config_dict
+    )
     with pytest.raises(UnsupportedModelError, match="'acme/blip': clipalign has no adapter"):
         load_model("acme/blip", device="cpu")
+
+
+class ToyAdapterFactory:
+    """A toy family's adapter factory: records what it was asked to load."""
+
+    loaded: ClassVar[list[str]] = []
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **settings):
+        cls.loaded.append(str(name_or_path))
+        return "toy adapter"
+
+
+def test_register_adapter_by_name_or_object(monkeypatch, tmp_path, capsys):
+    """A family registered as ``module:attribute`` is listed without importing it and imported when a
+    checkpoint of its ``model_type`` loads; one registered as an object without ``needs`` is described
+    by its docstring."""
+    from clipalign.models import register_adapter, registry
+
+    monkeypatch.setattr(registry, "_ADAPTERS", dict(registry._ADAPTERS))
+    monkeypatch.setattr(registry, "_NEEDS", dict(registry._NEEDS))
+    register_adapter("toy", "test_cli_models:ToyAdapterFactory", needs="config.json only")
+    register_adapter("toy2", ToyAdapterFactory)
+    report = models_json(capsys, "--cache-dir", str(tmp_path / "no-cache"))
+    described = {f["model_type"]: f for f in report["families"]}
+    assert described["toy"] == {
+        "model_type": "toy",
+        "adapter": "test_cli_models.ToyAdapterFactory",
+        "needs": "config.json only",
+    }
+    assert described["toy2"]["needs"] == "A toy family's adapter factory: records what it was asked to load."
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "toy"}))
+    assert load_model(folder, device="cpu") == "toy adapter"
+    assert ToyAdapterFactory.loaded[-1] == str(folder)

@@ -62,6 +62,7 @@ def test_registry_names_and_limits(tmp_path: Path) -> None:
         "pointing-flickr30k",
         "synthetic",
         "pointing-synthetic",
+        "hnc",
     }
     assert BENCHMARKS["hat"] is load_hat
     for loader in BENCHMARKS.values():

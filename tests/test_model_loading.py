@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PretrainedConfig
 
 from clipalign import ModelLoadError, load_model
 from clipalign.checkpoints import SYNTHETIC_CLIP
@@ -70,7 +70,10 @@ def test_missing_tokenizer_files(broken, kept):
     (broken / "tokenizer.json").unlink()
     for name in kept:
         shutil.copy(SYNTHETIC_CLIP / name, broken)
-    with pytest.raises(ModelLoadError, match=r"no tokenizer files in .*broken \(vocab.json/merges.txt or"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"no tokenizer files in .*broken \(tokenizer.json, vocab.json/merges.txt or spiece.model",
+    ):
         load_model(broken, device="cpu")
 
 
@@ -293,8 +296,8 @@ def test_library_box_must_be_finite(adapter):
 
 
 class FailingConfig:
-    """Stands in for ``PretrainedConfig`` in the registry (which reads config.json with its
-    ``get_config_dict``): raises what transformers raises for a Hub failure."""
+    """Its ``get_config_dict`` stands in for ``PretrainedConfig``'s, with which the registry reads
+    config.json: raises what transformers raises for a Hub failure."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -332,7 +335,7 @@ def connection_error() -> Exception:
     ],
 )
 def test_hub_failures_are_named_with_offline_hints(monkeypatch, error, problem):
-    monkeypatch.setattr(registry, "PretrainedConfig", FailingConfig(error()))
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", FailingConfig(error()).get_config_dict)
     with pytest.raises(ModelLoadError) as info:
         load_model("acme/none", device="cpu")
     message = str(info.value)
@@ -343,7 +346,9 @@ def test_hub_failures_are_named_with_offline_hints(monkeypatch, error, problem):
 
 def test_a_path_that_does_not_exist_is_never_a_hub_name(monkeypatch, tmp_path):
     monkeypatch.setattr(
-        registry, "PretrainedConfig", FailingConfig(RuntimeError("the Hub must not be asked"))
+        PretrainedConfig,
+        "get_config_dict",
+        FailingConfig(RuntimeError("the Hub must not be asked")).get_config_dict,
     )
     for name in (str(tmp_path / "nope"), "./nope", "~/surely/not/here", "a/b/c"):
         with pytest.raises(ModelLoadError, match=r"the path '.*' does not exist$"):
@@ -354,7 +359,9 @@ def test_a_folder_without_config_is_not_sent_to_the_hub(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
     monkeypatch.setattr(
-        registry, "PretrainedConfig", FailingConfig(RuntimeError("the Hub must not be asked"))
+        PretrainedConfig,
+        "get_config_dict",
+        FailingConfig(RuntimeError("the Hub must not be asked")).get_config_dict,
     )
     with pytest.raises(ModelLoadError) as info:
         load_model("models", device="cpu")

@@ -27,6 +27,7 @@ import pytest
 
 import clipalign
 from clipalign.checkpoints import SYNTHETIC_CLIP
+from clipalign.synthetic import write_dataset
 from clipalign.testing import save_random_siglip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,8 +85,14 @@ SKIPPED = {
     r"python -m pytest -q( -m \"not slow\")?": "runs the test suite, this test included",
     r"ruff (check|format --check) src tests benchmarks tools": "a linter; .ci/run runs it before the tests",
     r"mypy src/clipalign": "the type checker; .ci/run runs it before the tests",
-    r"clipalign eval (foil|nocaps-foil|hat|seetrue-feedback|richhf|pointing-coco|pointing-flickr30k) .*": (
+    r"clipalign eval (foil|nocaps-foil|hat|seetrue-feedback|richhf|pointing-(coco|flickr30k)|hnc) .*": (
         "needs the benchmark's published files; tests/test_datasets.py reads real HAT and nocaps-FOIL files"
+    ),
+    r"clipalign eval mismatch --annotations captions_val2014\.json .*": (
+        "needs COCO's captions, instances and images; tests/test_mismatch.py reads COCO-format files"
+    ),
+    r"clipalign sweep foil .*": (
+        "needs the FOIL files and COCO images; tests/test_sweep.py sweeps real HAT annotations"
     ),
     r"clipalign download (nocaps|richhf) .*": (
         "fetches images over the network; tests/test_download.py runs it against a local server"
@@ -346,6 +353,8 @@ def test_demo_api_routes_are_listed():
 @pytest.mark.slow
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=[b.id for b in SHELL_BLOCKS])
 def test_shell_block(block: Block, workdir: Path):
+    if "synthetic-world/" in block.text and "write_dataset" not in block.text:
+        write_dataset(workdir / "synthetic-world", n=5, seed=2)  # what README's synthetic-world block writes
     for written in block.commands():
         if not runnable(written):
             continue

@@ -24,7 +24,6 @@ from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.attribution.quadrature import quadrature
 from clipalign.cli.main import main
 from clipalign.images.geometry import box_patch_weights, grid_to_image
-from clipalign.models.checkpoint import CheckpointError
 from clipalign.models.hf_siglip import HFSiglipAdapter, load_siglip_tokenizer, spiece_tokenizer
 from clipalign.testing import save_random_siglip
 
@@ -92,11 +91,11 @@ def padded_ids(tokenizer, text: str) -> torch.Tensor:
 
 
 def oracle_word_scores(model, tokenizer, processor, image, caption, layers, unit="clip4dm"):
-    """CLIP4DM for one pair with loops; the pooled row is the last one, where SiglipModel pools."""
+    """CLIP4DM for one pair with loops; the pooled row is the last one, where SiglipModel pools (and
+    Siglip2Model: the image inputs are whatever the processor gives, NaFlex's mask and grid included)."""
     text = TEMPLATE + caption
     ids = padded_ids(tokenizer, text)
-    pixels = processor(images=[image], return_tensors="pt").pixel_values
-    out = model(input_ids=ids, pixel_values=pixels, output_attentions=True)
+    out = model(input_ids=ids, **processor(images=[image], return_tensors="pt"), output_attentions=True)
     img, txt = out.image_embeds[0], out.text_embeds[0]
     cos = (img @ txt) / (img.norm() * txt.norm())
     attentions = out.text_model_output.attentions[-layers:]
@@ -183,12 +182,18 @@ def fp64_eager_attention(module, query, key, value, attention_mask, scaling, dro
 
 
 def test_token_score_is_finite_difference_of_scaled_attention(siglip, model_dir, monkeypatch):
-    """Scaling the last block's attention from the pooled (last) position to token j by (1+t) in every
-    head changes the cosine by t·heads·score_j (one attributed layer)."""
     model = SiglipModel.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float64).eval()
     adapter = HFSiglipAdapter(model, siglip.tokenizer, siglip.image_processor)
-    image, caption = scene(7), "a red cube on a blue sphere"
-    [enc] = adapter.encode_captions([caption], TEMPLATE)
+    assert_token_scores_are_finite_differences(adapter, modeling_siglip, scene(7), monkeypatch)
+
+
+def assert_token_scores_are_finite_differences(adapter, modeling, image, monkeypatch):
+    """Scaling the last block's attention from the pooled (last) position to token j by (1+t) in every
+    head changes the cosine by t·heads·score_j (one attributed layer). ``adapter`` wraps an fp64 HF
+    model whose eager attention lives in the module ``modeling``; HF's forward takes the image as its
+    processor gives it (NaFlex: with mask and grid)."""
+    model = adapter.model
+    [enc] = adapter.encode_captions(["a red cube on a blue sphere"], TEMPLATE)
     [raw] = CLIP4DM(adapter, layers=1).attribute_tokens(adapter.preprocess([image]), [enc]).token_scores
     target = model.text_model.encoder.layers[-1].self_attn
     scale = {"t": 0.0, "j": 0}
@@ -202,14 +207,15 @@ def test_token_score_is_finite_difference_of_scaled_attention(siglip, model_dir,
             out = (weights @ value).transpose(1, 2).contiguous()
         return out, weights
 
-    monkeypatch.setattr(modeling_siglip, "eager_attention_forward", perturbed)
+    monkeypatch.setattr(modeling, "eager_attention_forward", perturbed)
     ids = torch.tensor([enc.input_ids])
-    pixels = adapter.preprocess([image])
+    inputs = adapter.image_processor(images=[image], return_tensors="pt")
+    inputs = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
 
     def cosine(t: float, j: int) -> float:
         scale.update(t=t, j=j)
         with torch.no_grad():
-            out = model(input_ids=ids, pixel_values=pixels)
+            out = model(input_ids=ids, **inputs)
         return float(torch.nn.functional.cosine_similarity(out.text_embeds, out.image_embeds)[0])
 
     h = 1e-5
@@ -323,13 +329,19 @@ def test_spiece_model_alone_gives_the_tokenizer(tmp_path):
     assert tok.pad_token == tok.eos_token == "</s>" and tok.model_max_length == CONTEXT
 
 
-def test_naflex_siglip2_is_refused_in_one_line(tmp_path):
-    from transformers import Siglip2Config
-
-    (tmp_path / "config.json").write_text(json.dumps(Siglip2Config().to_dict()))
-    with pytest.raises(CheckpointError, match=r"NaFlex.*google/siglip2-base-patch16-224") as info:
-        load_model(tmp_path, device="cpu")
-    assert "\n" not in str(info.value)
+def test_a_folder_with_spiece_model_only_loads(tmp_path):
+    """The local-folder file check accepts ``spiece.model`` as the tokenizer: the model loads and embeds a
+    caption as the same folder with ``tokenizer.json`` does."""
+    folder = save_random_siglip(tmp_path, "siglip")
+    with_json = load_model(folder, device="cpu")
+    (folder / "tokenizer.json").unlink()
+    assert sorted(p.name for p in folder.glob("tokenizer*")) == ["tokenizer_config.json"]
+    alone = load_model(folder, device="cpu")
+    [enc] = alone.encode_captions(["a cup of coke"], TEMPLATE)
+    [reference] = with_json.encode_captions(["a cup of coke"], TEMPLATE)
+    assert (enc.input_ids, enc.token_spans) == (reference.input_ids, reference.token_spans)
+    inputs = alone.collate([enc])
+    assert torch.equal(alone.text_embeddings(inputs).embeds, with_json.text_embeddings(inputs).embeds)
 
 
 # --- interactions ---

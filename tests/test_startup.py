@@ -15,7 +15,7 @@ import pytest
 import clipalign
 
 HEAVY = ("torch", "transformers", "torchmetrics", "matplotlib", "pyarrow", "ray")
-COMMANDS = ("words", "score", "interactions", "eval", "scan", "report", "demo", "download", "models")
+COMMANDS = ("words", "score", "interactions", "eval", "scan", "report", "demo", "download", "models", "sweep")
 """Every command, whose --help must stay light."""
 
 
@@ -89,3 +89,13 @@ def test_the_benchmark_names_the_cli_lists_are_the_loaders():
     from clipalign.datasets import BENCHMARK_NAMES, BENCHMARKS
 
     assert tuple(sorted(BENCHMARKS)) == BENCHMARK_NAMES
+
+
+@pytest.mark.slow
+def test_models_command_is_light(tmp_path):
+    """``clipalign models`` lists the families and reads the cache's config.json files without torch."""
+    code = (
+        "from clipalign.cli.main import main\n"
+        f"assert main(['models', '--json', '--cache-dir', {str(tmp_path)!r}]) == 0\n"
+    )
+    assert heavy_modules_after(code) == []

@@ -23,6 +23,10 @@ from transformers import (
     CLIPImageProcessorPil,
     CLIPModel,
     CLIPVisionConfig,
+    Siglip2Config,
+    Siglip2ImageProcessorPil,
+    Siglip2Model,
+    Siglip2VisionConfig,
     SiglipConfig,
     SiglipImageProcessorPil,
     SiglipModel,
@@ -237,13 +241,27 @@ def tiny_siglip_config(
     patch_size: int = 8,
 ) -> SiglipConfig:
     """A small ``SiglipModel`` architecture with a 64-token text context and the attention-pooling head."""
-    tower = {
+    tower = _tower(hidden_size, layers, heads)
+    text = _siglip_text(tower, vocab_size, pad_token_id, eos_token_id)
+    vision = {**tower, "image_size": image_size, "patch_size": patch_size}
+    return SiglipConfig(text_config=text, vision_config=vision)
+
+
+def _tower(hidden_size: int, layers: int, heads: int) -> dict[str, int]:
+    """The sizes both towers of a tiny SigLIP share (the MLP twice the width)."""
+    return {
         "hidden_size": hidden_size,
         "intermediate_size": 2 * hidden_size,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
     }
-    text = {
+
+
+def _siglip_text(
+    tower: dict[str, int], vocab_size: int, pad_token_id: int, eos_token_id: int
+) -> dict[str, Any]:
+    """A SigLIP text tower's config: ``tower``'s sizes, the vocabulary, a 64-token context, no BOS."""
+    return {
         **tower,
         "vocab_size": vocab_size,
         "max_position_embeddings": SIGLIP_TEXT_CONTEXT,
@@ -251,8 +269,6 @@ def tiny_siglip_config(
         "eos_token_id": eos_token_id,
         "bos_token_id": None,
     }
-    vision = {**tower, "image_size": image_size, "patch_size": patch_size}
-    return SiglipConfig(text_config=text, vision_config=vision)
 
 
 def save_random_siglip(
@@ -275,4 +291,45 @@ def save_random_siglip(
     SiglipModel(cfg).save_pretrained(out)
     size = vision.image_size
     SiglipImageProcessorPil(size={"height": size, "width": size}).save_pretrained(out)
+    return out
+
+
+GEMMA_PAD, GEMMA_EOS = 0, 1
+"""The pad and end-of-sequence ids of the Gemma tokenizer :func:`_write_gemma_tokenizer` trains."""
+
+
+def tiny_siglip2_config(
+    vocab_size: int,
+    hidden_size: int = 32,
+    layers: int = 4,
+    heads: int = 4,
+    patch_size: int = 8,
+    num_patches: int = 16,
+) -> Siglip2Config:
+    """A small NaFlex ``Siglip2Model``: SigLIP's text tower with a 64-token context, and a vision tower
+    whose ``num_patches`` position embeddings (a square grid) are resized to each image's patch grid."""
+    tower = _tower(hidden_size, layers, heads)
+    text = _siglip_text(tower, vocab_size, GEMMA_PAD, GEMMA_EOS)
+    vision = {**tower, "patch_size": patch_size, "num_patches": num_patches}
+    return Siglip2Config(text_config=text, vision_config=vision)
+
+
+def save_random_siglip2(out_dir: str | Path, seed: int = 0, max_num_patches: int = 24, **config: int) -> Path:
+    """Write a seeded random NaFlex ``Siglip2Model`` (safetensors) with a Gemma tokenizer trained here,
+    offline, and SigLIP 2's NaFlex image processor (aspect ratio kept, at most ``max_num_patches``
+    patches of the model's patch size, mean and std 0.5).
+
+    ``config`` overrides :func:`tiny_siglip2_config`'s arguments; the vocabulary is the tokenizer's.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_siglip2_config(_write_gemma_tokenizer(out), **config)
+    torch.manual_seed(seed)
+    Siglip2Model(cfg).save_pretrained(out)
+    vision = cfg.vision_config
+    if not isinstance(vision, Siglip2VisionConfig):
+        raise TypeError(f"config.vision_config must be a Siglip2VisionConfig, got {type(vision).__name__}")
+    Siglip2ImageProcessorPil(patch_size=vision.patch_size, max_num_patches=max_num_patches).save_pretrained(
+        out
+    )
     return out

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from clipalign.cli import faithfulness
 from clipalign.cli.common import (
     add_model_options,
     add_quadrature_options,
@@ -19,13 +20,32 @@ from clipalign.cli.common import (
     stderr,
     word_settings,
 )
-from clipalign.datasets import BENCHMARK_NAMES
+from clipalign.datasets import BENCHMARK_NAMES, POINTING_NAMES
 from clipalign.settings import InteractionSettings, WordSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate on a paper benchmark (FOIL, nocaps-FOIL, HAT, ...)")
-    p.add_argument("benchmark", choices=BENCHMARK_NAMES, metavar="BENCHMARK", help="one of %(choices)s")
+    p.add_argument(
+        "benchmark",
+        choices=(*BENCHMARK_NAMES, "mismatch", faithfulness.ANALYSIS),
+        metavar="BENCHMARK",
+        help="one of %(choices)s",
+    )
+    p.add_argument(
+        "--on",
+        choices=POINTING_NAMES,
+        help="mismatch, faithfulness: the pointing benchmark whose captions and boxes are read (default "
+        "pointing-coco)",
+    )
+    p.add_argument(
+        "--per-class",
+        nargs="?",
+        const="category",
+        metavar="KEY",
+        help="pointing-*: metrics per class (item meta KEY, default category: COCO category, Flickr30k "
+        "phrase type, synthetic shape; e.g. color), a sorted table and OUT/BENCHMARK/per_class.png",
+    )
     p.add_argument(
         "--annotations", required=True, help="annotation file (or directory) in its original format"
     )
@@ -54,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "used on the benchmark where it differs)",
     )
     _add_pointing_options(p)
+    faithfulness.add_options(p)
     p.set_defaults(func=run)
 
 
@@ -108,8 +129,17 @@ def pointing_methods(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.benchmark == "mismatch":
+        from clipalign.cli.mismatch import evaluate_mismatch
+
+        return evaluate_mismatch(args)
+    if args.benchmark == faithfulness.ANALYSIS:
+        return faithfulness.run(args)
+    if args.on is not None:
+        raise ValueError("--on applies to mismatch and faithfulness only")
     from clipalign.evaluation.benchmark import (
         LOADER_OPTIONS,
+        check_class_key,
         default_word_settings,
         is_pointing,
         load_items,
@@ -120,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     methods = pointing_methods(args)
     options = {name: getattr(args, name) for name in LOADER_OPTIONS}
     items = load_items(args.benchmark, args.annotations, args.images, limit=args.limit, **options)
+    if args.per_class is not None:  # before the model loads
+        check_class_key(items, args.per_class)
     spec = model_spec(args)
     pointing = is_pointing(args.benchmark)
     words = None if pointing else word_settings(args, **default_word_settings(args.benchmark))
@@ -134,8 +166,9 @@ def run(args: argparse.Namespace) -> int:
         methods=methods,
         nli_model=args.nli_model,
         progress=not args.no_progress,
+        per_class=args.per_class,
     )
-    reports = [outcome.md_path, outcome.json_path]
+    reports = [outcome.md_path, outcome.json_path, *([outcome.chart_path] if outcome.chart_path else [])]
     _print(args.benchmark, outcome.metrics, reports, outcome.failures_path, spec.name)
     return 0
 
@@ -147,16 +180,16 @@ def _print(
     from clipalign.evaluation.report import (
         COLUMNS,
         backbone_of,
-        failures_by_kind,
         group_table,
         headline_table,
         methods_table,
+        per_class_table,
     )
 
     console = Console()
     console.print(f"{benchmark}: {metrics.get('items', 0)} items, {metrics.get('failed', 0)} failed")
     tables = [headline_table(benchmark, metrics, backbone_of(model))]
-    for extra in (methods_table(metrics), group_table(benchmark, metrics)):
+    for extra in (methods_table(metrics), per_class_table(metrics), group_table(benchmark, metrics)):
         if extra is not None:
             tables.append(extra)
     for header, rows in tables:
@@ -167,9 +200,16 @@ def _print(
     for column in COLUMNS.get(benchmark, ()):
         console.print(f"[bold]{column.label}[/]: {column.legend}")
     if failures_path is not None:
-        failures = [json.loads(line) for line in failures_path.read_text(encoding="utf-8").splitlines()]
-        reasons = ", ".join(f"{len(r)} {kind}" for kind, r in failures_by_kind(failures).items())
-        stderr.print(
-            f"[yellow]{len(failures)} item(s) failed ({reasons}); list: {failures_path}[/]", soft_wrap=True
-        )
+        print_failures(failures_path, "item")
     console.print(f"wrote {' and '.join(map(str, reports))}", soft_wrap=True)
+
+
+def print_failures(failures_path: Path, unit: str) -> None:
+    """On stderr: how many ``unit``s failed, by reason, and the file that lists them."""
+    from clipalign.evaluation.report import failures_by_kind
+
+    failures = [json.loads(line) for line in failures_path.read_text(encoding="utf-8").splitlines()]
+    reasons = ", ".join(f"{len(r)} {kind}" for kind, r in failures_by_kind(failures).items())
+    stderr.print(
+        f"[yellow]{len(failures)} {unit}(s) failed ({reasons}); list: {failures_path}[/]", soft_wrap=True
+    )

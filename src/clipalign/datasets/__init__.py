@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from clipalign.datasets.base import Box, MisalignmentItem, PointingItem
     from clipalign.datasets.foil import load_foil
     from clipalign.datasets.hat import load_hat
+    from clipalign.datasets.hnc import load_hnc
     from clipalign.datasets.nocaps_foil import load_nocaps_foil
     from clipalign.datasets.pointing_coco import load_pointing_coco
     from clipalign.datasets.pointing_flickr30k import load_pointing_flickr30k
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 BENCHMARK_NAMES: tuple[str, ...] = (
     "foil",
     "hat",
+    "hnc",
     "nocaps-foil",
     "pointing-coco",
     "pointing-flickr30k",
@@ -41,6 +43,9 @@ BENCHMARK_NAMES: tuple[str, ...] = (
 )
 """The keys of :data:`BENCHMARKS`, sorted (a test keeps the two equal)."""
 
+POINTING_NAMES: tuple[str, ...] = ("hnc", "pointing-coco", "pointing-flickr30k", "pointing-synthetic")
+"""The benchmarks that are pointing games (their loaders give :class:`PointingItem`)."""
+
 _EXPORTS: dict[str, str] = {
     "BENCHMARKS": "clipalign.datasets.registry",
     "AnnotationFormatError": "clipalign.datasets._common",
@@ -49,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "PointingItem": "clipalign.datasets.base",
     "load_foil": "clipalign.datasets.foil",
     "load_hat": "clipalign.datasets.hat",
+    "load_hnc": "clipalign.datasets.hnc",
     "load_nocaps_foil": "clipalign.datasets.nocaps_foil",
     "load_pointing_coco": "clipalign.datasets.pointing_coco",
     "load_pointing_flickr30k": "clipalign.datasets.pointing_flickr30k",
@@ -62,12 +68,14 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "BENCHMARKS",
     "BENCHMARK_NAMES",
+    "POINTING_NAMES",
     "AnnotationFormatError",
     "Box",
     "MisalignmentItem",
     "PointingItem",
     "load_foil",
     "load_hat",
+    "load_hnc",
     "load_nocaps_foil",
     "load_pointing_coco",
     "load_pointing_flickr30k",

@@ -133,7 +133,8 @@ def load_pointing_flickr30k(
     come in the order of the official ``<split>.txt`` (``test`` by default, the split exCLIP reports;
     ``train``, ``val``), or all ``Sentences/*.txt`` in numeric order for ``split="all"``; then
     sentences in file order, phrases in sentence order. ``caption`` is the sentence without markup;
-    phrases of entities without a box (scene, nobox, notvisual) are skipped.
+    phrases of entities without a box (scene, nobox, notvisual) are skipped. ``meta["category"]`` is the
+    phrase type (``people``; a phrase of several types joins them, ``people/other``; ``none`` if untyped).
     Ids: ``<image id>-<sentence index>-<phrase index>``.
     """
     check_limit(limit)
@@ -161,7 +162,13 @@ def load_pointing_flickr30k(
                         phrase_start=start,
                         phrase_end=end,
                         boxes=tuple(boxes[entity]),
-                        meta={"image_id": image_id, "sentence": s_index, "entity_id": entity, "types": types},
+                        meta={
+                            "image_id": image_id,
+                            "sentence": s_index,
+                            "entity_id": entity,
+                            "types": types,
+                            "category": "/".join(types) or "none",
+                        },
                     )
 
     return unique_ids(take(items(), limit))

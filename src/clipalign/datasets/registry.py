@@ -7,6 +7,7 @@ from collections.abc import Callable
 from clipalign.datasets.base import MisalignmentItem, PointingItem
 from clipalign.datasets.foil import load_foil
 from clipalign.datasets.hat import load_hat
+from clipalign.datasets.hnc import load_hnc
 from clipalign.datasets.nocaps_foil import load_nocaps_foil
 from clipalign.datasets.pointing_coco import load_pointing_coco
 from clipalign.datasets.pointing_flickr30k import load_pointing_flickr30k
@@ -18,6 +19,7 @@ BENCHMARKS: dict[str, Callable[..., list[MisalignmentItem] | list[PointingItem]]
     "foil": load_foil,
     "nocaps-foil": load_nocaps_foil,
     "hat": load_hat,
+    "hnc": load_hnc,
     "seetrue-feedback": load_seetrue_feedback,
     "richhf": load_richhf,
     "pointing-coco": load_pointing_coco,

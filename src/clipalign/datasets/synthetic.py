@@ -94,6 +94,7 @@ def _pointing_items(scene: dict[str, Any], images_dir: Path) -> list[PointingIte
                     "color": obj["color"],
                     "size": obj["size"],
                     "position": obj["position"],
+                    "category": obj["shape"],
                 },
             )
         )
@@ -139,6 +140,7 @@ def load_synthetic_pointing(
 ) -> list[PointingItem]:
     """One pointing item per object: its "colour shape" phrase in the true caption and its box.
 
-    Ids: ``<scene>-obj<i>``. ``limit`` keeps the first N items.
+    Ids: ``<scene>-obj<i>``. ``meta`` holds the object's ``shape``, ``color``, ``size`` and ``position``,
+    and ``category`` (its shape, the per-class default). ``limit`` keeps the first N items.
     """
     return _load(annotations, images, limit, _pointing_items)

@@ -18,16 +18,17 @@ from clipalign.attribution.baselines import BASELINES, get_baseline
 from clipalign.attribution.fixlip import FIxLIP
 from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.attribution.words import CLIP4DM
-from clipalign.datasets import BENCHMARKS
+from clipalign.datasets import BENCHMARKS, POINTING_NAMES
 from clipalign.datasets.base import MisalignmentItem, PointingItem
 from clipalign.evaluation.authors import Protocol
 from clipalign.evaluation.cache import ResultCache
 from clipalign.evaluation.nli import DEFAULT_NLI_MODEL, NLIScorer
-from clipalign.evaluation.report import write_report
+from clipalign.evaluation.report import PER_CLASS_CHART, write_report
 from clipalign.evaluation.runner import (
     PointingMethod,
     Record,
     misalignment_metrics,
+    per_class_metrics,
     pointing_metrics,
     score_misalignment,
     score_pointing,
@@ -61,7 +62,7 @@ LOADER_OPTIONS = ("prompts", "instances", "split", "karpathy")
 
 def is_pointing(benchmark: str) -> bool:
     """Pointing games are scored with interactions; the others with word-level misalignment."""
-    return benchmark.startswith("pointing")
+    return benchmark in POINTING_NAMES
 
 
 def default_word_settings(benchmark: str) -> dict[str, Any]:
@@ -103,6 +104,7 @@ class BenchmarkRun:
     md_path: Path
     newly_scored: int
     failures_path: Path | None = None
+    chart_path: Path | None = None
 
 
 POINTING_METHODS = ("interactions", "fixlip", *BASELINES)
@@ -133,6 +135,7 @@ def run_benchmark(
     methods: Sequence[str] = ("interactions",),
     nli_model: str | None = None,
     progress: bool = True,
+    per_class: str | None = None,
 ) -> BenchmarkRun:
     """Score ``items`` with ``model`` into ``out/benchmark/`` (cache + report.json + report.md).
 
@@ -140,8 +143,12 @@ def run_benchmark(
     so a rerun with the same settings resumes and a changed setting starts a new cache. Pointing games
     score every method of ``methods`` (:data:`POINTING_METHODS`), each cached under its own key; the
     first is the report's headline, and with more than one ``metrics["methods"]`` holds each one's.
+    ``per_class`` names the item ``meta`` key of a pointing game's classes: ``metrics["per_class"]``
+    then holds the headline method's metrics per class, also drawn as bars in ``per_class.png``.
     """
     directory = Path(out) / benchmark
+    if per_class is not None:
+        check_class_key(items, per_class)
     if is_pointing(benchmark):
         method_settings = interactions or InteractionSettings()
         pointing_items = [i for i in items if isinstance(i, PointingItem)]
@@ -162,10 +169,12 @@ def run_benchmark(
         metrics = pointing_metrics(records)
         if len(methods) > 1:
             metrics["methods"] = {name: pointing_metrics(r) for name, r in by_method.items()}
+        if per_class is not None:
+            metrics["per_class"] = per_class_metrics(pointing_items, records, per_class)
     else:
         word_settings = words or WordSettings(**default_word_settings(benchmark))
-        settings = {"benchmark": benchmark, **spec.to_dict(), **word_settings.to_dict()}
-        cache = ResultCache(directory / "cache", settings)
+        cache = word_cache(out, benchmark, spec, word_settings)
+        settings = cache.settings
         before = len(cache.load())
         attributor = CLIP4DM(model, settings=word_settings)
         word_items = [i for i in items if isinstance(i, MisalignmentItem)]
@@ -202,7 +211,33 @@ def run_benchmark(
         failures=failures,
         failures_path=failures_path,
     )
-    return BenchmarkRun(metrics, json_path, md_path, scored, failures_path)
+    chart_path = None
+    if "per_class" in metrics:
+        from clipalign.viz.bars import class_bars
+
+        chart_path = class_bars(
+            metrics["per_class"], directory / PER_CLASS_CHART, title=f"{benchmark}: {methods[0]}"
+        )
+    return BenchmarkRun(metrics, json_path, md_path, scored, failures_path, chart_path)
+
+
+def check_class_key(items: Sequence[MisalignmentItem | PointingItem], key: str) -> None:
+    """Refuse ``--per-class KEY`` unless every item is a pointing item whose ``meta`` has ``key``."""
+    if not all(isinstance(it, PointingItem) for it in items):
+        raise ValueError("--per-class applies to the pointing games only (pointing-*, hnc)")
+    missing = [it for it in items if key not in it.meta]
+    if missing:
+        keys = sorted({k for it in items for k in it.meta})
+        raise ValueError(
+            f"--per-class {key}: item {missing[0].id} has no {key!r} (meta keys there: {', '.join(keys)})"
+        )
+
+
+def word_cache(out: str | Path, benchmark: str, spec: ModelSpec, words: WordSettings) -> ResultCache:
+    """The per-item cache of a word-level benchmark under ``out/benchmark/cache``, keyed by the benchmark,
+    the model and the word settings: ``clipalign eval`` and ``clipalign sweep`` share it."""
+    settings = {"benchmark": benchmark, **spec.to_dict(), **words.to_dict()}
+    return ResultCache(Path(out) / benchmark / "cache", settings)
 
 
 def write_failures(directory: Path, failures: list[dict[str, Any]]) -> Path | None:

@@ -96,6 +96,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "pointing-coco": _POINTING,
     "pointing-flickr30k": _POINTING,
     "pointing-synthetic": _POINTING,
+    "hnc": _POINTING,
 }
 """Per benchmark: the columns of the headline table, the authors' protocol first, then our variants."""
 
@@ -186,6 +187,30 @@ def methods_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]] 
     return header, rows
 
 
+PER_CLASS_CHART = "per_class.png"
+"""The bar chart of ``--per-class``, written beside report.md."""
+
+
+def per_class_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """One row per class of ``--per-class`` (already sorted by energy, highest first), or None."""
+    per_class = metrics.get("per_class")
+    if not per_class:
+        return None
+    header = [per_class["by"], "items", "failed", "accuracy", "energy", "uniform energy"]
+    rows = [
+        [
+            name,
+            str(m["items"]),
+            str(m["failed"]),
+            _fmt(m.get("accuracy")),
+            _fmt(m.get("energy")),
+            _fmt(m.get("uniform_energy")),
+        ]
+        for name, m in per_class["rows"].items()
+    ]
+    return header, rows
+
+
 def failure_kind(error: str) -> str:
     """A coarse reason for a failed item (its full message stays in the failure list)."""
     from clipalign.runners.summary import failure_kind as scan_kind
@@ -269,6 +294,10 @@ def write_report(
     methods = methods_table(metrics)
     if methods is not None:
         lines += ["", "## Methods", "", *_markdown(*methods)]
+    per_class = per_class_table(metrics)
+    if per_class is not None:
+        lines += ["", f"## Per {metrics['per_class']['by']}", "", *_markdown(*per_class)]
+        lines += ["", f"Sorted by energy; chart: `{PER_CLASS_CHART}`."]
     groups = group_table(benchmark, metrics)
     if groups is not None:
         lines += ["", f"## By {metrics['groups']['by']}", "", *_markdown(*groups)]

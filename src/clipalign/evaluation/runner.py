@@ -403,10 +403,7 @@ def _pointing_record(
     if isinstance(result, PatchMap):
         heatmap = result.heatmap()
     else:
-        words = [
-            i for i, w in enumerate(result.words) if w.start < item.phrase_end and w.end > item.phrase_start
-        ]
-        heatmap = result.span_heatmap(words)
+        heatmap = result.span_heatmap(phrase_words(result, item.phrase_start, item.phrase_end))
     hit, energy = pointing_game(heatmap, item.boxes)
     width, height = result.geometry.original
     cx, cy, cw, ch = result.geometry.crop_in_original()
@@ -423,6 +420,11 @@ def _pointing_record(
         "centre_hit": pointing_game(centre, item.boxes)[0],
         "box_fraction": _box_fraction(item.boxes, (width, height)),
     }
+
+
+def phrase_words(result: Interactions, start: int, end: int) -> list[int]:
+    """Indices of the caption words of ``result`` that overlap characters [start, end) of the caption."""
+    return [i for i, w in enumerate(result.words) if w.start < end and w.end > start]
 
 
 def _box_fraction(boxes: Sequence[tuple[float, float, float, float]], size: tuple[int, int]) -> float:
@@ -442,3 +444,20 @@ def pointing_metrics(records: Sequence[Record]) -> dict[str, Any]:
             uniform_energy=float(np.mean([r["box_fraction"] for r in ok])),
         )
     return out
+
+
+def per_class_metrics(
+    items: Sequence[PointingItem], records: Sequence[Record], key: str = "category"
+) -> dict[str, Any]:
+    """:func:`pointing_metrics` of each class's items, the class being ``item.meta[key]``; rows sorted
+    by energy, then accuracy, highest first (a class whose items all failed comes last)."""
+    classes: dict[str, list[Record]] = {}
+    for item, record in zip(items, records, strict=True):
+        classes.setdefault(str(item.meta.get(key)), []).append(record)
+    rows = {name: pointing_metrics(group) for name, group in classes.items()}
+
+    def rank(name: str) -> tuple[float, float, str]:
+        row = rows[name]
+        return (-row.get("energy", -1.0), -row.get("accuracy", -1.0), name)
+
+    return {"by": key, "rows": {name: rows[name] for name in sorted(rows, key=rank)}}

@@ -116,8 +116,10 @@ class ClipAdapter(Protocol):
 
 
 @runtime_checkable
-class InteractionAdapter(ClipAdapter, Protocol):
-    """What second-order interactions need in addition: hidden states at a block and the network above it.
+class StatesAdapter(ClipAdapter, Protocol):
+    """What second-order interactions need in addition, whatever the patch grid: hidden states at a block
+    and the network above it. :class:`InteractionAdapter` adds one grid for every image,
+    :class:`PerImageGridAdapter` a grid per image.
 
     Heads must be differentiable by ``torch.func.jvp`` under ``vmap`` (no in-place writes to their input,
     no data-dependent control flow), and ``text_head(text_states(ids, L), L, p)`` must reproduce
@@ -127,11 +129,6 @@ class InteractionAdapter(ClipAdapter, Protocol):
     @property
     def num_vision_layers(self) -> int:
         """Number of vision-encoder blocks; ``image_states``/``image_head`` take a layer in 0..this − 1."""
-        ...
-
-    @property
-    def patch_grid(self) -> tuple[int, int]:
-        """(rows, cols) of patches in the model input; ``image_states`` holds rows·cols patch positions."""
         ...
 
     def image_geometry(self, width: int, height: int) -> ImageGeometry:
@@ -189,6 +186,30 @@ class InteractionAdapter(ClipAdapter, Protocol):
     ) -> PositionJVPs | None:
         """A faster :data:`PositionJVPs` of ``post(image_head(·, layer))`` with the same numbers, or None to
         use the generic ``torch.func`` JVPs (always correct, slower)."""
+        ...
+
+
+@runtime_checkable
+class InteractionAdapter(StatesAdapter, Protocol):
+    """A :class:`StatesAdapter` whose every input has one patch grid (CLIP, SigLIP)."""
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, cols) of patches in the model input; ``image_states`` holds rows·cols patch positions."""
+        ...
+
+
+@runtime_checkable
+class PerImageGridAdapter(StatesAdapter, Protocol):
+    """A :class:`StatesAdapter` whose images each have their own patch grid (SigLIP 2 NaFlex): its
+    ``image_states`` takes images of one grid, and the all-zero reference image is per grid."""
+
+    def patch_grids(self, pixel_values: torch.Tensor) -> list[tuple[int, int]]:
+        """(rows, cols) of each image of a batch of preprocessed pixel values."""
+        ...
+
+    def reference_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The all-zero image at each image's own grid, in the form of ``pixel_values``."""
         ...
 
 

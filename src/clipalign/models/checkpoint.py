@@ -26,8 +26,13 @@ class CheckpointError(ModelLoadError):
     again would not help."""
 
 
-TOKENIZER_FILES: tuple[tuple[str, ...], ...] = (("tokenizer.json",), ("vocab.json", "merges.txt"))
-"""Either group is enough for a fast CLIP tokenizer."""
+TOKENIZER_FILES: tuple[tuple[str, ...], ...] = (
+    ("tokenizer.json",),
+    ("vocab.json", "merges.txt"),
+    ("spiece.model",),
+)
+"""Any group is enough: a fast tokenizer's ``tokenizer.json``, CLIP's BPE files, or SigLIP's SentencePiece
+model (rebuilt as a fast tokenizer by the SigLIP adapter)."""
 PREPROCESSOR_FILE = "preprocessor_config.json"
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -42,7 +47,9 @@ def check_local_files(name: str, allow_pickle: bool) -> None:
     if not path.is_dir():
         return
     if not any(all((path / f).is_file() for f in group) for group in TOKENIZER_FILES):
-        raise CheckpointError(f"no tokenizer files in {path} (vocab.json/merges.txt or tokenizer.json)")
+        raise CheckpointError(
+            f"no tokenizer files in {path} (tokenizer.json, vocab.json/merges.txt or spiece.model)"
+        )
     if not (path / PREPROCESSOR_FILE).is_file():
         raise CheckpointError(f"no {PREPROCESSOR_FILE} in {path}: the image preprocessing is unknown")
     has_safe = any((path / f).is_file() for f in SAFE_WEIGHTS)

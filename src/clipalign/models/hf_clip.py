@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import get_args
 
 import numpy as np
 import torch
 from PIL import Image
 from transformers import (
-    AutoTokenizer,
     CLIPImageProcessorPil,
     CLIPModel,
     CLIPTextModel,
     CLIPVisionModel,
-    PreTrainedTokenizerBase,
 )
 from transformers.activations import QuickGELUActivation
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoder, CLIPEncoderLayer
@@ -25,11 +22,8 @@ from clipalign.models.base import (
     PositionJVPs,
     TextInputs,
     TextOutput,
-    model_load_error,
-    resolve_device,
-    resolve_dtype,
 )
-from clipalign.models.checkpoint import check_local_files, check_tokenizer_size, load_checkpoint
+from clipalign.models.hf_dual import HFDualEncoder
 from clipalign.settings import TextReference
 from clipalign.text.alignment import EncodedCaption, encode_captions
 
@@ -88,14 +82,19 @@ def text_tower(
     return hidden, attentions
 
 
-def _fused_block(block: CLIPEncoderLayer, states: torch.Tensor, causal: bool) -> torch.Tensor:
+def _fused_block(
+    block: CLIPEncoderLayer, states: torch.Tensor, causal: bool, keys: torch.Tensor | None = None
+) -> torch.Tensor:
     """One encoder block on PyTorch's fused attention (flash or memory-efficient kernels on a GPU): HF's
     block with ``scaled_dot_product_attention`` in place of the eager softmax, for blocks whose maps are
-    not read; ``causal`` applies the text tower's causal mask."""
+    not read; ``causal`` applies the text tower's causal mask, ``keys`` (B, 1, 1, S) bool, when given,
+    the positions every query may attend to (SigLIP 2 NaFlex: an image's patches, not its padding)."""
     attn = block.self_attn
     z = block.layer_norm1(states)
     q, k, v = (_split_heads(attn, proj(z)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=attn.scale)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=keys, is_causal=causal, scale=attn.scale
+    )
     hidden = states + attn.out_proj(out.transpose(1, 2).reshape(*states.shape[:2], -1))
     return hidden + block.mlp(block.layer_norm2(hidden))
 
@@ -409,7 +408,7 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-class HFCLIPAdapter:
+class HFCLIPAdapter(HFDualEncoder[CLIPModel]):
     """Wraps a HF ``CLIPModel`` with its fast tokenizer and image processor.
 
     Text embeddings are pooled at the EOT position that the adapter itself placed (not via the config's
@@ -418,67 +417,10 @@ class HFCLIPAdapter:
     depend on whether torchvision is installed.
     """
 
-    def __init__(
-        self,
-        model: CLIPModel,
-        tokenizer: PreTrainedTokenizerBase,
-        image_processor: CLIPImageProcessorPil,
-        name: str = "clip",
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        impl = model.text_model.config._attn_implementation
-        if impl != "eager":
-            raise ValueError(
-                f"text attention implementation is {impl!r}; attention maps need 'eager': load the model "
-                "with CLIPModel.from_pretrained(..., attn_implementation='eager')"
-            )
-        if not getattr(tokenizer, "is_fast", False):
-            raise TypeError(
-                "HFCLIPAdapter needs a fast tokenizer (offset mapping); load it with AutoTokenizer"
-            )
-        self.model = model
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.name = name
-        param = next(model.parameters())
-        self.device = param.device
-        self.weight_dtype = param.dtype
-        self.dtype = dtype or param.dtype
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | Path,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype = "fp32",
-        local_files_only: bool = False,
-        allow_pickle: bool = False,
-    ) -> HFCLIPAdapter:
-        """Load model, tokenizer and image processor from a Hub name or a local directory.
-
-        ``local_files_only`` uses the Hugging Face cache without asking the Hub. Weights must be
-        safetensors unless ``allow_pickle`` (then a ``pytorch_model.bin`` is read weights-only) and must
-        match the config; a folder without tokenizer files is refused (see :mod:`.checkpoint`). The model
-        is put in eval mode with gradients off for its parameters (attribution differentiates activations).
-        """
-        name = str(name_or_path)
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        check_local_files(name, allow_pickle)
-        # weights stay fp32: half precision is autocast on the vision tower (see image_embeddings)
-        model = load_checkpoint(CLIPModel, name, torch.float32, local_files_only, allow_pickle)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
-            processor = CLIPImageProcessorPil.from_pretrained(name, local_files_only=local_files_only)
-        except (OSError, ValueError) as exc:
-            raise model_load_error(name, exc, offline_hint=True) from exc
-        check_tokenizer_size(name, len(tokenizer), model.text_model.embeddings.token_embedding.num_embeddings)
-        # both towers load eager (CLIP4DM reads the text tower's maps, and interactions below the last
-        # block differentiate vision blocks in forward mode, which SDPA lacks on CPU); blocks whose maps
-        # are not needed run PyTorch's fused attention through _fused_block instead
-        module: torch.nn.Module = model  # PreTrainedModel.to's @wraps hides its signature from mypy
-        module.to(torch_device).eval().requires_grad_(False)
-        return cls(model, tokenizer, processor, name=name, dtype=torch_dtype)
+    model_class = CLIPModel
+    processor_class = CLIPImageProcessorPil
+    family = "clip"
+    offline_hint = True
 
     @property
     def _text_model(self) -> CLIPTextModel:
@@ -489,14 +431,6 @@ class HFCLIPAdapter:
     def _vision_model(self) -> CLIPVisionModel:
         """The vision tower (``CLIPModel`` builds it untyped through ``_from_config``)."""
         return self.model.vision_model
-
-    @property
-    def num_text_layers(self) -> int:
-        return self._text_model.config.num_hidden_layers
-
-    @property
-    def max_text_tokens(self) -> int:
-        return self._text_model.config.max_position_embeddings
 
     def encode_captions(self, captions: Sequence[str], template: str) -> list[EncodedCaption]:
         """Tokenize ``SOT + template + caption + EOT`` for every caption in one tokenizer call, truncating
@@ -558,10 +492,6 @@ class HFCLIPAdapter:
         return TextOutput(embeds, tuple(attentions) if output_attentions else None)
 
     # --- hidden states at a block and the rest of the network, for interaction attributions ---
-
-    @property
-    def num_vision_layers(self) -> int:
-        return self._vision_model.config.num_hidden_layers
 
     @property
     def patch_grid(self) -> tuple[int, int]:

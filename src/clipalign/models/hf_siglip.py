@@ -3,9 +3,8 @@
 SigLIP 2 ships in two forms. The fixed-resolution checkpoints (``google/siglip2-base-patch16-224`` and
 the other ``-224/-256/-384/-512`` ones) are ``SiglipModel`` with a Gemma tokenizer: config ``model_type``
 ``siglip``, so :class:`HFSiglipAdapter` loads them. The NaFlex ones (``google/siglip2-*-naflex``,
-``Siglip2Model``, ``model_type`` ``siglip2``) feed a variable number of patches with a per-image grid
-(``pixel_attention_mask``, ``spatial_shapes``); clipalign's inputs are one fixed grid, so
-:class:`Siglip2NaFlexRefusal` refuses them with a one-line error naming the fixed-resolution ones.
+``Siglip2Model``, ``model_type`` ``siglip2``) load with :mod:`clipalign.models.hf_siglip2`'s adapter,
+which shares :class:`SiglipTowers` (the text side and the attention-pooling head) with this one.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn, cast, get_args
+from typing import Any, cast, get_args
 
 import numpy as np
 import torch
@@ -35,24 +34,19 @@ from transformers import (
 from transformers.convert_slow_tokenizer import import_protobuf
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipEncoderLayer
+from transformers.models.siglip2.modeling_siglip2 import (
+    Siglip2Encoder,
+    Siglip2EncoderLayer,
+    Siglip2TextModel,
+    Siglip2VisionModel,
+)
 from transformers.utils import cached_file
 
 from clipalign.images.geometry import ImageGeometry
-from clipalign.models.base import (
-    PositionJVPs,
-    TextInputs,
-    TextOutput,
-    model_load_error,
-    resolve_device,
-    resolve_dtype,
-)
-from clipalign.models.checkpoint import (
-    CheckpointError,
-    check_local_files,
-    check_tokenizer_size,
-    load_checkpoint,
-)
+from clipalign.models.base import PositionJVPs, TextInputs, TextOutput
+from clipalign.models.checkpoint import CheckpointError
 from clipalign.models.hf_clip import _at_least_fp32, _fused_block, _last_block_jvps, text_tower
+from clipalign.models.hf_dual import HFDualEncoder, ModelT
 from clipalign.settings import TextReference
 from clipalign.text.alignment import EncodedCaption, encode_captions
 
@@ -61,16 +55,6 @@ SPIECE_FILE = "spiece.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 EXCLIP_REFERENCE_TOKEN_ID = 0
 """As for CLIP, exCLIP's filler is token id 0 (``<pad>`` in SigLIP's and Gemma's vocabularies)."""
-FIXED_RESOLUTION_SIGLIP2 = "google/siglip2-base-patch16-224 (or -256, -384, -512; large, so400m, giant-opt)"
-SIGLIP_NEEDS = (
-    "config.json, model.safetensors (pytorch_model.bin only with --allow-pickle), preprocessor_config.json, "
-    "and the tokenizer: spiece.model (SigLIP; read with protobuf, no sentencepiece needed) or tokenizer.json "
-    "(SigLIP 2's Gemma tokenizer); no extra packages. Covers SigLIP and fixed-resolution SigLIP 2"
-)
-SIGLIP2_NEEDS = (
-    "not loadable: NaFlex SigLIP 2 (Siglip2Model, variable resolution) is refused; use a fixed-resolution "
-    f"SigLIP 2 (model_type siglip), e.g. {FIXED_RESOLUTION_SIGLIP2}"
-)
 _PUNCTUATION = Regex("[" + re.escape(string.punctuation) + "]")
 
 
@@ -178,137 +162,46 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int
     raise ValueError(f"{type(tokenizer).__name__} changes a text's tokens when it adds special tokens")
 
 
-def _blocks(encoder: SiglipEncoder) -> list[CLIPEncoderLayer]:
-    """The encoder's blocks. A ``SiglipEncoderLayer`` has ``CLIPEncoderLayer``'s layout (``layer_norm1``,
-    ``self_attn`` with ``q/k/v/out_proj``, ``layer_norm2``, ``mlp``) and the same forward, so it is typed
-    as one and HF CLIP's block helpers (fused attention, a block with its map) apply to it."""
-    blocks = [block for block in encoder.layers if isinstance(block, SiglipEncoderLayer)]
+def _blocks(encoder: SiglipEncoder | Siglip2Encoder) -> list[CLIPEncoderLayer]:
+    """The encoder's blocks. A ``SiglipEncoderLayer`` (and SigLIP 2's) has ``CLIPEncoderLayer``'s layout
+    (``layer_norm1``, ``self_attn`` with ``q/k/v/out_proj``, ``layer_norm2``, ``mlp``) and the same
+    forward, so it is typed as one and HF CLIP's block helpers (fused attention, a block with its map)
+    apply to it."""
+    kinds = (SiglipEncoderLayer, Siglip2EncoderLayer)
+    blocks = [block for block in encoder.layers if isinstance(block, kinds)]
     if len(blocks) != len(encoder.layers):
         raise TypeError("every block of a SigLIP encoder must be a SiglipEncoderLayer")
     return cast(list[CLIPEncoderLayer], blocks)
 
 
-class HFSiglipAdapter:
-    """Wraps a HF ``SiglipModel`` (SigLIP, fixed-resolution SigLIP 2) with a fast tokenizer and the PIL
-    image processor. What differs from CLIP, and how it is handled:
-
-    * **Text attention is bidirectional** (no causal mask), so every position, padding included, reaches
-      the pooled one. Captions are padded as the checkpoints were trained (big_vision, and HF's
-      ``padding="max_length"``): to the full context (64) with the tokenizer's pad token, on the right
-      (whatever the tokenizer's ``padding_side``: ``GemmaTokenizer`` defaults to left), and the model
-      runs without an attention mask, as in training. Every caption then has the same
-      length and batch-mates never meet, so word scores are batch-invariant (tested).
-    * **Pooling at the last position** (HF: ``last_hidden_state[:, -1]``, then the linear ``head``),
-      usually a pad token, not at EOS: ``pool_index`` is that position (63), so CLIP4DM reads row 63 of
-      ∂cos/∂A ⊙ A, the row the embedding is computed from. Interactions report all 64 text rows: pads
-      are part of the input and carry interaction mass.
-    * **Tokenizers**: SigLIP's ``SiglipTokenizer`` is SentencePiece and slow only (no offsets); it is
-      rebuilt as a fast one with the same canonicalisation (lower-case, ASCII punctuation dropped,
-      whitespace collapsed; see :func:`spiece_tokenizer`). SigLIP 2's is Gemma's (fast), used as saved:
-      its special tokens are the ones it adds (:func:`special_ids`), and it lower-cases only when its
-      config says ``do_lower_case`` (Google's model card says SigLIP 2 was trained on lower-cased text;
-      we follow the tokenizer as saved rather than guess).
-    * **Image side**: no class token (``image_prefix`` 0), the multi-head attention-pooling head (MAP)
-      gives the embedding, which has no projection. Images are resized to the square input without a
-      crop (aspect ratio not kept), by ``SiglipImageProcessorPil`` on every machine (no torchvision);
-      ``image_geometry`` is that non-uniform scaling, so heatmaps land on the right pixels.
-    * **Scores**: we attribute the cosine of the two embeddings, as for CLIP, and CLIPScore-style
-      scores stay cosine-based; SigLIP's sigmoid logit (scale and bias on that cosine) is not used.
-    * **Attention and precision** (as HF CLIP's adapter): weights stay fp32; ``image_embeddings`` runs
-      every vision block on PyTorch's fused attention (SDPA), under autocast in ``dtype`` for fp16/bf16;
-      the text tower runs in fp32, fused below the attributed blocks and eager in them (their maps are
-      CLIP4DM's input). Interactions run the blocks as HF does (eager: forward-mode JVPs through the
-      vision blocks, ``torch.func.jvp``, which SDPA lacks on CPU). ``text_head_jvps`` is HF CLIP's
-      closed form without the causal mask; ``image_head_jvps`` returns None, so the image side takes the
-      generic JVPs (no closed form is derived for the attention-pooling head).
-    """
+class SiglipTowers(HFDualEncoder[ModelT]):
+    """What SigLIP and SigLIP 2 (fixed resolution and NaFlex) share: the text side (captions padded to the
+    full context with the pad token and read without an attention mask, pooled at the last position,
+    then the linear ``head``; the tokenizer as :func:`load_siglip_tokenizer` builds it) and the image
+    side above the patch embeddings (no class token, the attention-pooling head). The
+    :class:`HFSiglipAdapter` docstring says why."""
 
     def __init__(
         self,
-        model: SiglipModel,
+        model: ModelT,
         tokenizer: PreTrainedTokenizerBase,
-        image_processor: SiglipImageProcessorPil,
-        name: str = "siglip",
+        image_processor: Any,
+        name: str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        impl = model.text_model.config._attn_implementation
-        if impl != "eager":
-            raise ValueError(
-                f"text attention implementation is {impl!r}; attention maps need 'eager': load the model "
-                "with SiglipModel.from_pretrained(..., attn_implementation='eager')"
-            )
-        if not getattr(tokenizer, "is_fast", False):
-            raise TypeError(
-                "HFSiglipAdapter needs a fast tokenizer (offset mapping): see load_siglip_tokenizer"
-            )
+        super().__init__(model, tokenizer, image_processor, name, dtype)
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token: SigLIP pads every caption to its full context")
-        if not model.vision_model.config.vision_use_head:
-            raise ValueError("the vision tower has no attention-pooling head (vision_use_head=False)")
-        cfg = model.vision_model.config
-        side, patch = cfg.image_size, cfg.patch_size
-        if not isinstance(side, int) or not isinstance(patch, int):
-            raise ValueError(f"a square patch grid needs int image_size and patch_size: {side!r}, {patch!r}")
-        size = image_processor.size
-        if (size.get("height"), size.get("width")) != (side, side):
-            raise ValueError(f"the image processor resizes to {dict(size)}, the model expects {side}×{side}")
-        self._grid = (side // patch, side // patch)
-        self.model = model
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.name = name
         self._prefix, self._suffix = special_ids(tokenizer)
-        param = next(model.parameters())
-        self.device = param.device
-        self.weight_dtype = param.dtype
-        self.dtype = dtype or param.dtype
 
     @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | Path,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype = "fp32",
-        local_files_only: bool = False,
-        allow_pickle: bool = False,
-    ) -> HFSiglipAdapter:
-        """Load model, tokenizer and image processor as ``HFCLIPAdapter.from_pretrained`` does (the same
-        checks on files and weights), the tokenizer through :func:`load_siglip_tokenizer`."""
-        name = str(name_or_path)
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        check_local_files(name, allow_pickle)
-        # weights stay fp32: half precision is autocast on the vision tower (see image_embeddings)
-        model = load_checkpoint(SiglipModel, name, torch.float32, local_files_only, allow_pickle)
-        try:
-            tokenizer = load_siglip_tokenizer(name, local_files_only)
-            processor = SiglipImageProcessorPil.from_pretrained(name, local_files_only=local_files_only)
-        except CheckpointError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise model_load_error(name, exc) from exc
-        check_tokenizer_size(name, len(tokenizer), model.text_model.embeddings.token_embedding.num_embeddings)
-        module: torch.nn.Module = model  # PreTrainedModel.to's @wraps hides its signature from mypy
-        module.to(torch_device).eval().requires_grad_(False)
-        return cls(model, tokenizer, processor, name=name, dtype=torch_dtype)
+    def load_tokenizer(cls, name: str, local_files_only: bool) -> PreTrainedTokenizerBase:
+        return load_siglip_tokenizer(name, local_files_only)
 
     @property
-    def _text_model(self) -> SiglipTextModel:
-        """The text tower (``SiglipModel`` builds it untyped through ``_from_config``)."""
-        return self.model.text_model
-
-    @property
-    def _vision_model(self) -> SiglipVisionModel:
-        """The vision tower (``SiglipModel`` builds it untyped through ``_from_config``)."""
-        return self.model.vision_model
-
-    @property
-    def num_text_layers(self) -> int:
-        return self._text_model.config.num_hidden_layers
-
-    @property
-    def max_text_tokens(self) -> int:
-        return self._text_model.config.max_position_embeddings
+    def _text_model(self) -> SiglipTextModel | Siglip2TextModel:
+        """The text tower (the model builds it untyped through ``_from_config``)."""
+        return cast("SiglipTextModel | Siglip2TextModel", self.model.get_submodule("text_model"))
 
     def encode_captions(self, captions: Sequence[str], template: str) -> list[EncodedCaption]:
         """``template + caption`` with the tokenizer's special tokens, whole words cut past the context,
@@ -348,25 +241,6 @@ class HFSiglipAdapter:
         pool = torch.tensor([e.pool_index for e in encoded], dtype=torch.long)
         return TextInputs(ids.to(self.device), torch.ones_like(ids).to(self.device), pool.to(self.device))
 
-    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """(B, 3, H, W) float32 on the CPU, as ``SiglipImageProcessorPil`` gives them (resize, no crop)."""
-        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        return pixels.float()
-
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        pixels = self.pixel_values(images)
-        return pixels.to(self.device, self.weight_dtype, non_blocking=pixels.is_pinned())
-
-    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The attention-pooling head's output (SigLIP has no projection), every block on fused attention;
-        in half precision under autocast (matmuls in ``dtype``, residual stream and norms in fp32)."""
-        vision = self._vision_model
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != self.weight_dtype):
-            hidden = vision.embeddings(pixel_values)
-            for block in _blocks(vision.encoder):
-                hidden = _fused_block(block, hidden, causal=False)
-            return _at_least_fp32(vision.head(vision.post_layernorm(hidden)))
-
     def text_embeddings(self, inputs: TextInputs, output_attentions: bool | int = False) -> TextOutput:
         """The head's output at ``pool_index`` (the last position), without an attention mask, in the
         weights' dtype (fp32 unless the model was built in half precision).
@@ -383,27 +257,6 @@ class HFSiglipAdapter:
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), inputs.pool_index]
         embeds = _at_least_fp32(text.head(text.final_layer_norm(pooled)))
         return TextOutput(embeds, tuple(attentions) if output_attentions else None)
-
-    # --- hidden states at a block and the rest of the network, for interaction attributions ---
-
-    @property
-    def num_vision_layers(self) -> int:
-        return self._vision_model.config.num_hidden_layers
-
-    @property
-    def image_prefix(self) -> int:
-        """No class token: every position of ``image_states`` is a patch."""
-        return 0
-
-    @property
-    def patch_grid(self) -> tuple[int, int]:
-        return self._grid
-
-    def image_geometry(self, width: int, height: int) -> ImageGeometry:
-        """The processor resizes any image to the square input (no crop, aspect ratio not kept)."""
-        size = self.image_processor.size
-        resized = (int(size["width"]), int(size["height"]))
-        return ImageGeometry((width, height), resized, (0, 0, *resized))
 
     def text_reference_ids(self, length: int, kind: TextReference = "exclip") -> list[int]:
         """exCLIP's reference in SigLIP's framing: the tokenizer's prefix (none), one filler token, its
@@ -447,13 +300,15 @@ class HFSiglipAdapter:
             _blocks(text.encoder)[layer:], pool_index, False, text.final_layer_norm, text.head, post
         )
 
-    def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
-        """Hidden states entering vision block ``layer`` (B, rows·cols, d): patches only, row-major."""
-        vision = self._vision_model
-        hidden = vision.embeddings(pixel_values)
-        for block in _blocks(vision.encoder)[:layer]:
-            hidden = block(hidden, None)
-        return hidden
+    @property
+    def _vision_model(self) -> SiglipVisionModel | Siglip2VisionModel:
+        """The vision tower (the model builds it untyped through ``_from_config``)."""
+        return cast("SiglipVisionModel | Siglip2VisionModel", self.model.get_submodule("vision_model"))
+
+    @property
+    def image_prefix(self) -> int:
+        """No class token: every position of ``image_states`` is a patch."""
+        return 0
 
     def image_head(self, states: torch.Tensor, layer: int) -> torch.Tensor:
         """Image embedding from the states entering vision block ``layer``: the blocks from there, the
@@ -470,20 +325,98 @@ class HFSiglipAdapter:
         return None
 
 
-class Siglip2NaFlexRefusal:
-    """``model_type`` ``siglip2`` (NaFlex: variable resolution, a per-image patch grid) is not supported:
-    loading one is a one-line error naming the fixed-resolution SigLIP 2 checkpoints, which load."""
+class HFSiglipAdapter(SiglipTowers[SiglipModel]):
+    """Wraps a HF ``SiglipModel`` (SigLIP, fixed-resolution SigLIP 2) with a fast tokenizer and the PIL
+    image processor. What differs from CLIP, and how it is handled:
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | Path,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype = "fp32",
-        local_files_only: bool = False,
-        allow_pickle: bool = False,
-    ) -> NoReturn:
-        raise CheckpointError(
-            f"model {str(name_or_path)!r} is a NaFlex SigLIP 2 (Siglip2Model, variable resolution), which "
-            f"clipalign does not support; use a fixed-resolution SigLIP 2 such as {FIXED_RESOLUTION_SIGLIP2}"
-        )
+    * **Text attention is bidirectional** (no causal mask), so every position, padding included, reaches
+      the pooled one. Captions are padded as the checkpoints were trained (big_vision, and HF's
+      ``padding="max_length"``): to the full context (64) with the tokenizer's pad token, on the right
+      (whatever the tokenizer's ``padding_side``: ``GemmaTokenizer`` defaults to left), and the model
+      runs without an attention mask, as in training. Every caption then has the same
+      length and batch-mates never meet, so word scores are batch-invariant (tested).
+    * **Pooling at the last position** (HF: ``last_hidden_state[:, -1]``, then the linear ``head``),
+      usually a pad token, not at EOS: ``pool_index`` is that position (63), so CLIP4DM reads row 63 of
+      ∂cos/∂A ⊙ A, the row the embedding is computed from. Interactions report all 64 text rows: pads
+      are part of the input and carry interaction mass.
+    * **Tokenizers**: SigLIP's ``SiglipTokenizer`` is SentencePiece and slow only (no offsets); it is
+      rebuilt as a fast one with the same canonicalisation (lower-case, ASCII punctuation dropped,
+      whitespace collapsed; see :func:`spiece_tokenizer`). SigLIP 2's is Gemma's (fast), used as saved:
+      its special tokens are the ones it adds (:func:`special_ids`), and it lower-cases only when its
+      config says ``do_lower_case`` (Google's model card says SigLIP 2 was trained on lower-cased text;
+      we follow the tokenizer as saved rather than guess).
+    * **Image side**: no class token (``image_prefix`` 0), the multi-head attention-pooling head (MAP)
+      gives the embedding, which has no projection. Images are resized to the square input without a
+      crop (aspect ratio not kept), by ``SiglipImageProcessorPil`` on every machine (no torchvision);
+      ``image_geometry`` is that non-uniform scaling, so heatmaps land on the right pixels.
+    * **Scores**: we attribute the cosine of the two embeddings, as for CLIP, and CLIPScore-style
+      scores stay cosine-based; SigLIP's sigmoid logit (scale and bias on that cosine) is not used.
+    * **Attention and precision** (as HF CLIP's adapter): weights stay fp32; ``image_embeddings`` runs
+      every vision block on PyTorch's fused attention (SDPA), under autocast in ``dtype`` for fp16/bf16;
+      the text tower runs in fp32, fused below the attributed blocks and eager in them (their maps are
+      CLIP4DM's input). Interactions run the blocks as HF does (eager: forward-mode JVPs through the
+      vision blocks, ``torch.func.jvp``, which SDPA lacks on CPU). ``text_head_jvps`` is HF CLIP's
+      closed form without the causal mask; ``image_head_jvps`` returns None, so the image side takes the
+      generic JVPs (no closed form is derived for the attention-pooling head).
+    """
+
+    model_class = SiglipModel
+    processor_class = SiglipImageProcessorPil
+    family = "siglip"
+
+    def __init__(
+        self,
+        model: SiglipModel,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: SiglipImageProcessorPil,
+        name: str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(model, tokenizer, image_processor, name, dtype)
+        if not model.vision_model.config.vision_use_head:
+            raise ValueError("the vision tower has no attention-pooling head (vision_use_head=False)")
+        cfg = model.vision_model.config
+        side, patch = cfg.image_size, cfg.patch_size
+        if not isinstance(side, int) or not isinstance(patch, int):
+            raise ValueError(f"a square patch grid needs int image_size and patch_size: {side!r}, {patch!r}")
+        size = image_processor.size
+        if (size.get("height"), size.get("width")) != (side, side):
+            raise ValueError(f"the image processor resizes to {dict(size)}, the model expects {side}×{side}")
+        self._grid = (side // patch, side // patch)
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(B, 3, H, W) float32 on the CPU, as ``SiglipImageProcessorPil`` gives them (resize, no crop)."""
+        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return pixels.float()
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        pixels = self.pixel_values(images)
+        return pixels.to(self.device, self.weight_dtype, non_blocking=pixels.is_pinned())
+
+    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The attention-pooling head's output (SigLIP has no projection), every block on fused attention;
+        in half precision under autocast (matmuls in ``dtype``, residual stream and norms in fp32)."""
+        vision = self._vision_model
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != self.weight_dtype):
+            hidden = vision.embeddings(pixel_values)
+            for block in _blocks(vision.encoder):
+                hidden = _fused_block(block, hidden, causal=False)
+            return _at_least_fp32(vision.head(vision.post_layernorm(hidden)))
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        return self._grid
+
+    def image_geometry(self, width: int, height: int) -> ImageGeometry:
+        """The processor resizes any image to the square input (no crop, aspect ratio not kept)."""
+        size = self.image_processor.size
+        resized = (int(size["width"]), int(size["height"]))
+        return ImageGeometry((width, height), resized, (0, 0, *resized))
+
+    def image_states(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
+        """Hidden states entering vision block ``layer`` (B, rows·cols, d): patches only, row-major."""
+        vision = self._vision_model
+        hidden = vision.embeddings(pixel_values)
+        for block in _blocks(vision.encoder)[:layer]:
+            hidden = block(hidden, None)
+        return hidden

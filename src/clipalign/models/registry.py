@@ -1,21 +1,25 @@
-"""Registry of model families: a config's ``model_type`` → the adapter class that knows its internals."""
+"""Registry of model families: a config's ``model_type`` → the adapter class that knows its internals.
+
+Kept free of torch and transformers at import: the built-in adapters are named ``module:attribute`` and
+imported on first use, and what each family needs is a plain string here, so ``clipalign models`` lists
+the families without loading a model library.
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import torch
-from transformers import PretrainedConfig
+from typing import TYPE_CHECKING, Protocol, cast
 
 from clipalign.checkpoints import SYNTHETIC_CLIP
-from clipalign.models.base import ClipAdapter, ModelLoadError, model_load_error, resolve_device, resolve_dtype
-from clipalign.models.checkpoint import CheckpointError
-from clipalign.models.errors import UnsupportedModelError, check_local_path, check_supported
-from clipalign.models.hf_clip import HFCLIPAdapter
-from clipalign.models.hf_siglip import SIGLIP2_NEEDS, SIGLIP_NEEDS, HFSiglipAdapter, Siglip2NaFlexRefusal
+from clipalign.models.errors import ModelLoadError, UnsupportedModelError, check_local_path, check_supported
 from clipalign.settings import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    import torch
+
+    from clipalign.models.base import ClipAdapter
 
 MODEL_ALIASES: dict[str, Path] = {"synthetic": SYNTHETIC_CLIP}
 """Short names of the checkpoints that ship with clipalign (a folder of that name: pass ``./synthetic``)."""
@@ -32,26 +36,41 @@ class AdapterFactory(Protocol):
     ) -> ClipAdapter: ...
 
 
-_ADAPTERS: dict[str, AdapterFactory] = {
-    "clip": HFCLIPAdapter,
-    "siglip": HFSiglipAdapter,
-    "siglip2": Siglip2NaFlexRefusal,
+FIXED_RESOLUTION_SIGLIP2 = "google/siglip2-base-patch16-224 (or -256, -384, -512; large, so400m, giant-opt)"
+"""The SigLIP 2 checkpoints stored as ``SiglipModel`` (one fixed square input)."""
+
+_ADAPTERS: dict[str, AdapterFactory | str] = {
+    "clip": "clipalign.models.hf_clip:HFCLIPAdapter",
+    "siglip": "clipalign.models.hf_siglip:HFSiglipAdapter",
+    "siglip2": "clipalign.models.hf_siglip2:HFSiglip2Adapter",
 }
+"""``model_type`` → its adapter, or ``module:attribute`` naming it (imported when first loaded)."""
 _NEEDS: dict[str, str] = {
     "clip": (
         "config.json, model.safetensors (pytorch_model.bin only with --allow-pickle), the CLIP BPE "
         "tokenizer (vocab.json + merges.txt, or tokenizer.json), preprocessor_config.json; no extra "
         "packages. Any text context length (max_position_embeddings: 77, 248 for LongCLIP)"
     ),
-    "siglip": SIGLIP_NEEDS,
-    "siglip2": SIGLIP2_NEEDS,
+    "siglip": (
+        "config.json, model.safetensors (pytorch_model.bin only with --allow-pickle), "
+        "preprocessor_config.json, and the tokenizer: spiece.model (SigLIP; read with protobuf, no "
+        "sentencepiece needed) or tokenizer.json (SigLIP 2's Gemma tokenizer); no extra packages. Covers "
+        f"SigLIP and fixed-resolution SigLIP 2, e.g. {FIXED_RESOLUTION_SIGLIP2}"
+    ),
+    "siglip2": (
+        "config.json, model.safetensors (pytorch_model.bin only with --allow-pickle), "
+        "preprocessor_config.json (Siglip2ImageProcessor: patch_size, max_num_patches), tokenizer.json "
+        "(Gemma); no extra packages. NaFlex SigLIP 2 (Siglip2Model, google/siglip2-*-naflex): variable "
+        "resolution, aspect ratio kept; word scores, score and scan (interactions: not yet)"
+    ),
 }
 
 
-def register_adapter(model_type: str, factory: AdapterFactory, *, needs: str | None = None) -> None:
-    """Make :func:`load_model` use ``factory`` for checkpoints whose config has this ``model_type``;
-    ``needs`` says in a line which files and extra packages such a checkpoint needs (``clipalign models``
-    shows it)."""
+def register_adapter(model_type: str, factory: AdapterFactory | str, *, needs: str | None = None) -> None:
+    """Make :func:`load_model` use ``factory`` for checkpoints whose config has this ``model_type``: a class
+    with ``from_pretrained``, or ``"module:attribute"`` naming one, imported when such a checkpoint is
+    first loaded. ``needs`` says in a line which files and extra packages such a checkpoint needs
+    (``clipalign models`` shows it)."""
     _ADAPTERS[model_type] = factory
     if needs is not None:
         _NEEDS[model_type] = needs
@@ -59,6 +78,16 @@ def register_adapter(model_type: str, factory: AdapterFactory, *, needs: str | N
 
 def supported_model_types() -> list[str]:
     return sorted(_ADAPTERS)
+
+
+def adapter_factory(model_type: str) -> AdapterFactory:
+    """The adapter registered for ``model_type``, importing it when it was registered by name."""
+    factory = _ADAPTERS[model_type]
+    if isinstance(factory, str):
+        module, _, attribute = factory.partition(":")
+        factory = cast(AdapterFactory, getattr(importlib.import_module(module), attribute))
+        _ADAPTERS[model_type] = factory
+    return factory
 
 
 @dataclass(frozen=True)
@@ -71,12 +100,19 @@ class Family:
 
 
 def families() -> list[Family]:
-    """Every registered family: its ``model_type``, the adapter class, and what its checkpoints need (the
-    adapter's docstring summary when it was registered without ``needs``)."""
+    """Every registered family: its ``model_type``, the adapter class, and what its checkpoints need.
+
+    A family registered with ``needs`` is described without importing its adapter (every built-in one);
+    otherwise the adapter is imported for its docstring's summary.
+    """
     described = []
     for model_type in supported_model_types():
         factory = _ADAPTERS[model_type]
-        kind = factory if isinstance(factory, type) else type(factory)
+        if isinstance(factory, str) and model_type in _NEEDS:
+            described.append(Family(model_type, factory.replace(":", "."), _NEEDS[model_type]))
+            continue
+        loaded = adapter_factory(model_type)
+        kind = loaded if isinstance(loaded, type) else type(loaded)
         summary = (kind.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         needs = _NEEDS.get(model_type, summary)
         described.append(Family(model_type, f"{kind.__module__}.{kind.__qualname__}", needs))
@@ -108,6 +144,9 @@ def load_model(
     an adapter, and a checkpoint that needs remote code (``auto_map``, ``trust_remote_code``), are an
     :class:`UnsupportedModelError` naming the supported families, raised from ``config.json`` alone.
     """
+    from clipalign.models.base import resolve_device, resolve_dtype
+    from clipalign.models.checkpoint import CheckpointError
+
     name = str(name_or_path)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -127,7 +166,7 @@ def load_model(
 def _load(
     name: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool, local_files_only: bool
 ) -> ClipAdapter:
-    factory = _ADAPTERS[_model_type(name, local_files_only)]
+    factory = adapter_factory(_model_type(name, local_files_only))
     return factory.from_pretrained(
         name, device=device, dtype=dtype, local_files_only=local_files_only, allow_pickle=allow_pickle
     )
@@ -137,6 +176,10 @@ def _model_type(name: str, local_files_only: bool) -> str:
     """The ``model_type`` in the checkpoint's ``config.json`` when an adapter is registered for it, else a
     one-line :class:`UnsupportedModelError`; a config that cannot be fetched or read is a
     :class:`ModelLoadError`."""
+    from transformers import PretrainedConfig
+
+    from clipalign.models.errors import model_load_error
+
     try:
         # the JSON alone: AutoConfig would fetch a remote-code config class, or ask whether to run it
         config, _ = PretrainedConfig.get_config_dict(name, local_files_only=local_files_only)
