@@ -1,4 +1,7 @@
-"""Input handling shared by the attribution verbs: pairing images with captions, per-item errors."""
+"""Input handling shared by the attribution verbs: pairing images with captions, per-item errors, and
+the loop every method runs them through (:func:`attribute_pairs`: prepare each pair alone, compute a
+batch together, and when a batch fails compute its pairs one by one, so that only a pair that fails alone
+gets an error)."""
 
 from __future__ import annotations
 
