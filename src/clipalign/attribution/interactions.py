@@ -18,17 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from clipalign.attribution.inputs import item_error, pair_up
+from clipalign.attribution.inputs import PairMethod
 from clipalign.attribution.quadrature import quadrature
 from clipalign.images import ImageInput, describe_source, load_image
 from clipalign.models.base import ClipAdapter, InteractionAdapter, PositionJVPs
-from clipalign.results import Completeness, Interactions, ItemError, TokenGroup
+from clipalign.results import Completeness, Interactions, TokenGroup
 from clipalign.settings import InteractionSettings
 from clipalign.text.alignment import EncodedCaption
 
@@ -93,13 +93,13 @@ def integrated_jacobian(
 
 @dataclass
 class _Pair:
-    """A pair ready to compute: its position in the input, its image, its caption encoded and the text
-    reference's ids (same length)."""
+    """A pair ready to compute: its image, its caption encoded, the text reference's ids (same length)
+    and its image input described for the result."""
 
-    position: int
     image: Image.Image
     encoded: EncodedCaption
     reference: list[int]
+    source: str
 
 
 def _resolve_block(block: int, depth: int, which: str) -> int:
@@ -112,7 +112,7 @@ def _resolve_block(block: int, depth: int, which: str) -> int:
     return index
 
 
-class TokenPatchInteractions:
+class TokenPatchInteractions(PairMethod[_Pair, Interactions]):
     """Token×patch interaction matrices for image–caption pairs (integrated Jacobians, second order).
 
     Args:
@@ -151,77 +151,19 @@ class TokenPatchInteractions:
         token_id, token = self.model.text_reference_token(self.settings.text_reference)
         return {"kind": self.settings.text_reference, "token_id": token_id, "token": token}
 
-    @overload
-    def attribute(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        captions: str | Sequence[str],
-        *,
-        on_error: Literal["raise"],
-    ) -> list[Interactions]: ...
-
-    @overload
-    def attribute(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        captions: str | Sequence[str],
-        *,
-        on_error: Literal["record"] = ...,
-    ) -> list[Interactions | ItemError]: ...
-
-    @torch.no_grad()
-    def attribute(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        captions: str | Sequence[str],
-        *,
-        on_error: Literal["record", "raise"] = "record",
-    ) -> list[Interactions] | list[Interactions | ItemError]:
-        """One :class:`Interactions` per pair, in input order, ``batch_size`` pairs computed together.
-
-        As in :meth:`clipalign.CLIP4DM.attribute`, with ``on_error="record"`` a pair that fails (an
-        unreadable image, an invalid caption, any error while computing it) becomes an
-        :class:`ItemError` saying why and the others are still computed: a batch that fails is computed
-        again pair by pair, so only the pairs that fail alone get an error. ``on_error="raise"`` raises.
-        """
-        image_list, caption_list = pair_up(images, captions)
-        slots: list[Interactions | ItemError | None] = [None] * len(caption_list)
-
-        def failed(index: int, exc: Exception) -> None:
-            if on_error == "raise":
-                raise exc
-            slots[index] = item_error(index, image_list[index], caption_list[index], exc)
-
-        size = self.settings.batch_size
-        for lo in range(0, len(caption_list), size):
-            prepared: list[_Pair] = []
-            for index in range(lo, min(lo + size, len(caption_list))):
-                try:
-                    prepared.append(self._prepare(index, image_list[index], caption_list[index]))
-                except Exception as exc:
-                    failed(index, exc)
-            groups = [prepared] if prepared else []
-            while groups:
-                group = groups.pop(0)
-                try:
-                    results = self._compute(group, image_list)
-                except Exception as exc:
-                    if len(group) == 1:
-                        failed(group[0].position, exc)
-                    else:
-                        groups = [[pair] for pair in group] + groups
-                    continue
-                for pair, result in zip(group, results, strict=True):
-                    slots[pair.position] = result
-        return [slot for slot in slots if slot is not None]
+    @property
+    def pair_batch_size(self) -> int:
+        """Pairs computed together: ``settings.batch_size``."""
+        return self.settings.batch_size
 
     def _prepare(self, index: int, image: ImageInput, caption: str) -> _Pair:
         """Load the image, encode the caption and build its text reference: what can fail for one pair."""
         [enc] = self.model.encode_captions([caption], self.settings.template)
         reference = self.model.text_reference_ids(len(enc.input_ids), self.settings.text_reference)
-        return _Pair(index, load_image(image), enc, reference)
+        return _Pair(load_image(image), enc, reference, describe_source(image))
 
-    def _compute(self, group: Sequence[_Pair], sources: Sequence[ImageInput]) -> list[Interactions]:
+    @torch.no_grad()
+    def _compute(self, group: list[_Pair]) -> list[Interactions]:
         """The pairs of ``group`` together: one image-states call and one chunked JVP evaluation for all
         images; per caption length, one text-states call and one JVP evaluation."""
         model = self.model
@@ -260,7 +202,7 @@ class TokenPatchInteractions:
                     steps=self.settings.steps,
                     rule=self.settings.rule,
                     normalize=self.settings.normalize,
-                    source=describe_source(sources[pair.position]),
+                    source=pair.source,
                 )
             )
         return results

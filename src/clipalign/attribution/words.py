@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from clipalign.attribution.feeding import prepared_ahead
-from clipalign.attribution.inputs import item_error, pair_up
+from clipalign.attribution.inputs import Captions, Images, OnError, compute_or_split, item_error, pair_up
 from clipalign.images import ImageInput, describe_source, load_image
 from clipalign.metrics.functional import clip_score, f_clip_score
 from clipalign.models.base import ClipAdapter
@@ -196,8 +196,8 @@ class CLIP4DM:
     @overload
     def attribute(
         self,
-        images: ImageInput | Sequence[ImageInput],
-        captions: str | Sequence[str],
+        images: Images,
+        captions: Captions,
         *,
         mode: Mode | None = ...,
         epsilon: float | None = ...,
@@ -207,8 +207,8 @@ class CLIP4DM:
     @overload
     def attribute(
         self,
-        images: ImageInput | Sequence[ImageInput],
-        captions: str | Sequence[str],
+        images: Images,
+        captions: Captions,
         *,
         mode: Mode | None = ...,
         epsilon: float | None = ...,
@@ -217,12 +217,12 @@ class CLIP4DM:
 
     def attribute(
         self,
-        images: ImageInput | Sequence[ImageInput],
-        captions: str | Sequence[str],
+        images: Images,
+        captions: Captions,
         *,
         mode: Mode | None = None,
         epsilon: float | None = None,
-        on_error: Literal["record", "raise"] = "record",
+        on_error: OnError = "record",
     ) -> list[WordAlignment] | list[WordAlignment | ItemError]:
         """Score every (image, caption) pair; results in input order.
 
@@ -369,19 +369,15 @@ class CLIP4DM:
 
         for position in sorted(batch.failures):
             failed(position, batch.failures[position])
-        groups = [list(range(len(batch.ready)))] if batch.ready else []
-        while groups:
-            group = groups.pop(0)
-            try:
-                results = self._score(batch, group, call.mode, call.epsilon)
-            except Exception as exc:
-                if len(group) == 1:
-                    failed(batch.ready[group[0]], exc)
-                else:
-                    groups = [[k] for k in group] + groups
-                continue
-            for k, result in zip(group, results, strict=True):
-                slots[batch.ready[k]] = result
+
+        def score(group: list[int]) -> list[WordAlignment]:
+            return self._score(batch, group, call.mode, call.epsilon)
+
+        def failed_ready(k: int, exc: Exception) -> None:
+            failed(batch.ready[k], exc)
+
+        for k, result in compute_or_split(range(len(batch.ready)), score, failed_ready):
+            slots[batch.ready[k]] = result
         return [s for s in slots if s is not None]
 
     def _score(

@@ -22,6 +22,7 @@ from clipalign.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from clipalign.attribution.fixlip import WithinModality
     from clipalign.results import Interactions
 
 
@@ -69,6 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="fixlip: game values per explanation (default: the authors' 1048576 = 2**20)",
     )
+    p.add_argument(
+        "--within",
+        action="store_true",
+        help="fixlip: also the within-modality interactions (token×token, patch×patch), from the "
+        "authors' full second-order model (up to 64 patches)",
+    )
     add_model_options(p)
     add_interaction_options(p)
     p.set_defaults(func=run)
@@ -92,13 +99,16 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     if args.budget is not None and args.method != "fixlip":
         raise ValueError("--budget applies to --method fixlip only")
+    if args.within and args.method != "fixlip":
+        raise ValueError("--within applies to --method fixlip only")
     model = open_model(model_spec(args))
     report: dict = {"model": model.name}
     result: Interactions | ItemError
     if args.method == "fixlip":
         from clipalign.attribution.fixlip import FIxLIP
 
-        fixlip = FIxLIP(model) if args.budget is None else FIxLIP(model, budget=args.budget)
+        changes = {"budget": args.budget} if args.budget is not None else {}
+        fixlip = FIxLIP(model, within=args.within, **changes)
         [result] = fixlip.attribute([image], [args.caption])  # an Interactions subclass
     else:
         method = TokenPatchInteractions(model, settings=settings)
@@ -166,5 +176,26 @@ def _print_summary(result: Interactions, report: dict) -> None:
         title = f"span {report['span']['span']!r} on the {rows}×{cols} patch grid, top row first"
         for table in grid_tables(report["span"]["grid_values"], title, console.width):
             console.print(table)
+    within = getattr(result, "within", None)
+    if within is not None:
+        for line in within_lines(result, within):
+            console.print(line, highlight=False)
     if "out" in report:
         console.print(f"wrote {printable(report['out'])}", highlight=False)
+
+
+def within_lines(result: Interactions, within: WithinModality, count: int = 3) -> list[str]:
+    """FIxLIP's strongest within-modality pairs in words: tokens by their text, patches by (row, column)."""
+    cols = result.grid[1]
+
+    def patch(k: int) -> str:
+        return f"({k // cols},{k % cols})"
+
+    token_pairs = within.strongest("tokens", count)
+    patch_pairs = within.strongest("patches", count)
+    tokens = ", ".join(f"{result.tokens[a]!r}–{result.tokens[b]!r} {v:+.4g}" for a, b, v in token_pairs)
+    patches = ", ".join(f"{patch(a)}–{patch(b)} {v:+.4g}" for a, b, v in patch_pairs)
+    return [
+        f"strongest token×token: {tokens or 'none'}",
+        f"strongest patch×patch (row,col): {patches or 'none'}",
+    ]

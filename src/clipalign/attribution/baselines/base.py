@@ -18,18 +18,18 @@ from typing import Any, ClassVar, Literal, TypeVar, cast, overload
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPModel
-from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from clipalign.attribution.inputs import item_error, pair_up
+from clipalign.attribution.inputs import Captions, Images, OnError, attribute_pairs, pair_up
 from clipalign.images import ImageInput, describe_source, load_image
 from clipalign.images.geometry import ImageGeometry, grid_to_image
-from clipalign.models.base import ClipAdapter, InteractionAdapter, TextInputs
+from clipalign.models.base import ClipAdapter, InteractionAdapter
 from clipalign.results import ItemError
 
 SpanInput = str | tuple[int, int] | None
 """A caption span: a phrase (its first occurrence in the caption), a character range [start, end), or
 None for the whole caption."""
+Spans = SpanInput | Sequence[SpanInput]
+"""One span for every pair, or one per pair."""
 
 TextSource = Literal["span", "caption"]
 
@@ -133,13 +133,15 @@ def resolve_span(caption: str, span: SpanInput) -> tuple[int, int]:
 
 @dataclass
 class Prepared:
-    """One pair ready to compute: its position in the call, loaded image, span and the text to embed."""
+    """One pair ready to compute: its position in the call, loaded image, span, the text to embed and its
+    image input described for the result."""
 
     position: int
     image: Image.Image
     caption: str
     span: tuple[int, int]
     text: str
+    source: str
 
 
 class FirstOrderMethod(ABC):
@@ -166,31 +168,16 @@ class FirstOrderMethod(ABC):
 
     @overload
     def attribute(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        captions: str | Sequence[str],
-        spans: SpanInput | Sequence[SpanInput] = ...,
-        *,
-        on_error: Literal["raise"],
+        self, images: Images, captions: Captions, spans: Spans = ..., *, on_error: Literal["raise"]
     ) -> list[PatchMap]: ...
 
     @overload
     def attribute(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        captions: str | Sequence[str],
-        spans: SpanInput | Sequence[SpanInput] = ...,
-        *,
-        on_error: Literal["record"] = ...,
+        self, images: Images, captions: Captions, spans: Spans = ..., *, on_error: Literal["record"] = ...
     ) -> list[PatchMap | ItemError]: ...
 
     def attribute(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        captions: str | Sequence[str],
-        spans: SpanInput | Sequence[SpanInput] = None,
-        *,
-        on_error: Literal["record", "raise"] = "record",
+        self, images: Images, captions: Captions, spans: Spans = None, *, on_error: OnError = "record"
     ) -> list[PatchMap] | list[PatchMap | ItemError]:
         """One :class:`PatchMap` per pair, in input order, for its span (one span, or one per pair).
 
@@ -202,60 +189,37 @@ class FirstOrderMethod(ABC):
         span_list = span_list_of(spans, len(caption_list))
         if len(span_list) != len(caption_list):
             raise ValueError(f"got {len(span_list)} spans but {len(caption_list)} captions")
-        results: list[PatchMap | ItemError] = []
-        size = self.settings.batch_size
-        for lo in range(0, len(caption_list), size):
-            chunk = slice(lo, lo + size)
-            results += self._batch(image_list[chunk], caption_list[chunk], span_list[chunk], lo, on_error)
-        return results
 
-    def _batch(
-        self,
-        images: Sequence[ImageInput],
-        captions: Sequence[str],
-        spans: Sequence[SpanInput],
-        first_index: int,
-        on_error: str,
-    ) -> list[PatchMap | ItemError]:
-        slots: list[PatchMap | ItemError | None] = [None] * len(captions)
+        def prepare(index: int, image: ImageInput, caption: str) -> Prepared:
+            start, end = resolve_span(caption, span_list[index])
+            text = caption[start:end] if self.settings.text == "span" else caption
+            return Prepared(index, load_image(image), caption, (start, end), text, describe_source(image))
 
-        def failed(i: int, exc: Exception) -> None:
-            if on_error == "raise":
-                raise exc
-            slots[i] = item_error(first_index + i, images[i], captions[i], exc)
+        return attribute_pairs(
+            image_list,
+            caption_list,
+            prepare,
+            self._patch_maps,
+            batch_size=self.settings.batch_size,
+            on_error=on_error,
+        )
 
-        prepared: list[Prepared] = []
-        for i, (image, caption, span) in enumerate(zip(images, captions, spans, strict=True)):
-            try:
-                start, end = resolve_span(caption, span)
-                text = caption[start:end] if self.settings.text == "span" else caption
-                prepared.append(Prepared(i, load_image(image), caption, (start, end), text))
-            except Exception as exc:
-                failed(i, exc)
-        groups = [prepared] if prepared else []
-        while groups:
-            group = groups.pop(0)
-            try:
-                maps = self._maps(group)
-            except Exception as exc:
-                if len(group) == 1:
-                    failed(group[0].position, exc)
-                else:
-                    groups = [[item] for item in group] + groups
-                continue
-            for item, (values, details) in zip(group, maps, strict=True):
-                slots[item.position] = PatchMap(
-                    method=self.name,
-                    caption=item.caption,
-                    text=item.text,
-                    span=item.span,
-                    grid=self.model.patch_grid,
-                    values=values,
-                    geometry=self.model.image_geometry(*item.image.size),
-                    source=describe_source(images[item.position]),
-                    details=details,
-                )
-        return [s for s in slots if s is not None]
+    def _patch_maps(self, group: list[Prepared]) -> list[PatchMap]:
+        """:meth:`_maps` of prepared pairs, each as a :class:`PatchMap`."""
+        return [
+            PatchMap(
+                method=self.name,
+                caption=item.caption,
+                text=item.text,
+                span=item.span,
+                grid=self.model.patch_grid,
+                values=values,
+                geometry=self.model.image_geometry(*item.image.size),
+                source=item.source,
+                details=details,
+            )
+            for item, (values, details) in zip(group, self._maps(group), strict=True)
+        ]
 
     @abstractmethod
     def _maps(self, group: Sequence[Prepared]) -> list[tuple[np.ndarray, dict[str, float]]]:
@@ -283,51 +247,6 @@ def text_directions(model: ClipAdapter, texts: Sequence[str], template: str) -> 
     with torch.no_grad():
         embeds = model.text_embeddings(model.collate(encoded)).embeds
     return torch.nn.functional.normalize(embeds, dim=-1)
-
-
-def empty_text_direction(model: ClipAdapter, clip: CLIPModel) -> torch.Tensor:
-    """The unit embedding (D,) of the empty text: SOT immediately followed by EOT."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise ValueError(f"{model.name}: embedding the empty text needs the adapter's tokenizer")
-    device = next(clip.parameters()).device
-    ids = torch.tensor([[tokenizer.bos_token_id, tokenizer.eos_token_id]], device=device)
-    inputs = TextInputs(ids, torch.ones_like(ids), torch.tensor([1], device=device))
-    with torch.no_grad():
-        embeds = model.text_embeddings(inputs).embeds
-    return torch.nn.functional.normalize(embeds[0], dim=-1)
-
-
-def hf_clip(model: ClipAdapter, method: str) -> CLIPModel:
-    """The HF ``CLIPModel`` behind an adapter, for methods that read CLIP's vision blocks."""
-    clip = getattr(model, "model", None)
-    if not isinstance(clip, CLIPModel):
-        raise ValueError(
-            f"{model.name}: {method} reads CLIP's vision blocks and needs a Hugging Face CLIPModel"
-        )
-    return clip
-
-
-def vision_blocks(clip: CLIPModel) -> list[CLIPEncoderLayer]:
-    """The vision encoder's blocks, first to last; a ValueError for a tower built from other blocks."""
-    blocks = [block for block in clip.vision_model.encoder.layers if isinstance(block, CLIPEncoderLayer)]
-    if len(blocks) != len(clip.vision_model.encoder.layers):
-        raise ValueError("every vision block must be a CLIPEncoderLayer")
-    return blocks
-
-
-def vision_states(clip: CLIPModel, pixels: torch.Tensor, block: int) -> torch.Tensor:
-    """Hidden states (B, 1 + patches, d) entering vision block ``block`` (0-based), CLS first."""
-    vision = clip.vision_model
-    hidden = vision.pre_layrnorm(vision.embeddings(pixels.to(next(clip.parameters()).dtype)))
-    for layer in vision_blocks(clip)[:block]:
-        hidden = layer(hidden, None)
-    return hidden
-
-
-def project(clip: CLIPModel, states: torch.Tensor) -> torch.Tensor:
-    """Vision states (…, d) → the joint embedding space: post layer norm, then the visual projection."""
-    return clip.visual_projection(clip.vision_model.post_layernorm(states)).float()
 
 
 def split_heads(states: torch.Tensor, heads: int) -> torch.Tensor:

@@ -10,6 +10,10 @@ t_k of K classes and the image's own embedding c, each class is weighted by w = 
 the element-wise products f_i ⊙ t_k w_k are formed, their mean over the classes (the redundant feature
 shared by all classes) is removed, and the remainder is summed over channels. The classes here are the
 pair's text and the empty text, CLIP Surgery's stand-in for "anything" when a single text is explained.
+On SigLIP (no class token) the v–v path runs through its blocks alike, and each patch token reaches the
+joint space as the attention-pooling head would map it alone: post layer norm, the head's value and
+output projections, its MLP (see :mod:`~clipalign.attribution.baselines.towers`); the empty text is
+SigLIP's ``</s>`` padded to the full context.
 """
 
 from __future__ import annotations
@@ -19,21 +23,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 from clipalign.attribution.baselines.base import (
     BaselineSettings,
     FirstOrderMethod,
     Prepared,
-    empty_text_direction,
-    hf_clip,
     merge_heads,
-    project,
     split_heads,
-    vision_blocks,
-    vision_states,
 )
+from clipalign.attribution.baselines.towers import VisionTower, vision_tower
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,17 +57,19 @@ def vv_attention(block: CLIPEncoderLayer, z: torch.Tensor) -> torch.Tensor:
     return attn.out_proj(merge_heads(weights @ v))
 
 
-def surgery_features(clip: CLIPModel, pixels: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+def surgery_features(
+    tower: VisionTower, pixels: torch.Tensor, blocks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(patch features (B, P, D) of the v–v path, image embedding (B, D) of the original path)."""
-    layers = vision_blocks(clip)
+    layers = tower.blocks
     if blocks > len(layers):
         raise ValueError(f"blocks={blocks} but the vision encoder has {len(layers)}")
-    original = vision_states(clip, pixels, len(layers) - blocks)
+    original = tower.states(pixels, len(layers) - blocks)
     surgery = original
     for block in layers[len(layers) - blocks :]:
         surgery = surgery + vv_attention(block, block.layer_norm1(original))
         original = block(original, None)
-    return project(clip, surgery[:, 1:]), project(clip, original[:, 0])
+    return tower.tokens(surgery[:, tower.prefix :]), tower.pooled(original)
 
 
 def feature_surgery(
@@ -99,11 +100,11 @@ class CLIPSurgery(FirstOrderMethod):
 
     @torch.no_grad()
     def _maps(self, group: Sequence[Prepared]) -> list[tuple[np.ndarray, dict[str, float]]]:
-        clip = hf_clip(self.model, self.name)
-        blocks = self.settings.blocks or max(1, len(vision_blocks(clip)) // 2)
-        patches, image = surgery_features(clip, self._pixels(group), blocks)
+        tower = vision_tower(self.model, self.name)
+        blocks = self.settings.blocks or max(1, len(tower.blocks) // 2)
+        patches, image = surgery_features(tower, self._pixels(group), blocks)
         directions = self._directions(group)
-        empty = empty_text_direction(self.model, clip).expand_as(directions)
+        empty = tower.empty_text(self.model).expand_as(directions)
         texts = torch.stack([directions, empty], dim=1)
         unit = torch.nn.functional.normalize
         scores = feature_surgery(unit(patches, dim=-1), unit(image, dim=-1), texts, self.settings.temperature)

@@ -7,7 +7,10 @@ min-max normalised over the patches (the "loosened" attention, in place of the s
 
     map_i = ReLU(λ_i · Σ_c w_c v_ic).
 
-One forward and one backward (of the last block only) per batch.
+On SigLIP the class token's attention is the attention-pooling head's: o is its attention output at
+the probe query, q the probe's query, k_i and v_i the head's keys and values of the post-normed patch
+states (see :mod:`~clipalign.attribution.baselines.towers`). One forward and one backward (of the last
+block only, or of the head) per batch.
 """
 
 from __future__ import annotations
@@ -17,16 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from clipalign.attribution.baselines.base import (
-    FirstOrderMethod,
-    Prepared,
-    hf_clip,
-    merge_heads,
-    project,
-    split_heads,
-    vision_blocks,
-    vision_states,
-)
+from clipalign.attribution.baselines.base import FirstOrderMethod, Prepared
+from clipalign.attribution.baselines.towers import vision_tower
 
 
 def min_max(values: torch.Tensor) -> torch.Tensor:
@@ -49,25 +44,15 @@ class GradECLIP(FirstOrderMethod):
     name = "gradeclip"
 
     def _maps(self, group: Sequence[Prepared]) -> list[tuple[np.ndarray, dict[str, float]]]:
-        clip = hf_clip(self.model, self.name)
-        blocks = vision_blocks(clip)
-        last = blocks[-1]
-        attn = last.self_attn
+        tower = vision_tower(self.model, self.name)
         directions = self._directions(group)
         with torch.no_grad():
-            states = vision_states(clip, self._pixels(group), len(blocks) - 1)
-            z = last.layer_norm1(states)
-            q, k, v = attn.q_proj(z), attn.k_proj(z), attn.v_proj(z)
-            heads = attn.num_heads
-            logits = split_heads(q[:, :1], heads) @ split_heads(k, heads).transpose(-1, -2) * attn.scale
-            weights = torch.softmax(logits.float(), dim=-1).to(v.dtype)
-            out_cls = merge_heads(weights @ split_heads(v, heads))[:, 0]  # (B, d)
+            pooling = tower.pooling_attention(self._pixels(group))
         with torch.enable_grad():
-            out_cls = out_cls.detach().requires_grad_(True)
-            hidden = states[:, 0] + attn.out_proj(out_cls)
-            hidden = hidden + last.mlp(last.layer_norm2(hidden))
-            cosine = (torch.nn.functional.normalize(project(clip, hidden), dim=-1) * directions).sum(-1)
-            [channel] = torch.autograd.grad(cosine.sum(), out_cls)
-        loosened = min_max(torch.nn.functional.cosine_similarity(q[:, :1].float(), k[:, 1:].float(), dim=-1))
-        scores = torch.relu(loosened * torch.einsum("bd,bpd->bp", channel.float(), v[:, 1:].float()))
+            output = pooling.output.detach().requires_grad_(True)
+            embedding = torch.nn.functional.normalize(pooling.embed(output).float(), dim=-1)
+            [channel] = torch.autograd.grad((embedding * directions).sum(-1).sum(), output)
+        query, keys, values = pooling.query.float(), pooling.keys.float(), pooling.values.float()
+        loosened = min_max(torch.nn.functional.cosine_similarity(query, keys, dim=-1))
+        scores = torch.relu(loosened * torch.einsum("bd,bpd->bp", channel.float(), values))
         return [(grid, {}) for grid in self._grids(scores)]

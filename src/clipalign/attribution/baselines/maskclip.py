@@ -5,7 +5,10 @@ In the last vision block the query and key are dropped, so each position attends
 value embedding goes through the attention's output projection and, as in the authors' ViT backbone, the
 block's residual and MLP, then the post layer norm and the visual projection: a feature in the joint
 space, whose cosine with the text embedding is the patch's score. ``residual=False`` keeps the bare
-value path (no residual, no MLP). No gradient, one forward per batch.
+value path (no residual, no MLP). On SigLIP, whose patches are pooled by the attention-pooling head
+rather than a class token, the query and key dropped are the head's: each patch goes through the head
+with its attention on that patch alone (see :mod:`~clipalign.attribution.baselines.towers`).
+No gradient, one forward per batch.
 """
 
 from __future__ import annotations
@@ -15,37 +18,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import CLIPModel
 
-from clipalign.attribution.baselines.base import (
-    BaselineSettings,
-    FirstOrderMethod,
-    Prepared,
-    hf_clip,
-    project,
-    vision_blocks,
-    vision_states,
-)
+from clipalign.attribution.baselines.base import BaselineSettings, FirstOrderMethod, Prepared
+from clipalign.attribution.baselines.towers import vision_tower
 
 
 @dataclass(frozen=True, kw_only=True)
 class MaskCLIPSettings(BaselineSettings):
-    """``residual``: keep the last block's residual and MLP around the value path (the authors' ViT)."""
+    """``residual``: keep the last block's residual and MLP around the value path (the authors' ViT;
+    SigLIP: the head's MLP and its residual after the value path)."""
 
     residual: bool = True
-
-
-def value_path_features(clip: CLIPModel, states: torch.Tensor, residual: bool = True) -> torch.Tensor:
-    """(B, S, D) joint-space features of every position from the states x (B, S, d) entering the last
-    vision block: h = out_proj(v_proj(layer_norm1(x))), with ``residual`` h = x + h then h + mlp(
-    layer_norm2(h)); then post layer norm and visual projection."""
-    block = vision_blocks(clip)[-1]
-    attn = block.self_attn
-    hidden = attn.out_proj(attn.v_proj(block.layer_norm1(states)))
-    if residual:
-        hidden = states + hidden
-        hidden = hidden + block.mlp(block.layer_norm2(hidden))
-    return project(clip, hidden)
 
 
 class MaskCLIP(FirstOrderMethod):
@@ -64,10 +47,8 @@ class MaskCLIP(FirstOrderMethod):
 
     @torch.no_grad()
     def _maps(self, group: Sequence[Prepared]) -> list[tuple[np.ndarray, dict[str, float]]]:
-        clip = hf_clip(self.model, self.name)
-        depth = len(vision_blocks(clip))
-        states = vision_states(clip, self._pixels(group), depth - 1)
-        features = value_path_features(clip, states, self.settings.residual)[:, 1:]
+        tower = vision_tower(self.model, self.name)
+        features = tower.value_features(self._pixels(group), self.settings.residual)
         directions = self._directions(group)
         scores = torch.einsum("bpd,bd->bp", torch.nn.functional.normalize(features, dim=-1), directions)
         return [(grid, {}) for grid in self._grids(scores)]
