@@ -354,7 +354,8 @@ def oracle_matrix(adapter, image, caption, layer, nodes, weights):
     ref_ids = torch.tensor([adapter.text_reference_ids(len(enc.input_ids))])
     pixels = adapter.preprocess([image])
     x, r_x = adapter.text_states(ids, layer)[0], adapter.text_states(ref_ids, layer)[0]
-    y, r_y = adapter.image_states(pixels, layer)[0], adapter.image_states(torch.zeros_like(pixels), layer)[0]
+    zero = getattr(adapter, "reference_pixels", torch.zeros_like)(pixels)  # NaFlex: zero at the image's grid
+    y, r_y = adapter.image_states(pixels, layer)[0], adapter.image_states(zero, layer)[0]
 
     def text(h):
         e = adapter.text_head(h[None], layer, enc.pool_index)[0]

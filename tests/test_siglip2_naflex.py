@@ -18,6 +18,7 @@ from test_siglip import (
     ORACLE_CAPTIONS,
     TEMPLATE,
     assert_token_scores_are_finite_differences,
+    oracle_matrix,
     oracle_word_scores,
     scene,
 )
@@ -26,8 +27,8 @@ from transformers.models.siglip2 import modeling_siglip2
 
 from clipalign import CLIP4DM, load_model
 from clipalign.attribution.interactions import TokenPatchInteractions
+from clipalign.attribution.quadrature import quadrature
 from clipalign.cli.main import main
-from clipalign.models.base import InteractionAdapter, PerImageGridAdapter
 from clipalign.models.hf_siglip2 import HFSiglip2Adapter
 from clipalign.testing import save_random_siglip2
 
@@ -169,10 +170,58 @@ def test_states_and_head_give_the_embedding_per_grid(naflex):
     assert naflex.patch_grids(reference) == grids and not reference[..., :-2].any()
 
 
-def test_interactions_are_refused_in_one_line(naflex):
-    assert isinstance(naflex, PerImageGridAdapter) and not isinstance(naflex, InteractionAdapter)
-    with pytest.raises(ValueError, match="does not support interactions") as info:
-        TokenPatchInteractions(naflex)
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> HFSiglip2Adapter:
+    """A 2-block, 16-wide NaFlex SigLIP 2 for interactions."""
+    out = save_random_siglip2(
+        tmp_path_factory.mktemp("small-siglip2"), seed=1, hidden_size=16, layers=2, patch_size=PATCH
+    )
+    model = load_model(out, device="cpu")
+    assert isinstance(model, HFSiglip2Adapter)
+    return model
+
+
+@pytest.mark.parametrize(
+    "layer", [pytest.param(0, marks=pytest.mark.slow), 1], ids=["below-the-last-block", "last-block"]
+)
+def test_interactions_match_per_dimension_backward_oracle(small, layer):
+    """Every text position × each of the image's own rows·cols patches, padding excluded."""
+    image = scene(2, (40, 90))
+    [result] = TokenPatchInteractions(small, text_block=layer, image_block=layer, steps=3).attribute(
+        image, "a black dog", on_error="raise"
+    )
+    rows, cols = small.patch_grid_for(*image.size)
+    assert result.grid == (rows, cols) and rows * cols < MAX_PATCHES
+    assert result.matrix.shape == (CONTEXT, rows * cols) and result.cls.size == 0
+    nodes, weights = quadrature("gauss", 3)
+    expected = oracle_matrix(small, image, "a black dog", layer, nodes, weights)
+    np.testing.assert_allclose(result.matrix, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_interactions_complete_and_alike_alone_or_in_a_mixed_batch(small):
+    """Each pair of a batch of several aspect ratios gets its own grid and reference, and the numbers it
+    gets alone; Σ matrix matches the score difference of the four completeness terms."""
+    pictures = images()[:3]
+    captions = ["a white husky", "a red cube", "a cup of coke"]
+    method = TokenPatchInteractions(small, steps=20, batch_size=3)
+    together = method.attribute(pictures, captions, on_error="raise")
+    for image, caption, batched in zip(pictures, captions, together, strict=True):
+        assert batched.grid == small.patch_grid_for(*image.size)
+        assert batched.geometry == small.image_geometry(*image.size)
+        c = batched.completeness
+        assert batched.matrix.sum() == pytest.approx(c.sum, rel=1e-9)
+        assert abs(c.residual) <= 1e-3 * abs(c.target)
+        [alone] = method.attribute([image], [caption], on_error="raise")
+        np.testing.assert_allclose(
+            alone.matrix, batched.matrix, rtol=0, atol=1e-6 * np.abs(alone.matrix).max()
+        )
+
+
+def test_fixlip_needs_one_grid_and_refuses_naflex_in_one_line(naflex):
+    from clipalign.attribution.fixlip import FIxLIP
+
+    with pytest.raises(ValueError, match="no patch grid") as info:
+        FIxLIP(naflex)
     assert "\n" not in str(info.value)
 
 
@@ -184,7 +233,7 @@ def test_models_lists_naflex_as_supported(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_words_scan_and_interactions_refusal(model_dir, tmp_path, capsys):
+def test_cli_words_interactions_and_scan(model_dir, tmp_path, capsys):
     path = tmp_path / "dogs.png"
     scene(5, (90, 40)).save(path)
     caption = "A white husky and a black dog running."
@@ -193,11 +242,14 @@ def test_cli_words_scan_and_interactions_refusal(model_dir, tmp_path, capsys):
     assert [w["word"] for w in words["words"]] == [*caption[:-1].split(), "."]
     assert -1 <= words["cosine"] <= 1
 
-    argv = ["interactions", str(path), caption, "--model", str(model_dir), "--span", "black dog"]
-    assert main([*argv, "--out", str(tmp_path / "span.png")]) == 1
-    error = capsys.readouterr().err.strip()
-    assert "does not support interactions" in error and "\n" not in error
-    assert not (tmp_path / "span.png").exists()
+    argv = ["interactions", str(path), caption, "--model", str(model_dir), "--json", "--steps", "2"]
+    assert main([*argv, "--span", "black dog", "--out", str(tmp_path / "span.png")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rows, cols = data["grid"]
+    assert (rows, cols) == load_model(model_dir, device="cpu").patch_grid_for(90, 40)
+    assert len(data["matrix"]) == CONTEXT and len(data["matrix"][0]) == rows * cols
+    assert np.sum(data["matrix"]) == pytest.approx(data["completeness"]["sum"], rel=1e-9)
+    assert Image.open(tmp_path / "span.png").format == "PNG"
 
     folder = tmp_path / "images"
     folder.mkdir()

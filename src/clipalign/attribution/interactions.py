@@ -27,7 +27,7 @@ from PIL import Image
 from clipalign.attribution.inputs import PairMethod
 from clipalign.attribution.quadrature import quadrature
 from clipalign.images import ImageInput, describe_source, load_image
-from clipalign.models.base import ClipAdapter, InteractionAdapter, PositionJVPs
+from clipalign.models.base import ClipAdapter, InteractionAdapter, PerImageGridAdapter, PositionJVPs
 from clipalign.results import Completeness, Interactions, TokenGroup
 from clipalign.settings import InteractionSettings
 from clipalign.text.alignment import EncodedCaption
@@ -136,7 +136,7 @@ class TokenPatchInteractions(PairMethod[_Pair, Interactions]):
     def __init__(
         self, model: ClipAdapter, *, settings: InteractionSettings | None = None, **changes: Any
     ) -> None:
-        if not isinstance(model, InteractionAdapter):
+        if not isinstance(model, InteractionAdapter | PerImageGridAdapter):
             raise ValueError(f"{model.name}: its adapter does not support interactions (InteractionAdapter)")
         self.settings = (settings or InteractionSettings()).replace(**changes)
         self.nodes, self.weights = quadrature(self.settings.rule, self.settings.steps)
@@ -169,16 +169,18 @@ class TokenPatchInteractions(PairMethod[_Pair, Interactions]):
         model = self.model
         post = self._post()
         pixels = model.preprocess([pair.image for pair in group])
-        image_cols, raw_gy, raw_gry = self._image_side(pixels, post)
+        grids = self._grids(pixels)
+        image_sides = self._image_side(pixels, grids, post)
         text_sides = self._text_side(group, post)
         prefix = model.image_prefix
         results = []
         for b, pair in enumerate(group):
             text_cols, raw_fx, raw_frx = text_sides[b]
-            f_scale, g_scale = self._scale(raw_fx), self._scale(raw_gy[b])
-            matrix = ((text_cols / f_scale).T @ (image_cols[b] / g_scale)).cpu().numpy()
+            image_cols, raw_gy, raw_gry = image_sides[b]
+            f_scale, g_scale = self._scale(raw_fx), self._scale(raw_gy)
+            matrix = ((text_cols / f_scale).T @ (image_cols / g_scale)).cpu().numpy()
             fx, frx = self._embed(raw_fx, raw_fx), self._embed(raw_frx, raw_fx)
-            gy, gry = self._embed(raw_gy[b], raw_gy[b]), self._embed(raw_gry, raw_gy[b])
+            gy, gry = self._embed(raw_gy, raw_gy), self._embed(raw_gry, raw_gy)
             terms = [float(a @ b) for a, b in ((fx, gy), (fx, gry), (frx, gy), (frx, gry))]
             target = terms[0] - terms[1] - terms[2] + terms[3]
             total = float(matrix.sum())
@@ -192,7 +194,7 @@ class TokenPatchInteractions(PairMethod[_Pair, Interactions]):
                     caption=enc.caption,
                     tokens=list(enc.tokens),
                     words=words,
-                    grid=model.patch_grid,
+                    grid=grids[b],
                     matrix=matrix[:, prefix:],
                     cls=matrix[:, :prefix].sum(axis=1) if prefix else np.zeros(0),
                     completeness=Completeness(total, target, total - target, *terms),
@@ -207,21 +209,36 @@ class TokenPatchInteractions(PairMethod[_Pair, Interactions]):
             )
         return results
 
+    def _grids(self, pixels: torch.Tensor) -> list[tuple[int, int]]:
+        """Each image's patch grid: the model's one grid, or per image (NaFlex)."""
+        if isinstance(self.model, PerImageGridAdapter):
+            return self.model.patch_grids(pixels)
+        return [self.model.patch_grid] * len(pixels)
+
     def _image_side(
-        self, pixels: torch.Tensor, post: UnitPost | IdentityPost
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """V of every image (B, D, S) before any per-pair scale, the raw embeddings (B, D) and the
-        reference's raw embedding (D,)."""
+        self, pixels: torch.Tensor, grids: Sequence[tuple[int, int]], post: UnitPost | IdentityPost
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per image: V (D, S) before any per-pair scale, its raw embedding (D,) and its reference's raw
+        embedding (D,). Images of one grid share one states call and one JVP evaluation."""
         model, block = self.model, self.image_block
-        states = model.image_states(pixels, block)
-        reference, raw_reference = self._image_reference(pixels)
 
         def head(h: torch.Tensor) -> torch.Tensor:
             return post(model.image_head(h, block))
 
         jvps = model.image_head_jvps(block, post) or head_jvps(head)
-        cols = integrated_jacobian(jvps, states, reference, self.nodes, self.weights, self.settings.chunk)
-        return cols, model.image_head(states, block), raw_reference
+        by_grid: dict[tuple[int, int], list[int]] = {}
+        for b, grid in enumerate(grids):
+            by_grid.setdefault(grid, []).append(b)
+        out: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for grid, members in by_grid.items():
+            some = pixels[members]
+            states = model.image_states(some, block)
+            reference, raw_reference = self._image_reference(some, grid)
+            cols = integrated_jacobian(jvps, states, reference, self.nodes, self.weights, self.settings.chunk)
+            raw = model.image_head(states, block)
+            for j, b in enumerate(members):
+                out[b] = (cols[j], raw[j], raw_reference)
+        return [out[b] for b in range(len(grids))]
 
     def _text_side(
         self, group: Sequence[_Pair], post: UnitPost | IdentityPost
@@ -271,12 +288,21 @@ class TokenPatchInteractions(PairMethod[_Pair, Interactions]):
             return UnitPost()(raw).double()
         return (raw / raw_input.norm()).double()
 
-    def _image_reference(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _image_reference(
+        self, pixels: torch.Tensor, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The image reference's states r_y at the image block and its raw embedding: the same for every
-        pair (all-zero pixels), so computed once per input shape, dtype and device, then reused."""
-        key = (tuple(pixels.shape[1:]), pixels.dtype, pixels.device)
+        pair of a patch grid (all-zero pixels at that grid), so computed once per input shape, grid,
+        dtype and device, then reused."""
+        key = (tuple(pixels.shape[1:]), grid, pixels.dtype, pixels.device)
         if key not in self._image_references:
-            states = self.model.image_states(torch.zeros_like(pixels[:1]), self.image_block)
+            model = self.model
+            zero = (
+                model.reference_pixels(pixels[:1])
+                if isinstance(model, PerImageGridAdapter)
+                else torch.zeros_like(pixels[:1])
+            )
+            states = model.image_states(zero, self.image_block)
             self._image_references[key] = (states[0], self.model.image_head(states, self.image_block)[0])
         return self._image_references[key]
 

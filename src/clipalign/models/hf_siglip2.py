@@ -38,12 +38,10 @@ class HFSiglip2Adapter(SiglipTowers[Siglip2Model]):
     * **Geometry**: the processor resizes without cropping, keeping the aspect ratio up to rounding to
       whole patches; ``image_geometry`` computes that size with transformers' own function, and
       :meth:`patch_grid_for` the grid of an image of a given size.
-    * **Interactions**: the interaction code assumes one ``patch_grid`` and one all-zero reference image
-      per model, while a NaFlex grid, and so its reference, is per image. This adapter therefore has no
-      ``patch_grid`` (``clipalign interactions`` refuses it in one line) but has what per-image grids
-      need: :meth:`patch_grids`, :meth:`reference_pixels` (zero patches at an image's grid), and
-      ``image_states``/``image_head`` on the patches of images that share one grid (no padding, so the
-      generic JVPs need no mask).
+    * **Interactions**: a NaFlex grid, and so the all-zero reference image, is per image, so this adapter
+      is a :class:`~clipalign.models.base.PerImageGridAdapter`: :meth:`patch_grids` and
+      :meth:`reference_pixels` instead of one ``patch_grid``, and ``image_states``/``image_head`` on
+      the unpadded patches of images that share one grid (no mask needed in the generic JVPs).
     * **Scores**: the cosine of the two embeddings, as for CLIP and SigLIP (not the sigmoid logit).
     """
 
@@ -129,7 +127,7 @@ class HFSiglip2Adapter(SiglipTowers[Siglip2Model]):
         resized = self.resized_size(width, height)
         return ImageGeometry((width, height), resized, (0, 0, *resized))
 
-    # --- per-image grids: what interactions need (see the class docstring) ---
+    # --- hidden states at a block and the rest of the network, for interaction attributions ---
 
     def patch_grids(self, pixel_values: torch.Tensor) -> list[tuple[int, int]]:
         """(rows, cols) of each image of a batch of NaFlex pixel values."""

@@ -61,7 +61,7 @@ _NEEDS: dict[str, str] = {
         "config.json, model.safetensors (pytorch_model.bin only with --allow-pickle), "
         "preprocessor_config.json (Siglip2ImageProcessor: patch_size, max_num_patches), tokenizer.json "
         "(Gemma); no extra packages. NaFlex SigLIP 2 (Siglip2Model, google/siglip2-*-naflex): variable "
-        "resolution, aspect ratio kept; word scores, score and scan (interactions: not yet)"
+        "resolution, aspect ratio kept, a patch grid per image"
     ),
 }
 
