@@ -142,6 +142,7 @@ def finetune(
     out.mkdir(parents=True, exist_ok=True)
     recorded = {**settings.to_dict(), **(identity or {}), "dtype": dtype}
 
+    named = trainable(net, settings.freeze)  # a bad --freeze fails before the data is read
     pairs_per_epoch, skipped = count_usable(data)
     steps_per_epoch = pairs_per_epoch // settings.batch_size // settings.accumulate
     if steps_per_epoch == 0:
@@ -153,7 +154,6 @@ def finetune(
     total = min(total, settings.max_steps) if settings.max_steps else total
 
     torch.manual_seed(settings.seed)
-    named = trainable(net, settings.freeze)
     params = [p for _, p in named]
     initial = [p.detach().clone() for p in params] if settings.l2_init else []
     groups = [
@@ -293,7 +293,7 @@ def _micro_step(
     """Forward and backward of one micro-batch (its loss ÷ ``accumulate``); (its loss, global pairs)."""
     counts = distributed.all_counts(len(batch.captions), device)
     if sum(counts) < 2:
-        return None, sum(counts)  # no negatives: nothing to learn from (every rank skips it alike)
+        return None, 0  # no negatives: nothing to learn from (every rank skips it alike)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CaptionTruncatedWarning)
         inputs = (
