@@ -307,6 +307,8 @@ RUN = textwrap.dedent(
     torch.set_num_threads(1)
     from clipalign import load_model
     from clipalign.training import DataSpec, FinetuneSettings, finetune
+    from clipalign.training.distributed import init_from_env
+    init_from_env("cpu")  # under torchrun: join the gloo process group
     data, model_dir, out, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     def stop(step):
         if step == kill_at:
@@ -364,9 +366,12 @@ def test_two_processes_train_as_one_with_the_same_global_batch(
     assert [r["step"] for r in logs[1]] == [r["step"] for r in logs[0]] == list(range(1, 10))
     for a, b in zip(logs[0], logs[1], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5) and b["pairs"] == a["pairs"] == 8
+        assert (a["processes"], b["processes"]) == (1, 2)
     wa, wb = weights(one), weights(two)
-    for name in wa:
-        torch.testing.assert_close(wb[name], wa[name], atol=1e-5, rtol=1e-4)
+    # a key bias adds the same amount to every logit of a query, which the softmax ignores: its gradient is
+    # rounding noise, which Adam scales up to steps of the learning rate's size, differently in each run
+    for name in (n for n in wa if not n.endswith("k_proj.bias")):
+        torch.testing.assert_close(wb[name], wa[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 # --- the shifted synthetic world ------------------------------------------------------------------------

@@ -249,7 +249,14 @@ def finetune(
             trained_pairs += pairs
             last_loss = sum(losses) if losses else None
             seconds = time.perf_counter() - started
-            record = {"step": step, "epoch": epoch, "loss": last_loss, "lr": lr, "pairs": pairs}
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "loss": last_loss,
+                "lr": lr,
+                "pairs": pairs,
+                "processes": world,
+            }
             if settings.l2_init:
                 record["l2_init"] = l2_init_penalty(params, initial, settings.l2_init)
             record["pairs_per_s"] = pairs / seconds if seconds > 0 else None
