@@ -401,3 +401,26 @@ def test_a_shifted_dataset_records_its_world(tmp_path: Path) -> None:
     assert "world" not in default and shifted["world"] == "shifted"
     assert shifted["vocabulary"]["color"] == list(SHIFTED_COLORS)
     assert shifted["vocabulary"]["shape"] == default["vocabulary"]["shape"]
+
+
+def test_mixed_precision_needs_a_gpu(data: Path, model_dir: Path, tmp_path: Path) -> None:
+    model = load_model(model_dir, device="cpu")
+    with pytest.raises(ValueError, match="mixed precision on a CUDA GPU"):
+        finetune(DataSpec(source=str(data / "train.jsonl")), model, tmp_path / "out", dtype="bf16")
+
+
+def test_a_finished_run_started_again_changes_nothing(data: Path, model_dir: Path, tmp_path: Path) -> None:
+    train(data, model_dir, tmp_path / "out", max_steps=2)
+    first = weights(tmp_path / "out")
+    result, _ = train(data, model_dir, tmp_path / "out", max_steps=2)
+    assert result.resumed_from == 2 and result.steps == 2
+    again = weights(tmp_path / "out")
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_finetune_help_is_light() -> None:
+    from test_startup import heavy_modules_after, help_code
+
+    assert heavy_modules_after(help_code("finetune")) == []

@@ -43,7 +43,8 @@ class DataSpec:
 
 @dataclass
 class Skipped:
-    """Pairs left out of training: how many, and the first few as "key: reason" lines."""
+    """Pairs left out of training: how many (an image that cannot be read counts in every epoch that
+    meets it), and the first few distinct "key: reason" lines."""
 
     total: int = 0
     examples: list[str] = field(default_factory=list)
@@ -51,8 +52,9 @@ class Skipped:
 
     def add(self, key: str, reason: str) -> None:
         self.total += 1
-        if len(self.examples) < self.shown:
-            self.examples.append(f"{key}: {reason}")
+        line = f"{key}: {reason}"
+        if len(self.examples) < self.shown and line not in self.examples:
+            self.examples.append(line)
 
 
 def usable(samples: Iterator[Sample], skipped: Skipped | None = None) -> Iterator[Sample]:

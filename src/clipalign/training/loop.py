@@ -266,19 +266,20 @@ def finetune(
             )
             bar.update(1)
             at_end = step == total
-            if step % settings.save_every == 0 and not at_end:
-                checkpoint(state.Position(step, epoch, taken))
+            # evaluate before the checkpoint: a run killed while evaluating resumes before that step
             if settings.eval_every and step % settings.eval_every == 0 and not at_end:
                 run_evaluations(step)
+            if step % settings.save_every == 0 and not at_end:
+                checkpoint(state.Position(step, epoch, taken))
             if on_step is not None:
                 on_step(step)
             if at_end:
                 break
         epoch, taken = epoch + 1, 0
     bar.close()
-    checkpoint(state.Position(step, epoch, taken))
-    if step > 0:
+    if step > position.step:  # not a finished run started again
         run_evaluations(step)
+        checkpoint(state.Position(step, epoch, taken))
     if rank == 0:
         _save_output(model, net, out)
         if (out / METRICS_FILE).stat().st_size:
