@@ -100,31 +100,15 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 
 def training_settings(args: argparse.Namespace) -> FinetuneSettings:
-    """The training options as one :class:`~clipalign.training.FinetuneSettings`."""
+    """The training options as one :class:`~clipalign.training.FinetuneSettings`: each option sets the
+    field of its name, ``--freeze`` entries split at commas, ``--no-progress`` turns ``progress`` off."""
+    from dataclasses import fields
+
     from clipalign.training import FinetuneSettings
 
+    named = {f.name: getattr(args, f.name) for f in fields(FinetuneSettings) if f.name in vars(args)}
     freeze = tuple(part.strip() for entry in args.freeze for part in entry.split(",") if part.strip())
-    return FinetuneSettings(
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        accumulate=args.accumulate,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup=args.warmup,
-        min_lr=args.min_lr,
-        l2_init=args.l2_init,
-        max_grad_norm=args.max_grad_norm,
-        freeze=freeze,
-        template=args.template,
-        seed=args.seed,
-        shuffle_buffer=args.shuffle_buffer,
-        save_every=args.save_every,
-        keep=args.keep,
-        eval_every=args.eval_every,
-        workers=args.workers,
-        progress=not args.no_progress,
-    )
+    return FinetuneSettings(**{**named, "freeze": freeze, "progress": not args.no_progress})
 
 
 def parse_evaluation(text: str) -> Evaluation:
