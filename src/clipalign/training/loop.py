@@ -225,7 +225,11 @@ def finetune(
             started = time.perf_counter()
             losses, pairs = [], 0
             for micro in range(settings.accumulate):
-                batch = next(stream)
+                batch = next(stream, None)
+                if batch is None:
+                    raise ValueError(
+                        f"{data.source} changed during training: it has fewer pairs than counted"
+                    )
                 taken += batch.taken
                 sync = micro == settings.accumulate - 1 or world == 1
                 context = nullcontext() if sync else wrapped.no_sync()  # type: ignore[operator]
