@@ -424,3 +424,32 @@ def test_finetune_help_is_light() -> None:
     from test_startup import heavy_modules_after, help_code
 
     assert heavy_modules_after(help_code("finetune")) == []
+
+
+def test_accumulation_sums_micro_batches_into_one_step(data: Path, model_dir: Path, tmp_path: Path) -> None:
+    result, _ = train(data, model_dir, tmp_path / "out", batch_size=4, accumulate=2, epochs=1)
+    log = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert result.steps == 24 // 8 and [r["pairs"] for r in log] == [8, 8, 8]
+
+
+def test_tar_shards_train_like_a_table(data: Path, model_dir: Path, tmp_path: Path) -> None:
+    """scan's webdataset input: one shard of PNG + TXT members."""
+    import io
+    import tarfile
+
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as tar:
+        for i, row in enumerate(rows):
+            for suffix, payload in (
+                ("png", (data / row["image"]).read_bytes()),
+                ("txt", row["caption"].encode()),
+            ):
+                info = tarfile.TarInfo(f"{i:04d}.{suffix}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    model = load_model(model_dir, device="cpu")
+    settings = FinetuneSettings(batch_size=8, max_steps=2, **FAST)
+    result = finetune(
+        DataSpec(source=str(tmp_path / "shard-{0..0}.tar")), model, tmp_path / "out", settings=settings
+    )
+    assert result.steps == 2 and result.pairs == 16 and result.skipped.total == 0
