@@ -144,6 +144,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main() -> None:
     torch.set_num_threads(1)
+    code = code_version()  # the code that runs, before anything can change the working tree
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -173,7 +174,7 @@ def main() -> None:
         draw(runs, RESULTS_DIR / "finetune_synthetic.png")
     report = {
         "command": "python benchmarks/finetune_synthetic.py",
-        "code": code_version(),
+        "code": code,
         "machine": machine_info(),
         "seconds": time.perf_counter() - started,
         "data": {"train_scenes": TRAIN_SCENES, "train_seed": TRAIN_SEED, "heldout_scenes": HELDOUT_SCENES},
