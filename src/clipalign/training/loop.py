@@ -265,9 +265,8 @@ def finetune(
                 record["l2_init"] = l2_init_penalty(params, initial, settings.l2_init)
             record["pairs_per_s"] = pairs / seconds if seconds > 0 else None
             log.write(record)
-            bar.set_postfix(
-                loss=f"{last_loss:.4f}" if last_loss is not None else "-", pairs_s=f"{pairs / seconds:.1f}"
-            )
+            shown = {"loss": last_loss, "pairs/s": record["pairs_per_s"]}
+            bar.set_postfix({k: "-" if v is None else f"{v:.4g}" for k, v in shown.items()})
             bar.update(1)
             at_end = step == total
             # evaluate before the checkpoint: a run killed while evaluating resumes before that step
