@@ -15,7 +15,19 @@ import pytest
 import clipalign
 
 HEAVY = ("torch", "transformers", "torchmetrics", "matplotlib", "pyarrow", "ray")
-COMMANDS = ("words", "score", "interactions", "eval", "scan", "report", "demo", "download", "models", "sweep")
+COMMANDS = (
+    "words",
+    "score",
+    "interactions",
+    "eval",
+    "scan",
+    "report",
+    "demo",
+    "download",
+    "models",
+    "sweep",
+    "finetune",
+)
 """Every command, whose --help must stay light."""
 
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from clipalign import __version__
-from clipalign.cli import demo, download, evaluate, interactions, models, scan, score, sweep, words
+from clipalign.cli import demo, download, evaluate, finetune, interactions, models, scan, score, sweep, words
 from clipalign.cli.common import HelpFormatter, Parser, run_guarded
 
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"clipalign {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in (words, score, interactions, evaluate, sweep, scan, demo, download, models):
+    for command in (words, score, interactions, evaluate, sweep, scan, finetune, demo, download, models):
         command.register(subparsers)
     return parser
 

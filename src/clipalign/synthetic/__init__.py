@@ -4,7 +4,9 @@ A scene is a plain or textured grey background with 1–3 non-overlapping object
 shape (circle, square, triangle, star, cross, diamond), a colour (red, green, blue, yellow, purple,
 orange), a size (small, large) and a position (left, right, top, bottom): its centre lies in the outer
 30 % of the image on that side and in the middle 20 % across it, so exactly one position word is true
-for it (:func:`position_of`, by thirds, never sees a borderline centre). Every scene has
+for it (:func:`position_of`, by thirds, never sees a borderline centre). The ``"shifted"`` world
+(``world="shifted"``) paints the same layouts in six other colours (:data:`SHIFTED_COLORS`), a domain
+the bundled synthetic CLIP never saw. Every scene has
 
 - a true caption, one phrase per object joined by "and":
   ``"a large red circle on the left and a small blue square on the top"``;
@@ -49,10 +51,13 @@ from clipalign.synthetic.vocabulary import (
     KINDS,
     POSITIONS,
     SHAPES,
+    SHIFTED_COLORS,
     SIZES,
     VOCABULARY,
     WORD_OFFSET,
     WORDS_PER_OBJECT,
+    WORLDS,
+    vocabulary_of,
 )
 from clipalign.synthetic.writer import FORMAT, write_dataset
 
@@ -64,11 +69,13 @@ __all__ = [
     "POSITIONS",
     "RADIUS",
     "SHAPES",
+    "SHIFTED_COLORS",
     "SIZES",
     "SUPERSAMPLE",
     "VOCABULARY",
     "WORDS_PER_OBJECT",
     "WORD_OFFSET",
+    "WORLDS",
     "Background",
     "Foil",
     "Scene",
@@ -82,5 +89,6 @@ __all__ = [
     "position_of",
     "scene_rng",
     "shape_polygon",
+    "vocabulary_of",
     "write_dataset",
 ]

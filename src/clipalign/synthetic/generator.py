@@ -23,6 +23,8 @@ from clipalign.synthetic.vocabulary import (
     VOCABULARY,
     WORD_OFFSET,
     WORDS_PER_OBJECT,
+    WORLDS,
+    vocabulary_of,
 )
 
 BACKGROUNDS = ("plain", "stripes", "checker", "noise")
@@ -74,8 +76,15 @@ def _background(rng: np.random.Generator) -> Background:
     return Background(kind, rgb, contrast, period, orientation, seed)  # type: ignore[arg-type]
 
 
-def _objects(rng: np.random.Generator, width: int, height: int, n_objects: int) -> tuple[SceneObject, ...]:
-    """``n_objects`` objects at distinct positions, redrawn until no two boxes overlap."""
+def _objects(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    n_objects: int,
+    colors: dict[str, tuple[int, int, int]] = COLORS,
+) -> tuple[SceneObject, ...]:
+    """``n_objects`` objects at distinct positions, redrawn until no two boxes overlap, coloured from
+    ``colors`` (the world's palette)."""
     side = min(width, height)
     for _ in range(1000):
         positions = [POSITIONS[i] for i in rng.permutation(len(POSITIONS))[:n_objects]]
@@ -83,11 +92,11 @@ def _objects(rng: np.random.Generator, width: int, height: int, n_objects: int) 
         for position in positions:
             size = SIZES[int(rng.integers(len(SIZES)))]
             shape = SHAPES[int(rng.integers(len(SHAPES)))]
-            color = tuple(COLORS)[int(rng.integers(len(COLORS)))]
+            color = tuple(colors)[int(rng.integers(len(colors)))]
             radius = float(rng.uniform(*RADIUS[size])) * side
             center = _slot_center(rng, position, radius, width, height)
             jitter = rng.integers(-12, 13, size=3)
-            rgb = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLORS[color], jitter, strict=True))
+            rgb = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(colors[color], jitter, strict=True))
             objects.append(SceneObject(shape, color, size, position, center, radius, rgb))  # type: ignore[arg-type]
         boxes = [o.box for o in objects]
         if not any(boxes_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]):
@@ -95,14 +104,20 @@ def _objects(rng: np.random.Generator, width: int, height: int, n_objects: int) 
     raise RuntimeError("could not place non-overlapping objects")  # pragma: no cover
 
 
-def make_foil(rng: np.random.Generator, objects: tuple[SceneObject, ...], kind: str) -> Foil:
-    """Change one ``kind`` word of one random object to a value that makes its description false."""
+def make_foil(
+    rng: np.random.Generator,
+    objects: tuple[SceneObject, ...],
+    kind: str,
+    vocabulary: dict[str, tuple[str, ...]] = VOCABULARY,
+) -> Foil:
+    """Change one ``kind`` word of one random object to a value that makes its description false
+    (colours and shapes from ``vocabulary``, the world's words)."""
     order = [int(i) for i in rng.permutation(len(objects))]
     for index in order:
         obj = objects[index]
         if kind in ("color", "shape"):
             present = {getattr(o, kind) for o in objects}
-            choices = [v for v in VOCABULARY[kind] if v not in present]
+            choices = [v for v in vocabulary[kind] if v not in present]
         elif kind == "size":
             choices = [v for v in SIZES if v != obj.size]
         else:
@@ -120,19 +135,24 @@ def make_foil(rng: np.random.Generator, objects: tuple[SceneObject, ...], kind: 
     raise RuntimeError(f"no {kind} foil possible")  # pragma: no cover
 
 
-def generate_scene(rng: np.random.Generator, image_size: int = 64, max_objects: int = 3) -> Scene:
+def generate_scene(
+    rng: np.random.Generator, image_size: int = 64, max_objects: int = 3, *, world: str = "default"
+) -> Scene:
     """Draw a scene (1..``max_objects`` objects, at most 4) with its true caption and 4 foils.
 
-    Foils come in the order of :data:`KINDS` (colour, shape, size, position), one per kind.
+    Foils come in the order of :data:`KINDS` (colour, shape, size, position), one per kind. ``world``
+    ``"shifted"`` draws the colours of :data:`~clipalign.synthetic.vocabulary.SHIFTED_COLORS` instead
+    (the same random draws, so scene ``i`` differs from the default world's only in its colours).
     """
+    vocabulary = vocabulary_of(world)
     if not 1 <= max_objects <= len(POSITIONS):
         raise ValueError(f"max_objects must be in 1..{len(POSITIONS)}, got {max_objects}")
     if image_size < 16:
         raise ValueError(f"image_size must be ≥ 16 pixels, got {image_size}")
     background = _background(rng)
     n_objects = int(rng.integers(1, max_objects + 1))
-    objects = _objects(rng, image_size, image_size, n_objects)
-    foils = tuple(make_foil(rng, objects, kind) for kind in KINDS)
+    objects = _objects(rng, image_size, image_size, n_objects, WORLDS[world])
+    foils = tuple(make_foil(rng, objects, kind, vocabulary) for kind in KINDS)
     return Scene(image_size, image_size, background, objects, foils)
 
 
@@ -141,6 +161,8 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def generate_scenes(n: int, seed: int, image_size: int = 64, start: int = 0) -> list[Scene]:
-    """Scenes ``start .. start + n - 1`` of ``seed``."""
-    return [generate_scene(scene_rng(seed, i), image_size) for i in range(start, start + n)]
+def generate_scenes(
+    n: int, seed: int, image_size: int = 64, start: int = 0, *, world: str = "default"
+) -> list[Scene]:
+    """Scenes ``start .. start + n - 1`` of ``seed`` in ``world``."""
+    return [generate_scene(scene_rng(seed, i), image_size, world=world) for i in range(start, start + n)]

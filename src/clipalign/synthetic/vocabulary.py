@@ -27,6 +27,27 @@ VOCABULARY: dict[str, tuple[str, ...]] = {
     "size": SIZES,
     "position": POSITIONS,
 }
+SHIFTED_COLORS: dict[str, tuple[int, int, int]] = {
+    "pink": (245, 115, 190),
+    "teal": (0, 140, 140),
+    "brown": (135, 80, 35),
+    "white": (240, 240, 240),
+    "black": (25, 25, 25),
+    "lime": (165, 230, 50),
+}
+"""The shifted world's palette: six colours (and colour words) the default world never shows, for
+measuring how a model trained on the default world does out of domain, and what fine-tuning recovers."""
+WORLDS: dict[str, dict[str, tuple[int, int, int]]] = {"default": COLORS, "shifted": SHIFTED_COLORS}
+"""World name → its palette; shapes, sizes, positions and backgrounds are the same in every world."""
+
+
+def vocabulary_of(world: str) -> dict[str, tuple[str, ...]]:
+    """The words of a world, by attribute kind (:data:`VOCABULARY` for the default one)."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown synthetic world {world!r}; choose from {', '.join(WORLDS)}")
+    return {**VOCABULARY, "color": tuple(WORLDS[world])}
+
+
 WORDS_PER_OBJECT = 7  # "a {size} {color} {shape} on the {position}"
 WORD_OFFSET = {"size": 1, "color": 2, "shape": 3, "position": 6}
 """Index of each attribute word within an object's 7-word phrase."""

@@ -40,23 +40,26 @@ import json
 from pathlib import Path
 
 from clipalign.synthetic.generator import generate_scenes
-from clipalign.synthetic.vocabulary import VOCABULARY
+from clipalign.synthetic.vocabulary import vocabulary_of
 
 FORMAT = "clipalign-synthetic-v1"
 """The ``format`` field of an annotations file; loaders refuse any other."""
 
 
-def write_dataset(out_dir: str | Path, n: int, seed: int, image_size: int = 64) -> Path:
+def write_dataset(
+    out_dir: str | Path, n: int, seed: int, image_size: int = 64, *, world: str = "default"
+) -> Path:
     """Write ``n`` scenes as ``out_dir/images/NNNNNN.png`` and ``out_dir/annotations.json``.
 
-    Returns the annotations path. The same (n, seed, image_size) always gives identical bytes.
+    Returns the annotations path. The same (n, seed, image_size, world) always gives identical bytes; a
+    world other than the default is recorded as ``"world"`` and its colour words in ``vocabulary``.
     """
     out = Path(out_dir)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     width = max(6, len(str(max(n - 1, 0))))
     entries = []
-    for i, scene in enumerate(generate_scenes(n, seed, image_size)):
+    for i, scene in enumerate(generate_scenes(n, seed, image_size, world=world)):
         scene_id = f"{i:0{width}d}"
         file_name = f"{scene_id}.png"
         scene.render().save(images / file_name, format="PNG")
@@ -66,7 +69,8 @@ def write_dataset(out_dir: str | Path, n: int, seed: int, image_size: int = 64) 
         "seed": seed,
         "n": n,
         "image_size": image_size,
-        "vocabulary": {k: list(v) for k, v in VOCABULARY.items()},
+        **({"world": world} if world != "default" else {}),
+        "vocabulary": {k: list(v) for k, v in vocabulary_of(world).items()},
         "scenes": entries,
     }
     path = out / "annotations.json"
