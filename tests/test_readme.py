@@ -101,6 +101,19 @@ SKIPPED = {
         "needs a Ray cluster with those GPUs or CPUs; tests/test_scan_ray.py runs this engine on a local Ray"
     ),
     r"clipalign demo": "a server that runs until stopped; tests/test_demo.py starts it on a free port",
+    r"clipalign finetune .*": (
+        "trains a model; tests/test_finetune.py runs it on tiny models (resume after SIGKILL, DDP, the output)"
+    ),
+    r"torchrun .*": "starts several processes; tests/test_finetune.py runs two gloo processes",
+    r'clipalign words photo\.jpg "a cup of coke" --model my-clip/': (
+        "the output of the finetune above; tests/test_finetune.py loads a fine-tuned folder with words"
+    ),
+    r"python tools/train_synthetic_clip\.py --family siglip": (
+        "a 5-minute training run; tests/test_synthetic_siglip.py trains a tiny one and checks determinism"
+    ),
+    r"python benchmarks/eval_synthetic_(world|layers)\.py --model synthetic-siglip": (
+        "a benchmark whose results are committed in benchmarks/results/"
+    ),
 }
 """Reviewed commands that are not run here (full-match patterns on the command as written) → why."""
 
