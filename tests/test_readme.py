@@ -102,7 +102,7 @@ SKIPPED = {
     ),
     r"clipalign demo": "a server that runs until stopped; tests/test_demo.py starts it on a free port",
     r"clipalign finetune .*": (
-        "trains a model; tests/test_finetune.py runs it on tiny models (resume after SIGKILL, DDP, the output)"
+        "trains a model; tests/test_finetune.py runs it on tiny models (SIGKILL resume, DDP, output)"
     ),
     r"torchrun .*": "starts several processes; tests/test_finetune.py runs two gloo processes",
     r'clipalign words photo\.jpg "a cup of coke" --model my-clip/': (
