@@ -78,6 +78,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def run_line(report: dict[str, Any]) -> str:
+    """A results file's opening words: the command, the date, clipalign's version and commit."""
+    code, machine = report["code"], report["machine"]
+    dirty = ", uncommitted changes" if code["dirty"] else ""
+    return (
+        f"`{report['command']}` · {machine['date'][:10]} · clipalign {machine['clipalign']} "
+        f"(commit {code['commit'][:10]}{dirty}) · "
+    )
+
+
 def goal_text(value: float, goal: float, at_least: bool, fmt: str = ".2f") -> str:
     """A ratio and whether it meets its goal, e.g. ``2.10× (misses ≥ 5×)``; ``fmt`` formats the ratio."""
     met = value >= goal if at_least else value <= goal

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import machine_info, write_results
+from common import machine_info, run_line, write_results
 from eval_synthetic_world import MODEL, MODEL_NAME, SCENES, SEED, code_version
 from PIL import Image
 
@@ -110,11 +110,10 @@ def box_fraction(item: PointingItem) -> float:
 
 def markdown(report: dict[str, Any]) -> str:
     """The results table, ready to quote."""
-    code, machine = report["code"], report["machine"]
+    machine = report["machine"]
     lines = [
-        f"`{report['command']}` · {machine['date'][:10]} · clipalign {machine['clipalign']} "
-        f"(commit {code['commit'][:10]}{', uncommitted changes' if code['dirty'] else ''}) · "
-        f"torch {machine['torch']}, transformers {machine['transformers']} · {machine['cpu']}",
+        run_line(report)
+        + f"torch {machine['torch']}, transformers {machine['transformers']} · {machine['cpu']}",
         "",
         f"Model `{report['model']}` · {report['scenes']} held-out scenes (seed {report['seed']}) · "
         f"{report['phrases']} object phrases, each with its exact box · uniform-map energy "

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import RESULTS_DIR, machine_info, write_results
+from common import RESULTS_DIR, machine_info, run_line, write_results
 from eval_synthetic_world import MODEL, MODEL_NAME, SEED, code_version
 
 from clipalign import load_model
@@ -120,11 +120,10 @@ def table(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 def markdown(report: dict[str, Any]) -> str:
     """Every run's tables, ready to quote."""
-    code, machine = report["code"], report["machine"]
+    machine = report["machine"]
     lines = [
-        f"`{report['command']}` · {machine['date'][:10]} · clipalign {machine['clipalign']} "
-        f"(commit {code['commit'][:10]}{', uncommitted changes' if code['dirty'] else ''}) · "
-        f"torch {machine['torch']}, transformers {machine['transformers']} · {machine['cpu']}",
+        run_line(report)
+        + f"torch {machine['torch']}, transformers {machine['transformers']} · {machine['cpu']}",
         "",
         f"Model `{report['model']}` · {report['scenes']} held-out scenes (seed {report['seed']}) · "
         f"{report['phrases']} object phrases · curve steps {report['steps']} · floor: "

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS_DIR, machine_info, write_results
+from common import RESULTS_DIR, machine_info, run_line, write_results
 from eval_synthetic_world import MODEL, MODEL_NAME, SCENES, SEED, code_version, interaction_label
 
 from clipalign.cli.main import main as clipalign
@@ -38,12 +38,10 @@ def run(argv: list[str], report: Path) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     """The results tables, ready to quote."""
-    code, machine = report["code"], report["machine"]
+    machine = report["machine"]
     selection = next(iter(report["mismatch"].values()))["metrics"]["selection"]
     lines = [
-        f"`{report['command']}` · {machine['date'][:10]} · clipalign {machine['clipalign']} "
-        f"(commit {code['commit'][:10]}{', uncommitted changes' if code['dirty'] else ''}) · "
-        f"torch {machine['torch']}, transformers {machine['transformers']}",
+        run_line(report) + f"torch {machine['torch']}, transformers {machine['transformers']}",
         "",
         f"Model `{report['model']}` · {SCENES} held-out scenes (seed {SEED}): "
         f"{selection['two_objects']} captions name exactly two objects with different phrases "

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import REPO, machine_info, write_results
+from common import REPO, machine_info, run_line, write_results
 
 from clipalign.cli.main import main as clipalign
 from clipalign.datasets import load_synthetic
@@ -53,6 +53,11 @@ def code_version() -> dict[str, Any]:
 def model_name(model: Path) -> str:
     """The model as the results name it: relative to the repository, so no local path is committed."""
     return str(model.relative_to(REPO)) if model.is_relative_to(REPO) else str(model)
+
+
+MODEL = MODEL_ALIASES["synthetic"]
+MODEL_NAME = model_name(MODEL)
+"""The synthetic CLIP, which the other synthetic-world benchmarks evaluate."""
 
 
 def results_stem(alias: str) -> str:
@@ -93,13 +98,11 @@ def interaction_label(settings: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The results tables, ready to quote."""
     words, pointing, data = report["word_level"], report["pointing"], report["data"]
-    code, machine = report["code"], report["machine"]
+    machine = report["machine"]
     first = next(iter(words.values()))
     settings = first["settings"]
     lines = [
-        f"`{report['command']}` · {machine['date'][:10]} · clipalign {machine['clipalign']} "
-        f"(commit {code['commit'][:10]}{', uncommitted changes' if code['dirty'] else ''}) · "
-        f"torch {machine['torch']}, transformers {machine['transformers']}",
+        run_line(report) + f"torch {machine['torch']}, transformers {machine['transformers']}",
         "",
         f"Model `{report['model']}` · {data['scenes']} held-out scenes (seed {data['seed']}): "
         f"{data['pairs']} pairs, {data['foils']} one-word foils · {data['phrases']} object phrases · "

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import RESULTS_DIR, machine_info, write_results
+from common import RESULTS_DIR, machine_info, run_line, write_results
 from eval_synthetic_world import code_version
 
 from clipalign.cli.main import main as clipalign
@@ -107,11 +107,10 @@ def draw(runs: dict[str, dict[str, Any]], path: Path) -> None:
 
 def markdown(report: dict[str, Any]) -> str:
     """The before/after table, ready to quote."""
-    code, machine, data = report["code"], report["machine"], report["data"]
+    machine, data = report["machine"], report["data"]
     lines = [
-        f"`{report['command']}` · {machine['date'][:10]} · clipalign {machine['clipalign']} "
-        f"(commit {code['commit'][:10]}{', uncommitted changes' if code['dirty'] else ''}) · "
-        f"torch {machine['torch']} · {report['seconds'] / 60:.1f} min on {machine['cpu_count']} CPUs "
+        run_line(report)
+        + f"torch {machine['torch']} · {report['seconds'] / 60:.1f} min on {machine['cpu_count']} CPUs "
         f"({machine['torch_threads']} torch thread)",
         "",
         f"Model `synthetic` fine-tuned on {data['train_scenes']} shifted-world scenes "

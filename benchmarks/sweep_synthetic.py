@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import RESULTS_DIR, machine_info, write_results
+from common import RESULTS_DIR, machine_info, run_line, write_results
 from eval_synthetic_world import MODEL, MODEL_NAME, SCENES, SEED, code_version
 
 from clipalign.cli.main import main as clipalign
@@ -41,15 +41,14 @@ def timed(argv: list[str]) -> float:
 
 def markdown(report: dict[str, Any], table: str) -> str:
     """The sweep's own table (from its ``sweep.md``) under the run's provenance and timings."""
-    code, machine, runs = report["code"], report["machine"], report["runs"]
+    machine, runs = report["machine"], report["runs"]
     first, again = runs["sweep"], runs["sweep_again"]
     body = table.split("\n", 2)[2].replace(str(MODEL), MODEL_NAME)  # no "# Sweep" title, no local path
     groups = len(report["grid"]["layers"]) * len(report["grid"]["template"])
     return "\n".join(
         [
-            f"`{report['command']}` · {machine['date'][:10]} · clipalign {machine['clipalign']} "
-            f"(commit {code['commit'][:10]}{', uncommitted changes' if code['dirty'] else ''}) · "
-            f"torch {machine['torch']} ({machine['torch_threads']} thread) · {machine['cpu']}",
+            run_line(report)
+            + f"torch {machine['torch']} ({machine['torch_threads']} thread) · {machine['cpu']}",
             "",
             f"{report['data']['scenes']} held-out scenes (seed {report['data']['seed']}), "
             f"{report['items']} pairs; `clipalign eval synthetic` first (layers 3, ε = −5e-5, template "
