@@ -398,3 +398,31 @@ def test_a_sweep_on_real_hat_annotations(tiny_model_dir, tmp_path):
         "heatmap.png",
         "pr_curves.png",
     ]
+
+
+def test_a_sweep_with_prompts_shares_evals_cache(world, model, tmp_path, monkeypatch, capsys):
+    """``eval --prompts`` then ``sweep --prompts``: the loader options enter both cache keys alike, so the
+    sweep finds eval's cell scored; a sweep without them keys its cells apart and scores them again."""
+    annotations, items = world
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text("{}")
+    monkeypatch.setattr("clipalign.cli.sweep.open_model", lambda spec: model)
+    monkeypatch.setattr("clipalign.cli.evaluate.open_model", lambda spec: model)
+    monkeypatch.setattr("clipalign.evaluation.benchmark.load_items", lambda *args, **options: items)
+    common = ["--annotations", str(annotations), "--images", str(annotations.parent / "images")]
+    common += ["--model", str(SYNTHETIC_CLIP), "--out", str(tmp_path), "--no-progress", "--device", "cpu"]
+    grid = ["--epsilon=-1e-4,0", "--layers", "4", "--template", "A photo depicts "]
+    assert (
+        main(["eval", "synthetic", *common, "--layers", "4", "--epsilon=0", "--prompts", str(prompts)]) == 0
+    )
+    capsys.readouterr()
+    with counted(model, monkeypatch) as calls:
+        assert main(["sweep", "synthetic", *common, *grid, "--prompts", str(prompts)]) == 0
+    assert calls[0] == 0 and "0 items scored by the model" in capsys.readouterr().out
+    report = json.loads((tmp_path / "sweep-synthetic" / "sweep.json").read_text())
+    for cell in report["cells"]:
+        settings = json.loads((tmp_path / cell["cache"]).with_suffix(".settings.json").read_text())
+        assert settings["loader"] == {"prompts": str(prompts.resolve())}
+    with counted(model, monkeypatch) as calls:
+        assert main(["sweep", "synthetic", *common, *grid]) == 0
+    assert calls[0] > 0 and f"{len(items)} items scored by the model" in capsys.readouterr().out
