@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipalign import CLIP4DM
+from clipalign import CLIP4DM, TokenPatchInteractions
+from clipalign.attribution.fixlip import FIxLIP
 from clipalign.cli.main import main
 from clipalign.metrics import ref_clip_score, reference_cosines
 
@@ -428,3 +429,34 @@ def test_the_image_file_is_decoded_once(
     assert data["cosine"] == pytest.approx(expected.cosine, abs=1e-6)
     if name == "words":
         assert data["source"] == photo and data["words"] == [w.to_dict() for w in expected.words]
+
+
+@pytest.mark.parametrize("method", ["interactions", "fixlip"])
+def test_interactions_decode_the_image_file_once(
+    tiny_model_dir, photo, adapter, tmp_path, monkeypatch, capsys, method
+):
+    """``interactions`` with a picture reads the image file once: the model attributes the decoded image,
+    the picture draws it, and the output names the file and equals attributing the path."""
+    import clipalign.images.loading as loading
+
+    reads: list[str] = []
+    original = loading._read_file
+
+    def counted(path, name, *args, **kwargs):
+        reads.append(name)
+        return original(path, name, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "_read_file", counted)
+    argv = ["interactions", photo, "a dog on a couch", "--model", str(tiny_model_dir), "--span", "dog"]
+    argv += ["--method", method, "--out", str(tmp_path / "i.png"), "--json"]
+    argv += ["--steps", "2"] if method == "interactions" else ["--budget", "64"]
+    assert main(argv) == 0
+    assert reads == [photo]
+    data = json.loads(capsys.readouterr().out)
+    monkeypatch.undo()
+    if method == "interactions":
+        [expected] = TokenPatchInteractions(adapter, steps=2).attribute([photo], ["a dog on a couch"])
+    else:
+        [expected] = FIxLIP(adapter, budget=64).attribute([photo], ["a dog on a couch"])
+    assert data["source"] == photo == expected.source
+    assert np.allclose(data["matrix"], expected.matrix, atol=1e-6)
