@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipalign import CLIP4DM
+from clipalign import CLIP4DM, TokenPatchInteractions
+from clipalign.attribution.fixlip import FIxLIP
 from clipalign.cli.main import main
 from clipalign.metrics import ref_clip_score, reference_cosines
 
@@ -403,22 +404,28 @@ def test_report_table_keeps_every_header_and_number_whole_when_narrow(
                 assert f"{summary['f_clipscore'][stat]:.4g}" in text
 
 
-@pytest.mark.parametrize("command", [["words", "--png", "{png}", "--json"], ["score", "--json"]])
-def test_the_image_file_is_decoded_once(
-    tiny_model_dir, photo, adapter, tmp_path, monkeypatch, capsys, command
-):
-    """``words`` (with a picture) and ``score`` read the image file once: the model scores the decoded
-    image, the picture draws it, and the output still names the file and equals scoring the path."""
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """The names of the image files read from now on (each decode reads its file once)."""
     import clipalign.images.loading as loading
 
-    reads: list[str] = []
+    names: list[str] = []
     original = loading._read_file
 
     def counted(path, name, *args, **kwargs):
-        reads.append(name)
+        names.append(name)
         return original(path, name, *args, **kwargs)
 
     monkeypatch.setattr(loading, "_read_file", counted)
+    return names
+
+
+@pytest.mark.parametrize("command", [["words", "--png", "{png}", "--json"], ["score", "--json"]])
+def test_the_image_file_is_decoded_once(
+    tiny_model_dir, photo, adapter, tmp_path, monkeypatch, capsys, reads, command
+):
+    """``words`` (with a picture) and ``score`` read the image file once: the model scores the decoded
+    image, the picture draws it, and the output still names the file and equals scoring the path."""
     name, *options = (part.format(png=tmp_path / "w.png") for part in command)
     assert main([name, photo, "a dog on a couch", "--model", str(tiny_model_dir), *options]) == 0
     assert reads == [photo]
@@ -428,3 +435,24 @@ def test_the_image_file_is_decoded_once(
     assert data["cosine"] == pytest.approx(expected.cosine, abs=1e-6)
     if name == "words":
         assert data["source"] == photo and data["words"] == [w.to_dict() for w in expected.words]
+
+
+@pytest.mark.parametrize("method", ["interactions", "fixlip"])
+def test_interactions_decode_the_image_file_once(
+    tiny_model_dir, photo, adapter, tmp_path, monkeypatch, capsys, reads, method
+):
+    """``interactions`` with a picture reads the image file once: the model attributes the decoded image,
+    the picture draws it, and the output names the file and equals attributing the path."""
+    argv = ["interactions", photo, "a dog on a couch", "--model", str(tiny_model_dir), "--span", "dog"]
+    argv += ["--method", method, "--out", str(tmp_path / "i.png"), "--json"]
+    argv += ["--steps", "2"] if method == "interactions" else ["--budget", "64"]
+    assert main(argv) == 0
+    assert reads == [photo]
+    data = json.loads(capsys.readouterr().out)
+    monkeypatch.undo()
+    if method == "interactions":
+        [expected] = TokenPatchInteractions(adapter, steps=2).attribute([photo], ["a dog on a couch"])
+    else:
+        [expected] = FIxLIP(adapter, budget=64).attribute([photo], ["a dog on a couch"])
+    assert data["source"] == photo == expected.source
+    assert np.allclose(data["matrix"], expected.matrix, atol=1e-6)

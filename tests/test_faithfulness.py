@@ -18,7 +18,7 @@ from clipalign.attribution.baselines import get_baseline
 from clipalign.checkpoints import SYNTHETIC_CLIP
 from clipalign.cli.main import main
 from clipalign.evaluation.benchmark import load_items
-from clipalign.evaluation.cache import ResultCache
+from clipalign.evaluation.cache import ResultCache, settings_key
 from clipalign.evaluation.faithfulness import (
     FLOOR,
     PairGame,
@@ -305,6 +305,40 @@ def test_a_rerun_computes_nothing(adapter, items, tmp_path, monkeypatch):
     assert third.newly_scored == 0
     row = third.metrics["image"]["maskclip"]
     assert row["curves"]["deletion"][0] == 0 and row["curves"]["insertion"][-1] == 0
+
+
+def test_loader_options_enter_the_cache_key(adapter, items, tmp_path):
+    """Items loaded under other options (a split, Karpathy's file, the instances) may be other items: the
+    options given key every method's cache as ``clipalign eval`` keys its; none given keeps the key."""
+    settings = FaithfulnessSettings(steps=2, orderings=1)
+    spec = ModelSpec(name="tiny")
+
+    def run(loader=None):
+        return run_faithfulness(
+            "pointing-synthetic",
+            items[:1],
+            adapter,
+            tmp_path,
+            spec=spec,
+            methods=("maskclip",),
+            settings=settings,
+            progress=False,
+            loader=loader,
+        )
+
+    cache = tmp_path / "faithfulness" / "pointing-synthetic" / "cache"
+    assert run().newly_scored == 2
+    common = {"analysis": "faithfulness", "benchmark": "pointing-synthetic", **spec.to_dict()}
+    common["faithfulness"] = settings.curve_dict()
+    method = get_baseline("maskclip", adapter)
+    before = [{**common, "method": "maskclip", "method_settings": method.settings.to_dict()}]
+    before.append({**common, "method": FLOOR})
+    assert {p.name for p in cache.glob("*.jsonl")} == {f"{settings_key(key)}.jsonl" for key in before}
+    assert run({"instances": None, "split": ""}).newly_scored == 0  # options not given
+    assert run({"split": "val"}).newly_scored == 2
+    keyed = [json.loads(p.read_text()) for p in cache.glob("*.settings.json") if "loader" in p.read_text()]
+    assert [k["loader"] for k in keyed] == [{"split": "val"}] * 2
+    assert run({"split": "val"}).newly_scored == 0
 
 
 def test_cli_end_to_end_on_the_synthetic_world(synthetic, tmp_path, capsys):

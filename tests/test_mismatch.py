@@ -19,7 +19,8 @@ from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.cli.main import main
 from clipalign.datasets import load_synthetic_pointing
 from clipalign.datasets.base import PointingItem
-from clipalign.evaluation.mismatch import mismatch_metrics, mismatch_pairs, region_patch_weights
+from clipalign.evaluation.cache import settings_key
+from clipalign.evaluation.mismatch import mismatch_metrics, mismatch_pairs, region_patch_weights, run_mismatch
 from clipalign.images.geometry import ImageGeometry, box_patch_weights
 from clipalign.settings import InteractionSettings
 from clipalign.synthetic import write_dataset
@@ -260,3 +261,34 @@ def test_options_that_do_not_apply_are_refused(synthetic, tiny_model_dir, tmp_pa
     argv = ["eval", "pointing-synthetic", "--annotations", str(annotations), "--images", str(images)]
     assert main([*argv, "--on", "pointing-coco"]) == 1
     assert "--on applies to mismatch and faithfulness only" in capsys.readouterr().err
+
+
+def test_loader_options_enter_the_cache_key(synthetic, adapter, tmp_path):
+    """Items loaded under other options (a split, Karpathy's file, the instances) may be other items: the
+    options given key the cache as ``clipalign eval`` keys its; none given keeps the key it had."""
+    items = load_synthetic_pointing(*synthetic)
+    method = TokenPatchInteractions(adapter, steps=2)
+    model_settings = {"model": "tiny"}
+
+    def run(loader=None):
+        return run_mismatch(
+            "pointing-synthetic",
+            items,
+            method,
+            tmp_path,
+            model_settings=model_settings,
+            progress=False,
+            limit=1,
+            loader=loader,
+        )
+
+    cache = tmp_path / "mismatch" / "pointing-synthetic" / "cache"
+    assert run().newly_scored == 1
+    before = {"analysis": "mismatch", "benchmark": "pointing-synthetic", **model_settings}
+    before.update(method.settings.to_dict())
+    assert [p.name for p in cache.glob("*.jsonl")] == [f"{settings_key(before)}.jsonl"]
+    assert run({"split": None, "karpathy": ""}).newly_scored == 0  # options not given
+    assert run({"split": "val"}).newly_scored == 1
+    [keyed] = [p for p in cache.glob("*.settings.json") if "loader" in p.read_text()]
+    assert json.loads(keyed.read_text())["loader"] == {"split": "val"}
+    assert run({"split": "val"}).newly_scored == 0

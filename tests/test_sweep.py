@@ -8,7 +8,6 @@ counted on the adapter's two towers.
 
 from __future__ import annotations
 
-import doctest
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -358,13 +357,6 @@ def test_pointing_games_are_refused(capsys):
     assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
-def test_docstring_examples_run():
-    import clipalign.evaluation.sweep as module
-
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
-
-
 @pytest.mark.slow
 def test_sweep_help_is_light():
     assert heavy_modules_after(help_code("sweep")) == []
@@ -398,3 +390,31 @@ def test_a_sweep_on_real_hat_annotations(tiny_model_dir, tmp_path):
         "heatmap.png",
         "pr_curves.png",
     ]
+
+
+def test_a_sweep_with_prompts_shares_evals_cache(world, model, tmp_path, monkeypatch, capsys):
+    """``eval --prompts`` then ``sweep --prompts``: the loader options enter both cache keys alike, so the
+    sweep finds eval's cell scored; a sweep without them keys its cells apart and scores them again."""
+    annotations, items = world
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text("{}")
+    monkeypatch.setattr("clipalign.cli.sweep.open_model", lambda spec: model)
+    monkeypatch.setattr("clipalign.cli.evaluate.open_model", lambda spec: model)
+    monkeypatch.setattr("clipalign.evaluation.benchmark.load_items", lambda *args, **options: items)
+    common = ["--annotations", str(annotations), "--images", str(annotations.parent / "images")]
+    common += ["--model", str(SYNTHETIC_CLIP), "--out", str(tmp_path), "--no-progress", "--device", "cpu"]
+    grid = ["--epsilon=-1e-4,0", "--layers", "4", "--template", "A photo depicts "]
+    assert (
+        main(["eval", "synthetic", *common, "--layers", "4", "--epsilon=0", "--prompts", str(prompts)]) == 0
+    )
+    capsys.readouterr()
+    with counted(model, monkeypatch) as calls:
+        assert main(["sweep", "synthetic", *common, *grid, "--prompts", str(prompts)]) == 0
+    assert calls[0] == 0 and "0 items scored by the model" in capsys.readouterr().out
+    report = json.loads((tmp_path / "sweep-synthetic" / "sweep.json").read_text())
+    for cell in report["cells"]:
+        settings = json.loads((tmp_path / cell["cache"]).with_suffix(".settings.json").read_text())
+        assert settings["loader"] == {"prompts": str(prompts.resolve())}
+    with counted(model, monkeypatch) as calls:
+        assert main(["sweep", "synthetic", *common, *grid]) == 0
+    assert calls[0] > 0 and f"{len(items)} items scored by the model" in capsys.readouterr().out

@@ -82,8 +82,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from clipalign.attribution.interactions import TokenPatchInteractions
-    from clipalign.images import load_image
+    from clipalign.images import describe_source, load_image
     from clipalign.results import ItemError
     from clipalign.text import validate_caption
 
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         report["text_reference"] = method.text_reference
     if isinstance(result, ItemError):
         raise PairError(result.error)
+    result = replace(result, source=describe_source(args.image))  # the decoded image was attributed
     span = args.span if args.span is not None else args.words
     report.update(result.to_dict())
     if span is not None:

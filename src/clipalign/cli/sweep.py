@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     grid = SweepGrid.parse(epsilon=args.epsilon, layers=args.layers, template=args.template)
     words = WordSettings(mode=args.mode, unit=args.word_unit, batch_size=args.batch_size)
-    items = load_items(args.benchmark, args.annotations, args.images, limit=args.limit, prompts=args.prompts)
+    options = {"prompts": args.prompts}
+    items = load_items(args.benchmark, args.annotations, args.images, limit=args.limit, **options)
     spec = model_spec(args)
     outcome = run_sweep(
         args.benchmark,
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         grid=grid,
         words=words,
         progress=not args.no_progress,
+        loader=options,
     )
     console = Console()
     console.print(

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from clipalign.attribution.baselines import FirstOrderMethod, PatchMap
 from clipalign.attribution.fixlip import FIxLIP, patch_pixel_mask
 from clipalign.datasets.base import PointingItem
-from clipalign.evaluation.benchmark import pointing_method, write_failures
+from clipalign.evaluation.benchmark import cache_settings, pointing_method, write_failures
 from clipalign.evaluation.cache import ResultCache
 from clipalign.evaluation.faithfulness_settings import FaithfulnessSettings
 from clipalign.evaluation.report import _markdown
@@ -390,19 +390,21 @@ def run_faithfulness(
     settings: FaithfulnessSettings | None = None,
     built: Mapping[str, PointingMethod] | None = None,
     progress: bool = True,
+    loader: Mapping[str, str | Path | None] | None = None,
 ) -> FaithfulnessRun:
     """Insertion/deletion curves of ``methods`` on a pointing benchmark's items, into
     ``out/faithfulness/benchmark/`` (cache, report.json, report.md, curves.png).
 
     Each method is cached under the benchmark, ``spec``, its own settings and ``settings`` (the floor
-    under the latter alone), so a rerun resumes and computes nothing already done. ``built`` supplies
+    under the latter alone) and the ``loader`` options the items were loaded with (keyed as ``clipalign
+    eval`` keys them), so a rerun resumes and computes nothing already done. ``built`` supplies
     ready methods by name (e.g. FIxLIP at a smaller budget) in place of :func:`pointing_method`'s.
     """
     if not isinstance(model, InteractionAdapter):
         raise ValueError(f"{model.name}: faithfulness curves need a patch grid (InteractionAdapter)")
     settings = settings or FaithfulnessSettings()
     directory = Path(out) / "faithfulness" / benchmark
-    common = {"analysis": "faithfulness", "benchmark": benchmark, **spec.to_dict()}
+    common = {"analysis": "faithfulness", **cache_settings(benchmark, spec.to_dict(), loader)}
     common["faithfulness"] = settings.curve_dict()
     start = time.perf_counter()
     by_method: dict[str, list[Record]] = {}

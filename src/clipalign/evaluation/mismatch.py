@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from clipalign.attribution.interactions import TokenPatchInteractions
 from clipalign.datasets._common import check_limit
 from clipalign.datasets.base import PointingItem
-from clipalign.evaluation.benchmark import BenchmarkRun, write_failures
+from clipalign.evaluation.benchmark import BenchmarkRun, cache_settings, write_failures
 from clipalign.evaluation.cache import ResultCache
 from clipalign.evaluation.report import _fmt, _markdown
 from clipalign.evaluation.runner import Record, phrase_words
@@ -250,10 +250,12 @@ def run_mismatch(
     model_settings: dict[str, Any],
     progress: bool = True,
     limit: int | None = None,
+    loader: Mapping[str, str | Path | None] | None = None,
 ) -> BenchmarkRun:
     """Select the two-object captions of ``benchmark``'s ``items`` (the first ``limit``), score them into
-    ``out/mismatch/benchmark/`` (cache keyed by the benchmark, ``model_settings`` and the interaction
-    settings; a rerun resumes) and write report.json and report.md there."""
+    ``out/mismatch/benchmark/`` (cache keyed by the benchmark, ``model_settings``, the interaction
+    settings and the ``loader`` options the items were loaded with, as ``clipalign eval`` keys them; a
+    rerun resumes) and write report.json and report.md there."""
     check_limit(limit)
     directory = Path(out) / "mismatch" / benchmark
     selection = mismatch_pairs(items)
@@ -261,7 +263,8 @@ def run_mismatch(
         selection = replace(selection, pairs=selection.pairs[:limit])
     if not selection.pairs:
         raise ValueError(f"no caption of {benchmark} names exactly two objects with different phrases")
-    settings = {"analysis": "mismatch", "benchmark": benchmark, **model_settings, **method.settings.to_dict()}
+    keyed = {**model_settings, **method.settings.to_dict()}
+    settings = {"analysis": "mismatch", **cache_settings(benchmark, keyed, loader)}
     cache = ResultCache(directory / "cache", settings)
     before = len(cache.load())
     start = time.perf_counter()

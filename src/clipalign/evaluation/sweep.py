@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -283,15 +283,19 @@ def group_records(
     settings: WordSettings,
     epsilons: Sequence[float],
     progress: bool = True,
+    loader: Mapping[str, str | Path | None] | None = None,
 ) -> GroupRecords:
     """Records of ``items`` under ``settings`` at every ε of ``epsilons`` (``settings.epsilon`` is ignored),
     each ε in ``clipalign eval``'s cache for it.
 
     The first ε's cache is completed first: from the other ε's caches and any sibling cache (another ε or
     mode of the same scores), then with the model for what no cache holds. Every other ε is derived from
-    it. Records are appended batch by batch, so an interrupted run keeps what it wrote.
+    it. Records are appended batch by batch, so an interrupted run keeps what it wrote. ``loader`` holds
+    the options the items were loaded with, keyed as ``clipalign eval`` keys them.
     """
-    caches = {e: word_cache(out, benchmark, spec, settings.replace(epsilon=e)) for e in epsilons}
+    caches = {
+        e: word_cache(out, benchmark, spec, settings.replace(epsilon=e), loader=loader) for e in epsilons
+    }
     first_epsilon = epsilons[0]
     first = caches[first_epsilon]
     known = first.load()
@@ -400,12 +404,14 @@ def run_sweep(
     grid: SweepGrid,
     words: WordSettings | None = None,
     progress: bool = True,
+    loader: Mapping[str, str | Path | None] | None = None,
 ) -> SweepRun:
     """Every cell of ``grid`` on ``benchmark``'s items, through ``clipalign eval``'s cache in ``out``.
 
     ``words`` gives the settings not swept (mode, word unit, batch size); each cell's metrics are those
     ``clipalign eval`` reports with its settings (without the NLI score of SeeTRUE-Feedback, which needs
-    a second model). PR curves are drawn at the grid's ε nearest the benchmark's default.
+    a second model). PR curves are drawn at the grid's ε nearest the benchmark's default. ``loader``
+    holds the options ``items`` were loaded with (``prompts=`` for Rich-HF): part of every cell's cache key.
     """
     if is_pointing(benchmark):
         raise ValueError(f"sweep applies to word-level benchmarks; {benchmark} is a pointing game")
@@ -436,6 +442,7 @@ def run_sweep(
                     settings=base.replace(layers=layers, template=template),
                     epsilons=grid.epsilon,
                     progress=progress,
+                    loader=loader,
                 )
                 scored, derived = scored + group.scored, derived + group.derived
                 at_pr_epsilon[layers] = group.records[pr_epsilon]
