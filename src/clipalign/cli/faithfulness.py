@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         interactions=interactions,
         settings=settings,
         progress=not args.no_progress,
+        loader=options,
     )
     console = Console()
     console.print(f"faithfulness on {args.on}: {outcome.metrics['items']} items")

@@ -35,6 +35,7 @@ def evaluate_mismatch(args: argparse.Namespace) -> int:
         model_settings=spec.to_dict(),
         progress=not args.no_progress,
         limit=args.limit,
+        loader=options,
     )
     console = Console()
     selection = outcome.metrics["selection"]
