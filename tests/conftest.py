@@ -8,9 +8,11 @@ photos are read from ``../shared`` (tests that need them skip with the path when
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from clipalign.checkpoints import SYNTHETIC_CLIP
 
@@ -84,3 +86,14 @@ def assert_close(x, y, where: str) -> None:
             assert_close(x[k], y[k], where)
     else:
         assert x == y, where
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread: on a busy 2-core machine two threads can be 20× slower for tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

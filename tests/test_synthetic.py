@@ -5,7 +5,6 @@ attribution signal from the small CLIP trained on it that ships in the package
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -161,17 +160,6 @@ def test_committed_model_is_small_and_fp16() -> None:
     assert 0 < size <= 10_000_000, size
     with safe_open(str(MODEL_DIR / "model.safetensors"), framework="pt") as weights:
         assert {weights.get_slice(k).get_dtype() for k in weights.keys()} == {"F16"}  # noqa: SIM118
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a busy 2-core machine two threads can be 20× slower for this tiny model."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.mark.usefixtures("one_thread")

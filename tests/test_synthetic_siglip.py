@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,17 +22,6 @@ from clipalign.text.alignment import DEFAULT_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "synthetic"
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a busy 2-core machine two threads can be 20× slower for this tiny model."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
