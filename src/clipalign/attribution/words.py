@@ -68,7 +68,8 @@ def word_scores(
     )
 
 
-def _misaligned_mask(scores: np.ndarray, eligible: np.ndarray, mode: Mode, epsilon: float) -> np.ndarray:
+def misaligned_mask(scores: np.ndarray, eligible: np.ndarray, mode: Mode, epsilon: float) -> np.ndarray:
+    """The words flagged misaligned: eligible ones below ε (threshold) or the lowest one (most_negative)."""
     if mode == "threshold":
         return eligible & (scores < epsilon)
     mask = np.zeros_like(eligible)
@@ -408,11 +409,11 @@ class CLIP4DM:
         token_rows = raw.token_scores.double().cpu().numpy()
         punct = [np.array([w.punctuation for w in e.words], dtype=bool) for e in encoded]
         can_flag = [eligible(p, n) for p, n in zip(punct, counts, strict=True)]
-        below = [_misaligned_mask(s, f, "threshold", epsilon) for s, f in zip(means, can_flag, strict=True)]
+        below = [misaligned_mask(s, f, "threshold", epsilon) for s, f in zip(means, can_flag, strict=True)]
         marked = (
             below
             if mode == "threshold"
-            else [_misaligned_mask(s, f, mode, epsilon) for s, f in zip(means, can_flag, strict=True)]
+            else [misaligned_mask(s, f, mode, epsilon) for s, f in zip(means, can_flag, strict=True)]
         )
         f_scores = _f_clip_scores(cosine, means, below)
         cosines, clipscores = cosine.tolist(), clip_score(cosine).tolist()

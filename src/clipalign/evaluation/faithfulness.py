@@ -41,7 +41,7 @@ from clipalign.datasets.base import PointingItem
 from clipalign.evaluation.benchmark import cache_settings, pointing_method, write_failures
 from clipalign.evaluation.cache import ResultCache
 from clipalign.evaluation.faithfulness_settings import FaithfulnessSettings
-from clipalign.evaluation.report import _markdown
+from clipalign.evaluation.report import markdown_table
 from clipalign.evaluation.runner import PointingMethod, Record
 from clipalign.images import load_image
 from clipalign.models.base import ClipAdapter, InteractionAdapter, TextInputs
@@ -529,7 +529,7 @@ def write_faithfulness_report(directory: Path, report: dict[str, Any]) -> tuple[
     ]
     for side in SIDES:
         if side in metrics:
-            lines += ["", f"## {SIDE_TITLES[side]}", "", *_markdown(*methods_rows(metrics[side]))]
+            lines += ["", f"## {SIDE_TITLES[side]}", "", *markdown_table(*methods_rows(metrics[side]))]
     if report["failures_file"]:
         lines += ["", f"Failed items, one JSON line each: `{report['failures_file']}`"]
     lines += ["", "## Settings", "", "```json", json.dumps(report["settings"], indent=2, default=str), "```"]

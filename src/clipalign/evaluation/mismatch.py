@@ -27,7 +27,7 @@ from clipalign.datasets._common import check_limit
 from clipalign.datasets.base import PointingItem
 from clipalign.evaluation.benchmark import BenchmarkRun, cache_settings, write_failures
 from clipalign.evaluation.cache import ResultCache
-from clipalign.evaluation.report import _fmt, _markdown
+from clipalign.evaluation.report import format_value, markdown_table
 from clipalign.evaluation.runner import Record, phrase_words
 from clipalign.images.geometry import Box, ImageGeometry
 from clipalign.results import Interactions, ItemError
@@ -229,8 +229,8 @@ def mismatch_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     rows = [
         [
             label,
-            _fmt(m["share"]),
-            _fmt(PUBLISHED.get(key)),
+            format_value(m["share"]),
+            format_value(PUBLISHED.get(key)),
             f"{m['matching']}/{m['count']}",
             f"{m['mean']:.3g}",
             f"{m['median']:.3g}",
@@ -322,11 +322,11 @@ def _markdown_report(
         f"{metrics['failed']} · "
         + (f"newly scored: {scored} in {seconds:.1f} s" if scored else "all from cache"),
         "",
-        *_markdown(*mismatch_table(metrics)),
+        *markdown_table(*mismatch_table(metrics)),
         "",
         *(f"- **{label}**: {counted}" for _, label, counted in ROWS),
         "",
-        f"A phrase's own attribution exceeds its cross one in {_fmt(metrics.get('own_above_cross'))} "
+        f"A phrase's own attribution exceeds its cross one in {format_value(metrics.get('own_above_cross'))} "
         "of cases.",
         "",
         "Attribution of a phrase to a region: Σ of the interactions of the phrase's tokens with every "

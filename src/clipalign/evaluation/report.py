@@ -131,7 +131,8 @@ def headline(benchmark: str, metrics: dict[str, Any]) -> dict[str, dict[str, flo
     }
 
 
-def _fmt(value: float | None) -> str:
+def format_value(value: float | None) -> str:
+    """A metric as reports print it: three decimals, or a dash where there is none."""
     return "—" if value is None else f"{value:.3f}"
 
 
@@ -146,8 +147,8 @@ def headline_table(
     rows = [
         [
             name,
-            _fmt(published.get(name)),
-            *(_fmt(_lookup(metrics, c.sources[name])) if name in c.sources else "" for c in columns),
+            format_value(published.get(name)),
+            *(format_value(_lookup(metrics, c.sources[name])) if name in c.sources else "" for c in columns),
         ]
         for name in names
     ]
@@ -167,7 +168,12 @@ def group_table(benchmark: str, metrics: dict[str, Any]) -> tuple[list[str], lis
     ]
     header = [groups["by"], "items", "failed", *(label for label, _ in cells)]
     rows = [
-        [group, str(row["items"]), str(row["failed"]), *(_fmt(_lookup(row, path)) for _, path in cells)]
+        [
+            group,
+            str(row["items"]),
+            str(row["failed"]),
+            *(format_value(_lookup(row, path)) for _, path in cells),
+        ]
         for group, row in groups["rows"].items()
     ]
     return header, rows
@@ -181,7 +187,13 @@ def methods_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]] 
     header = ["method", "items", "failed", "accuracy", "energy"]
     ranked = sorted(methods.items(), key=lambda kv: -(kv[1].get("energy") or float("-inf")))
     rows = [
-        [name, str(m["items"]), str(m["failed"]), _fmt(m.get("accuracy")), _fmt(m.get("energy"))]
+        [
+            name,
+            str(m["items"]),
+            str(m["failed"]),
+            format_value(m.get("accuracy")),
+            format_value(m.get("energy")),
+        ]
         for name, m in ranked
     ]
     return header, rows
@@ -202,9 +214,9 @@ def per_class_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]
             name,
             str(m["items"]),
             str(m["failed"]),
-            _fmt(m.get("accuracy")),
-            _fmt(m.get("energy")),
-            _fmt(m.get("uniform_energy")),
+            format_value(m.get("accuracy")),
+            format_value(m.get("energy")),
+            format_value(m.get("uniform_energy")),
         ]
         for name, m in per_class["rows"].items()
     ]
@@ -226,7 +238,7 @@ def failures_by_kind(failures: Sequence[dict[str, Any]]) -> dict[str, list[dict[
     return dict(sorted(kinds.items(), key=lambda kv: -len(kv[1])))
 
 
-def _markdown(header: list[str], rows: list[list[str]], numeric: bool = True) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]], numeric: bool = True) -> list[str]:
     """A Markdown table; every column after the first right-aligned when ``numeric``."""
     aligns = ["---"] + ["--:" if numeric else "---"] * (len(header) - 1)
     return [
@@ -287,20 +299,20 @@ def write_report(
             else "all from cache"
         ),
         "",
-        *_markdown(*headline_table(benchmark, metrics, backbone)),
+        *markdown_table(*headline_table(benchmark, metrics, backbone)),
         "",
         *(f"- **{c.label}**: {c.legend}" for c in COLUMNS.get(benchmark, ())),
     ]
     methods = methods_table(metrics)
     if methods is not None:
-        lines += ["", "## Methods", "", *_markdown(*methods)]
+        lines += ["", "## Methods", "", *markdown_table(*methods)]
     per_class = per_class_table(metrics)
     if per_class is not None:
-        lines += ["", f"## Per {metrics['per_class']['by']}", "", *_markdown(*per_class)]
+        lines += ["", f"## Per {metrics['per_class']['by']}", "", *markdown_table(*per_class)]
         lines += ["", f"Sorted by energy; chart: `{PER_CLASS_CHART}`."]
     groups = group_table(benchmark, metrics)
     if groups is not None:
-        lines += ["", f"## By {metrics['groups']['by']}", "", *_markdown(*groups)]
+        lines += ["", f"## By {metrics['groups']['by']}", "", *markdown_table(*groups)]
         lines += [
             "",
             "The authors' per-group AP always ranks with the originals positive, as their code does.",
@@ -313,7 +325,7 @@ def write_report(
             [kind, str(len(records)), "; ".join(f"`{r['id']}`: {r['error']}" for r in records[:EXAMPLES])]
             for kind, records in by_kind.items()
         ]
-        lines += _markdown(["reason", "count", "examples"], rows, numeric=False)
+        lines += markdown_table(["reason", "count", "examples"], rows, numeric=False)
     lines += [
         "",
         "## All metrics",

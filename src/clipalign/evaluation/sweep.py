@@ -26,7 +26,7 @@ import torch
 from sklearn.metrics import precision_recall_curve
 from tqdm import tqdm
 
-from clipalign.attribution.words import CLIP4DM, _misaligned_mask, merge_spans
+from clipalign.attribution.words import CLIP4DM, merge_spans, misaligned_mask
 from clipalign.datasets.base import MisalignmentItem, PointingItem
 from clipalign.evaluation.authors import AUTHORS_POSITIVE
 from clipalign.evaluation.benchmark import (
@@ -191,8 +191,8 @@ def rethreshold(record: Record, encoded: EncodedCaption, *, epsilon: float, mode
     tokens = np.bincount(encoded.token_word[encoded.token_word >= 0], minlength=len(words))
     punctuation = np.array([w.punctuation for w in words], dtype=bool)
     can_flag = eligible(punctuation, tokens)
-    below = _misaligned_mask(scores, can_flag, "threshold", epsilon)
-    marked = below if mode == "threshold" else _misaligned_mask(scores, can_flag, mode, epsilon)
+    below = misaligned_mask(scores, can_flag, "threshold", epsilon)
+    marked = below if mode == "threshold" else misaligned_mask(scores, can_flag, mode, epsilon)
     scored = [
         Word(w.text, w.start, w.end, s, m, p, n)
         for w, s, m, p, n in zip(
