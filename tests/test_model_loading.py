@@ -335,6 +335,7 @@ def connection_error() -> Exception:
     ],
 )
 def test_hub_failures_are_named_with_offline_hints(monkeypatch, error, problem):
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)  # as without HF_HUB_OFFLINE set
     monkeypatch.setattr(PretrainedConfig, "get_config_dict", FailingConfig(error()).get_config_dict)
     with pytest.raises(ModelLoadError) as info:
         load_model("acme/none", device="cpu")
